@@ -1,0 +1,926 @@
+//! The WebSocket connection state machine.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Role;
+use super::close::{CloseCode, CloseFrame};
+use super::config::Config;
+use super::error::{Error, HandshakeError, ProtocolError, SendError};
+use super::frame::{FrameDecoder, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame};
+use super::handshake::{self, ClientRequest};
+use super::mask::apply_mask;
+use super::message::{Closed, Connected, Event, Initiator, Message, MessageKind, SharedFrame};
+use super::state::{Input, State};
+use super::transmit::TransmitQueue;
+use super::utf8::Utf8Validator;
+use crate::entropy::Entropy;
+use crate::http::head::{HeadBuffer, RequestHead, ResponseHead};
+
+/// Payloads at least this large are queued as their own chunk instead of being copied into
+/// the coalescing buffer.
+const ZERO_COPY_THRESHOLD: usize = 4096;
+
+/// One WebSocket connection, either role, as a sans-IO state machine.
+///
+/// Feed it what the transport delivers with [`handle_input`](Self::handle_input) (and
+/// [`handle_eof`](Self::handle_eof)), then drain, in any order and until each is empty:
+/// [`poll_event`](Self::poll_event) for messages and the end of the connection,
+/// [`poll_transmit`](Self::poll_transmit) + [`advance_transmit`](Self::advance_transmit) for
+/// bytes to write, and [`poll_timeout`](Self::poll_timeout) for the next deadline, at which
+/// the caller calls [`handle_timeout`](Self::handle_timeout). When
+/// [`is_finished`](Self::is_finished) the caller closes the transport.
+///
+/// It never reads a clock: every method that depends on time takes `now`.
+pub struct Connection {
+    role: Role,
+    config: Arc<Config>,
+    state: State,
+    handshake: Option<Box<Handshake>>,
+    decoder: FrameDecoder,
+    rx: Receiver,
+    tx: TransmitQueue,
+    events: VecDeque<Event>,
+    entropy: Option<Box<dyn Entropy>>,
+    timers: Timers,
+    /// Last time anything arrived, for the ping interval.
+    last_rx: Instant,
+    /// Last time a data message went either way, for the idle timeout.
+    last_message: Instant,
+    /// Payload of the last ping we sent, to recognise its pong.
+    ping_counter: u64,
+    /// Newest ping payload still to be answered; older ones are superseded (RFC 6455 §5.5.3).
+    pending_pong: Option<ControlPayload>,
+    /// Queue position after the last pong we queued; no second pong is queued before it leaves.
+    pong_queued_until: u64,
+    /// Close frame we sent, if any.
+    sent_close: Option<CloseFrame>,
+    error: Option<Error>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("pending_transmit", &self.tx.len())
+            .field("pending_events", &self.events.len())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Byte and message counters of one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes fed to `handle_input`.
+    pub bytes_in: u64,
+    /// Bytes reported written through `advance_transmit`.
+    pub bytes_out: u64,
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages sent.
+    pub messages_out: u64,
+}
+
+#[derive(Debug)]
+enum Handshake {
+    Server { head: HeadBuffer },
+    Client { head: HeadBuffer, key: String, offered: Vec<String> },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ControlPayload {
+    buf: [u8; MAX_CONTROL_PAYLOAD],
+    len: u8,
+}
+
+impl ControlPayload {
+    fn new(bytes: &[u8]) -> Self {
+        let mut buf = [0; MAX_CONTROL_PAYLOAD];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Self { buf, len: bytes.len() as u8 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// Frame decoding state: a partial header, the frame in progress and the message being
+/// assembled.
+#[derive(Debug)]
+struct Receiver {
+    header_buf: [u8; MAX_HEADER_LEN],
+    header_len: usize,
+    frame: Option<FrameInProgress>,
+    message: Option<Assembly>,
+    control: ControlPayload,
+}
+
+#[derive(Debug)]
+struct FrameInProgress {
+    header: FrameHeader,
+    remaining: u64,
+    mask_phase: usize,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    kind: MessageKind,
+    data: Vec<u8>,
+    fragments: usize,
+    utf8: Utf8Validator,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    handshake: Option<Instant>,
+    ping: Option<Instant>,
+    pong: Option<Instant>,
+    idle: Option<Instant>,
+    close: Option<Instant>,
+}
+
+fn expired(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|d| d <= now)
+}
+
+impl Connection {
+    /// A server connection that performs the opening handshake itself, accepting any valid
+    /// upgrade and choosing the first of `config.subprotocols` the client offers.
+    pub fn server(config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        let mut conn = Self::new(Role::Server, config.into(), State::Handshake, None, now);
+        conn.handshake = Some(Box::new(Handshake::Server { head: HeadBuffer::new() }));
+        conn.timers.handshake = conn.config.handshake_timeout.map(|t| now + t);
+        conn
+    }
+
+    /// A server connection whose handshake the caller already answered with
+    /// [`handshake::write_accept`]: it starts open.
+    pub fn accepted(config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        let mut conn = Self::new(Role::Server, config.into(), State::Open, None, now);
+        conn.start_open_timers(now);
+        conn
+    }
+
+    /// A client connection: the upgrade request is queued for transmission at once.
+    pub fn client(config: impl Into<Arc<Config>>, request: &ClientRequest, mut entropy: Box<dyn Entropy>, now: Instant) -> Self {
+        let mut nonce = [0u8; 16];
+        entropy.fill(&mut nonce);
+        let mut conn = Self::new(Role::Client, config.into(), State::Handshake, Some(entropy), now);
+        let mut key = String::new();
+        conn.tx.push_with(|buf| key = handshake::write_request(buf, request, nonce));
+        conn.handshake = Some(Box::new(Handshake::Client { head: HeadBuffer::new(), key, offered: request.protocols.clone() }));
+        conn.timers.handshake = conn.config.handshake_timeout.map(|t| now + t);
+        conn
+    }
+
+    fn new(role: Role, config: Arc<Config>, state: State, entropy: Option<Box<dyn Entropy>>, now: Instant) -> Self {
+        let decoder = FrameDecoder::new(role, config.max_frame_size);
+        Self {
+            role,
+            config,
+            state,
+            handshake: None,
+            decoder,
+            rx: Receiver {
+                header_buf: [0; MAX_HEADER_LEN],
+                header_len: 0,
+                frame: None,
+                message: None,
+                control: ControlPayload::new(&[]),
+            },
+            tx: TransmitQueue::default(),
+            events: VecDeque::new(),
+            entropy,
+            timers: Timers::default(),
+            last_rx: now,
+            last_message: now,
+            ping_counter: 0,
+            pending_pong: None,
+            pong_queued_until: 0,
+            sent_close: None,
+            error: None,
+            stats: Stats::default(),
+        }
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    /// This endpoint's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Messages may be sent.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// The handshake is still in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.state == State::Handshake
+    }
+
+    /// The connection is over and every byte worth writing was written: close the transport.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Closed && self.tx.is_empty()
+    }
+
+    /// Why the connection failed, once it has; it stays failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Byte and message counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes queued for transmission; an application can stop producing while this is large.
+    pub fn transmit_len(&self) -> usize {
+        self.tx.len() + self.pending_pong.map_or(0, |p| 2 + usize::from(p.len))
+    }
+
+    // ---- input ---------------------------------------------------------------------------
+
+    /// Feeds bytes read from the transport. All of `data` is consumed.
+    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+        self.stats.bytes_in += data.len() as u64;
+        self.last_rx = now;
+        if self.state == State::Handshake {
+            match self.handle_handshake_input(now, data) {
+                Some(rest) => data = rest,
+                None => return,
+            }
+        }
+        if self.state.reads_frames() {
+            self.read_frames(now, data);
+        }
+    }
+
+    /// The transport reached end of file (the peer closed or reset it).
+    pub fn handle_eof(&mut self, now: Instant) {
+        let _ = now;
+        match self.state {
+            State::Handshake => self.abort(Error::Handshake(HandshakeError::Eof), Initiator::Remote),
+            State::Open | State::CloseSent => self.abort(Error::Eof, Initiator::Remote),
+            State::Failing => {
+                let error = self.error.clone().unwrap_or(Error::Eof);
+                self.abort(error, Initiator::Local);
+            }
+            State::AwaitingEof => self.finish_quietly(),
+            State::Closed => {}
+        }
+    }
+
+    /// Fires every timer that is due at `now`. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if expired(self.timers.handshake, now) {
+            self.timers.handshake = None;
+            if self.state == State::Handshake {
+                self.fail_handshake(HandshakeError::Timeout);
+            }
+        }
+        if expired(self.timers.close, now) {
+            self.timers.close = None;
+            match self.state {
+                State::CloseSent | State::Failing => {
+                    let error = self.error.clone().unwrap_or(Error::CloseTimeout);
+                    self.abort(error, Initiator::Local);
+                }
+                State::AwaitingEof => self.finish_quietly(),
+                // Closed with bytes the peer will not read: give up on them.
+                State::Closed => self.tx.clear(),
+                _ => {}
+            }
+        }
+        if expired(self.timers.pong, now) {
+            self.timers.pong = None;
+            if self.state == State::Open {
+                self.abort(Error::PongTimeout, Initiator::Local);
+            }
+        }
+        if expired(self.timers.ping, now) {
+            self.timers.ping = None;
+            if self.state == State::Open {
+                if let Some(interval) = self.config.ping_interval {
+                    let due = self.last_rx + interval;
+                    if self.timers.pong.is_some() {
+                        // A ping is unanswered: its pong timer decides, not a new ping.
+                        self.timers.ping = Some(now + interval);
+                    } else if due <= now {
+                        self.send_heartbeat(now);
+                        self.timers.ping = Some(now + interval);
+                    } else {
+                        self.timers.ping = Some(due);
+                    }
+                }
+            }
+        }
+        if expired(self.timers.idle, now) {
+            self.timers.idle = None;
+            if self.state == State::Open {
+                if let Some(idle) = self.config.idle_timeout {
+                    let due = self.last_message + idle;
+                    if due <= now {
+                        let _ = self.close_at(now, CloseCode::GOING_AWAY, "idle timeout");
+                    } else {
+                        self.timers.idle = Some(due);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- output --------------------------------------------------------------------------
+
+    /// The next event, or `None` when there is none.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let event = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 16 {
+            self.events = VecDeque::new();
+        }
+        event
+    }
+
+    /// The next bytes to write, without consuming them; report what was written with
+    /// [`advance_transmit`](Self::advance_transmit).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<&[u8]> {
+        self.flush_pong();
+        self.tx.front()
+    }
+
+    /// Fills `dst` with every pending chunk, for a vectored write; returns how many.
+    #[must_use]
+    pub fn poll_transmit_vectored<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.flush_pong();
+        self.tx.slices(dst)
+    }
+
+    /// Marks `n` bytes from [`poll_transmit`](Self::poll_transmit) as written.
+    ///
+    /// # Panics
+    /// If `n` is more than is pending.
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.tx.advance(n);
+        self.stats.bytes_out += n as u64;
+    }
+
+    /// The next deadline at which [`handle_timeout`](Self::handle_timeout) must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = &self.timers;
+        // Once finished, the close timer has nothing left to guard.
+        let close = if self.is_finished() { None } else { t.close };
+        [t.handshake, t.ping, t.pong, t.idle, close].into_iter().flatten().min()
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<(), SendError> {
+        self.send_data(now, OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
+        self.send_data(now, OpCode::Binary, data)
+    }
+
+    /// Queues an owned message; a large server payload is sent without copying, a client
+    /// payload is masked in place.
+    pub fn send(&mut self, now: Instant, message: Message) -> Result<(), SendError> {
+        self.check_can_send()?;
+        let opcode = message.kind.opcode();
+        let mut payload = message.data;
+        if payload.len() < ZERO_COPY_THRESHOLD {
+            return self.send_data(now, opcode, &payload);
+        }
+        let mask = self.next_mask();
+        let header = FrameHeader { fin: true, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
+        let mut hbuf = [0u8; MAX_HEADER_LEN];
+        let hlen = header.encode(&mut hbuf);
+        if let Some(key) = mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        self.tx.push_with(|buf| buf.extend_from_slice(&hbuf[..hlen]));
+        self.tx.push_owned(payload);
+        self.note_sent(now);
+        Ok(())
+    }
+
+    /// Queues a frame encoded once for many connections. A client re-encodes it with its own
+    /// mask.
+    pub fn send_shared(&mut self, now: Instant, frame: &SharedFrame) -> Result<(), SendError> {
+        self.check_can_send()?;
+        match self.role {
+            Role::Server => {
+                self.tx.push_shared(frame.wire_bytes().clone());
+                self.note_sent(now);
+                Ok(())
+            }
+            Role::Client => self.send_data(now, frame.kind().opcode(), frame.payload()),
+        }
+    }
+
+    /// Queues one frame as given: for sending a message in fragments. The caller follows the
+    /// fragmentation rules (a text or binary frame, continuations, the last one with `fin`).
+    pub fn send_frame(&mut self, now: Instant, opcode: OpCode, fin: bool, payload: &[u8]) -> Result<(), SendError> {
+        self.check_can_send()?;
+        if opcode.is_control() {
+            if payload.len() > MAX_CONTROL_PAYLOAD {
+                return Err(SendError::ControlTooLong);
+            }
+            if opcode == OpCode::Close {
+                return Err(SendError::InvalidCloseCode);
+            }
+        }
+        self.queue_frame(fin, opcode, payload);
+        if fin && !opcode.is_control() {
+            self.note_sent(now);
+        }
+        Ok(())
+    }
+
+    /// Queues a ping with `payload` (at most 125 bytes).
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.check_can_send()?;
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlTooLong);
+        }
+        self.queue_frame(true, OpCode::Ping, payload);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes).
+    pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_valid_on_wire() {
+            return Err(SendError::InvalidCloseCode);
+        }
+        if reason.len() > MAX_CONTROL_PAYLOAD - 2 {
+            return Err(SendError::ControlTooLong);
+        }
+        self.close_at(now, code, reason)
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn close_at(&mut self, now: Instant, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        match self.state {
+            State::Open => {
+                self.queue_close(code, reason);
+                self.transition(Input::LocalClose);
+                self.timers.close = Some(now + self.config.close_timeout);
+                self.stop_open_timers();
+                Ok(())
+            }
+            State::Handshake => {
+                self.abort_handshake_silently();
+                Ok(())
+            }
+            _ => Err(SendError::Closing),
+        }
+    }
+
+    fn check_can_send(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Open => Ok(()),
+            State::Handshake => Err(SendError::NotOpen),
+            _ => Err(SendError::Closing),
+        }
+    }
+
+    fn send_data(&mut self, now: Instant, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        self.check_can_send()?;
+        self.queue_frame(true, opcode, payload);
+        self.note_sent(now);
+        Ok(())
+    }
+
+    fn note_sent(&mut self, now: Instant) {
+        self.stats.messages_out += 1;
+        self.last_message = now;
+    }
+
+    fn next_mask(&mut self) -> Option<[u8; 4]> {
+        self.entropy.as_mut().map(|e| {
+            let mut key = [0u8; 4];
+            e.fill(&mut key);
+            key
+        })
+    }
+
+    fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
+        let mask = self.next_mask();
+        if payload.len() >= ZERO_COPY_THRESHOLD && mask.is_none() {
+            // Large unmasked payload: its own chunk, so the coalescing buffer stays small.
+            let mut framed = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
+            encode_frame(&mut framed, fin, opcode, None, payload);
+            self.tx.push_owned(framed);
+        } else {
+            self.tx.push_with(|buf| encode_frame(buf, fin, opcode, mask, payload));
+        }
+    }
+
+    fn queue_close(&mut self, code: CloseCode, reason: &str) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        payload[..2].copy_from_slice(&code.0.to_be_bytes());
+        payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
+        self.queue_frame(true, OpCode::Close, &payload[..2 + reason.len()]);
+        self.sent_close = Some(CloseFrame { code: Some(code), reason: reason.to_owned() });
+    }
+
+    fn flush_pong(&mut self) {
+        if self.pending_pong.is_some() && self.tx.has_written(self.pong_queued_until) {
+            if let Some(p) = self.pending_pong.take() {
+                self.queue_frame(true, OpCode::Pong, p.bytes());
+                self.pong_queued_until = self.tx.end_position();
+            }
+        }
+    }
+
+    fn send_heartbeat(&mut self, now: Instant) {
+        self.ping_counter += 1;
+        let payload = self.ping_counter.to_be_bytes();
+        self.queue_frame(true, OpCode::Ping, &payload);
+        self.timers.pong = Some(now + self.config.pong_timeout);
+    }
+
+    fn transition(&mut self, input: Input) {
+        let next = self.state.next(input, self.role);
+        if next != self.state {
+            log::trace!(target: "wsrpc::ws", "state {:?} -> {:?} on {:?}", self.state, next, input);
+        }
+        self.state = next;
+    }
+
+    fn start_open_timers(&mut self, now: Instant) {
+        self.timers.handshake = None;
+        self.timers.ping = self.config.ping_interval.map(|i| now + i);
+        self.timers.idle = self.config.idle_timeout.map(|i| now + i);
+        self.last_message = now;
+    }
+
+    fn stop_open_timers(&mut self) {
+        self.timers.ping = None;
+        self.timers.pong = None;
+        self.timers.idle = None;
+        self.timers.handshake = None;
+    }
+
+    fn emit_closed(&mut self, code: CloseCode, reason: String, initiator: Initiator, clean: bool) {
+        let error = self.error.clone();
+        self.events.push_back(Event::Closed(Closed { code, reason, initiator, clean, error }));
+    }
+
+    /// Ends the connection now without a close handshake.
+    fn abort(&mut self, error: Error, initiator: Initiator) {
+        log::debug!(target: "wsrpc::ws", "connection aborted: {error}");
+        let code = match (&error, &self.sent_close) {
+            (Error::Protocol(e), _) => e.close_code(),
+            _ => CloseCode::ABNORMAL,
+        };
+        self.error = Some(error);
+        self.transition(Input::Abort);
+        self.stop_open_timers();
+        self.timers.close = None;
+        self.tx.clear();
+        self.pending_pong = None;
+        self.rx.message = None;
+        self.emit_closed(code, String::new(), initiator, false);
+    }
+
+    /// Client: the server closed TCP (or took too long) after a clean close handshake.
+    fn finish_quietly(&mut self) {
+        self.transition(Input::Abort);
+        self.timers.close = None;
+        self.tx.clear();
+    }
+
+    fn abort_handshake_silently(&mut self) {
+        self.handshake = None;
+        self.transition(Input::LocalClose);
+        self.timers.handshake = None;
+        self.tx.clear();
+        self.emit_closed(CloseCode::ABNORMAL, String::new(), Initiator::Local, false);
+    }
+
+    /// Fails the connection for a peer's protocol violation: close frame with the matching
+    /// code, then discard input until the peer's close frame or the close timeout.
+    fn fail(&mut self, now: Instant, error: ProtocolError) {
+        log::debug!(target: "wsrpc::ws", "peer protocol violation: {error}; closing with {}", error.close_code());
+        let code = error.close_code();
+        self.error = Some(Error::Protocol(error));
+        self.rx.message = None;
+        self.rx.frame = None;
+        self.rx.header_len = 0;
+        self.pending_pong = None;
+        match self.state {
+            State::Open => {
+                self.queue_close(code, "");
+                self.transition(Input::ProtocolError);
+                self.timers.close = Some(now + self.config.close_timeout);
+                self.stop_open_timers();
+            }
+            State::CloseSent => {
+                // Our close frame is already out; just stop delivering.
+                self.transition(Input::ProtocolError);
+            }
+            _ => {
+                let error = self.error.clone().unwrap_or(Error::Eof);
+                self.abort(error, Initiator::Local);
+            }
+        }
+    }
+
+    fn fail_handshake(&mut self, error: HandshakeError) {
+        log::debug!(target: "wsrpc::ws", "handshake failed: {error}");
+        self.handshake = None;
+        self.tx.clear();
+        if self.role == Role::Server {
+            self.tx.push_with(|buf| handshake::write_reject(buf, &error));
+        }
+        self.error = Some(Error::Handshake(error));
+        self.transition(Input::HandshakeFailed);
+        self.timers.handshake = None;
+        // Bound the time spent writing the rejection to a peer that does not read.
+        self.timers.close = self.timers.close.or(Some(self.last_rx + self.config.close_timeout));
+        self.emit_closed(CloseCode::ABNORMAL, String::new(), Initiator::Local, false);
+    }
+
+    /// Returns the bytes after the head once the handshake completes.
+    fn handle_handshake_input<'d>(&mut self, now: Instant, data: &'d [u8]) -> Option<&'d [u8]> {
+        let limits = self.config.head_limits;
+        let hs = self.handshake.as_mut().expect("a handshaking connection has handshake state");
+        let head = match &mut **hs {
+            Handshake::Server { head } | Handshake::Client { head, .. } => head,
+        };
+        let used = match head.push(data, limits.max_size) {
+            Ok(Some(used)) => used,
+            Ok(None) => return None,
+            Err(e) => {
+                self.fail_handshake(e);
+                return None;
+            }
+        };
+        let raw = head.take();
+        let outcome = match *self.handshake.take().expect("checked above") {
+            Handshake::Server { .. } => self.complete_server_handshake(raw),
+            Handshake::Client { key, offered, .. } => self.complete_client_handshake(raw, &key, &offered),
+        };
+        match outcome {
+            Ok(connected) => {
+                self.transition(Input::HandshakeDone);
+                self.start_open_timers(now);
+                self.events.push_back(Event::Connected(connected));
+                Some(&data[used..])
+            }
+            Err(e) => {
+                self.fail_handshake(e);
+                None
+            }
+        }
+    }
+
+    fn complete_server_handshake(&mut self, raw: Vec<u8>) -> Result<Connected, HandshakeError> {
+        let request = RequestHead::parse(raw, self.config.head_limits)?;
+        let upgrade = handshake::validate_upgrade(request)?;
+        let protocol = upgrade.select_protocol(&self.config.subprotocols).map(str::to_owned);
+        self.tx.push_with(|buf| handshake::write_accept(buf, upgrade.key(), protocol.as_deref(), &[]));
+        Ok(Connected { protocol, request: Some(Box::new(upgrade.request)) })
+    }
+
+    fn complete_client_handshake(&mut self, raw: Vec<u8>, key: &str, offered: &[String]) -> Result<Connected, HandshakeError> {
+        let response = ResponseHead::parse(raw, self.config.head_limits)?;
+        let protocol = handshake::validate_response(&response, key, offered)?;
+        Ok(Connected { protocol, request: None })
+    }
+
+    /// Decodes frames from `data`, which is consumed entirely.
+    fn read_frames(&mut self, now: Instant, mut data: &[u8]) {
+        while !data.is_empty() && self.state.reads_frames() {
+            if self.rx.frame.is_none() {
+                match self.read_header(data) {
+                    Ok(Some(used)) => data = &data[used..],
+                    Ok(None) => return,
+                    Err(e) => return self.fail(now, e),
+                }
+                if let Err(e) = self.start_frame(now) {
+                    return self.fail(now, e);
+                }
+                if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
+                    if let Err(e) = self.end_frame(now) {
+                        return self.fail(now, e);
+                    }
+                }
+                continue;
+            }
+            let used = match self.read_payload(data) {
+                Ok(used) => used,
+                Err(e) => return self.fail(now, e),
+            };
+            data = &data[used..];
+            if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
+                if let Err(e) = self.end_frame(now) {
+                    return self.fail(now, e);
+                }
+            }
+        }
+    }
+
+    /// Decodes a header, from `data` directly when it holds one whole, else through the
+    /// small header buffer. Returns how many bytes of `data` were used once a header is done.
+    fn read_header(&mut self, data: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let rx = &mut self.rx;
+        if rx.header_len == 0 {
+            if let Some((header, len)) = self.decoder.decode_header(data)? {
+                rx.frame = Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
+                return Ok(Some(len));
+            }
+        }
+        let old = rx.header_len;
+        let take = (MAX_HEADER_LEN - old).min(data.len());
+        rx.header_buf[old..old + take].copy_from_slice(&data[..take]);
+        rx.header_len += take;
+        match self.decoder.decode_header(&rx.header_buf[..rx.header_len])? {
+            Some((header, len)) => {
+                rx.header_len = 0;
+                rx.frame = Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
+                Ok(Some(len - old))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Applies the checks that depend on the message in progress, and prepares to receive
+    /// the payload.
+    fn start_frame(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let Some(frame) = self.rx.frame.as_ref() else { return Ok(()) };
+        let header = frame.header;
+        let discard = !self.state.delivers_messages();
+        match header.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.rx.message.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                self.check_message_size(0, header.payload_len)?;
+                if !discard {
+                    let kind = if header.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary };
+                    // Reserve what is announced, up to 64 KiB: memory follows the bytes that
+                    // actually arrive, not what a header claims.
+                    let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
+                    self.rx.message = Some(Assembly { kind, data, fragments: 1, utf8: Utf8Validator::new() });
+                }
+            }
+            OpCode::Continuation => {
+                if discard {
+                    return Ok(());
+                }
+                let max_fragments = self.config.max_fragments;
+                let Some(msg) = self.rx.message.as_mut() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                msg.fragments += 1;
+                if msg.fragments > max_fragments {
+                    return Err(ProtocolError::TooManyFragments { max: max_fragments });
+                }
+                let have = msg.data.len() as u64;
+                self.check_message_size(have, header.payload_len)?;
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => self.rx.control.len = 0,
+        }
+        let _ = now;
+        Ok(())
+    }
+
+    fn check_message_size(&self, have: u64, more: u64) -> Result<(), ProtocolError> {
+        let len = have.saturating_add(more);
+        let max = self.config.max_message_size;
+        if len > max { Err(ProtocolError::MessageTooLarge { len, max }) } else { Ok(()) }
+    }
+
+    /// Takes payload bytes of the current frame from `data`; returns how many.
+    fn read_payload(&mut self, data: &[u8]) -> Result<usize, ProtocolError> {
+        let discard = !self.state.delivers_messages();
+        let rx = &mut self.rx;
+        let frame = rx.frame.as_mut().expect("read_payload runs with a frame in progress");
+        let n = usize::try_from(frame.remaining).map_or(data.len(), |r| r.min(data.len()));
+        let chunk = &data[..n];
+        frame.remaining -= n as u64;
+        let key = frame.header.mask;
+        if frame.header.opcode.is_control() {
+            let c = &mut rx.control;
+            let start = usize::from(c.len);
+            c.buf[start..start + n].copy_from_slice(chunk);
+            c.len += n as u8;
+            if let Some(key) = key {
+                frame.mask_phase = apply_mask(&mut c.buf[start..start + n], key, frame.mask_phase);
+            }
+            return Ok(n);
+        }
+        if discard {
+            return Ok(n);
+        }
+        let msg = rx.message.as_mut().expect("a data frame in progress has a message");
+        let start = msg.data.len();
+        msg.data.extend_from_slice(chunk);
+        if let Some(key) = key {
+            frame.mask_phase = apply_mask(&mut msg.data[start..], key, frame.mask_phase);
+        }
+        if msg.kind == MessageKind::Text && msg.utf8.feed(&msg.data[start..]).is_err() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        Ok(n)
+    }
+
+    fn end_frame(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let frame = self.rx.frame.take().expect("end_frame runs with a frame in progress");
+        let header = frame.header;
+        match header.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if !header.fin || !self.state.delivers_messages() {
+                    return Ok(());
+                }
+                let msg = self.rx.message.take().expect("a final data frame has a message");
+                if !msg.utf8.is_complete() {
+                    return Err(ProtocolError::InvalidUtf8);
+                }
+                self.stats.messages_in += 1;
+                self.last_message = now;
+                self.events.push_back(Event::Message(Message { kind: msg.kind, data: msg.data }));
+            }
+            OpCode::Ping => {
+                if self.state == State::Open {
+                    self.pending_pong = Some(self.rx.control);
+                }
+            }
+            OpCode::Pong => {
+                if self.rx.control.bytes() == self.ping_counter.to_be_bytes() {
+                    self.timers.pong = None;
+                }
+            }
+            OpCode::Close => self.handle_close_frame()?,
+        }
+        Ok(())
+    }
+
+    fn handle_close_frame(&mut self) -> Result<(), ProtocolError> {
+        let payload = self.rx.control.bytes();
+        let received = match payload.len() {
+            0 => CloseFrame { code: None, reason: String::new() },
+            1 => return Err(ProtocolError::CloseTooShort),
+            _ => {
+                let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+                if !code.is_valid_on_wire() {
+                    return Err(ProtocolError::InvalidCloseCode(code.0));
+                }
+                let reason = simdutf8::basic::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidCloseReason)?;
+                CloseFrame { code: Some(code), reason: reason.to_owned() }
+            }
+        };
+        let previous = self.state;
+        if previous == State::Open {
+            // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
+            match received.code {
+                Some(code) => self.queue_close(code, ""),
+                None => {
+                    self.queue_frame(true, OpCode::Close, &[]);
+                    self.sent_close = Some(received.clone());
+                }
+            }
+        }
+        self.transition(Input::RemoteClose);
+        self.stop_open_timers();
+        self.pending_pong = None;
+        self.timers.close = Some(self.last_rx + self.config.close_timeout);
+        let code = received.code.unwrap_or(CloseCode::NO_STATUS);
+        match previous {
+            State::Open => self.emit_closed(code, received.reason, Initiator::Remote, true),
+            State::CloseSent => {
+                let ours = self.sent_close.clone().unwrap_or(CloseFrame { code: None, reason: String::new() });
+                self.emit_closed(ours.code.unwrap_or(code), ours.reason, Initiator::Local, true);
+            }
+            _ => {
+                // Failing: the peer acknowledged our error close.
+                let ours = self.error.as_ref().and_then(|e| match e {
+                    Error::Protocol(p) => Some(p.close_code()),
+                    _ => None,
+                });
+                self.emit_closed(ours.unwrap_or(code), String::new(), Initiator::Local, true);
+            }
+        }
+        Ok(())
+    }
+}
