@@ -61,7 +61,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_different_seed_different_stream() {
-        let (mut a, mut b, mut c) = (Xoshiro256::from_seed(7), Xoshiro256::from_seed(7), Xoshiro256::from_seed(8));
+        let (mut a, mut b, mut c) =
+            (Xoshiro256::from_seed(7), Xoshiro256::from_seed(7), Xoshiro256::from_seed(8));
         let (mut x, mut y, mut z) = ([0u8; 37], [0u8; 37], [0u8; 37]);
         a.fill(&mut x);
         b.fill(&mut y);

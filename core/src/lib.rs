@@ -11,33 +11,36 @@
 //! commands (`send_*`, `close`) queue output. After every input, drain all three outputs:
 //!
 //! ```no_run
-//! # use std::io::{Read, Write};
-//! # use std::time::Instant;
+//! # use std::io::{ErrorKind, Read, Write};
+//! # use std::time::{Duration, Instant};
 //! use wsrpc_core::ws::{Config, Connection, Event};
 //!
 //! # fn serve(mut sock: std::net::TcpStream) -> std::io::Result<()> {
 //! let mut conn = Connection::server(Config::default(), Instant::now());
-//! let mut buf = vec![0u8; 16 * 1024];
+//! let (mut buf, mut shut) = (vec![0u8; 16 * 1024], false);
 //! while !conn.is_finished() {
-//!     let now = Instant::now();
-//!     let timeout = conn.poll_timeout().map(|t| t.saturating_duration_since(now));
-//!     sock.set_read_timeout(timeout.map(|t| t.max(std::time::Duration::from_millis(1))))?;
-//!     match sock.read(&mut buf) {
-//!         Ok(0) => conn.handle_eof(Instant::now()),
-//!         Ok(n) => conn.handle_input(Instant::now(), &buf[..n]),
-//!         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-//!             || e.kind() == std::io::ErrorKind::TimedOut => conn.handle_timeout(Instant::now()),
-//!         Err(e) => return Err(e),
-//!     }
-//!     while let Some(event) = conn.poll_event() {
-//!         if let Event::Message(msg) = event {
-//!             let _ = conn.send(Instant::now(), msg); // echo
-//!         }
-//!     }
 //!     while let Some(bytes) = conn.poll_transmit() {
 //!         let n = sock.write(bytes)?;
 //!         conn.advance_transmit(n);
 //!     }
+//!     if conn.wants_shutdown_write() && !std::mem::replace(&mut shut, true) {
+//!         sock.shutdown(std::net::Shutdown::Write)?; // lingering close: FIN, then read to EOF
+//!     }
+//!     let wait = conn.poll_timeout().map(|t| t.saturating_duration_since(Instant::now()));
+//!     sock.set_read_timeout(wait.map(|w| w.max(Duration::from_millis(1))))?;
+//!     let now = Instant::now();
+//!     match sock.read(&mut buf) {
+//!         Ok(0) => conn.handle_eof(now),
+//!         Ok(n) => conn.handle_all_input(now, &buf[..n], |conn, event| {
+//!             if let Event::Message(msg) = event {
+//!                 let _ = conn.send(now, msg); // echo
+//!             }
+//!         }),
+//!         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+//!         Err(e) => return Err(e),
+//!     }
+//!     conn.handle_timeout(Instant::now());
+//!     while let Some(_event) = conn.poll_event() {} // Closed, after a timer or end of file
 //! }
 //! # Ok(()) }
 //! ```

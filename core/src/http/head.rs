@@ -98,7 +98,10 @@ pub struct Headers {
 impl Headers {
     /// Offsets of each parsed name and value inside `raw`, which they borrow from.
     fn offsets(raw: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<(Range<u32>, Range<u32>)> {
-        parsed.iter().map(|h| (offset_in(raw, h.name.as_bytes()), offset_in(raw, h.value))).collect()
+        parsed
+            .iter()
+            .map(|h| (offset_in(raw, h.name.as_bytes()), offset_in(raw, h.value)))
+            .collect()
     }
 
     fn slice(&self, r: &Range<u32>) -> &[u8] {
@@ -108,7 +111,9 @@ impl Headers {
     /// Every header line as (name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         // Names were validated as tokens by httparse, so they are ASCII.
-        self.entries.iter().map(|(n, v)| (std::str::from_utf8(self.slice(n)).unwrap_or(""), self.slice(v)))
+        self.entries
+            .iter()
+            .map(|(n, v)| (std::str::from_utf8(self.slice(n)).unwrap_or(""), self.slice(v)))
     }
 
     /// Number of header lines.
@@ -122,7 +127,10 @@ impl Headers {
     }
 
     /// Values of every line named `name` (ASCII case-insensitive).
-    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    pub fn get_all<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
@@ -174,8 +182,12 @@ impl RequestHead {
             let mut req = httparse::Request::new(slots);
             match req.parse(&raw) {
                 Ok(httparse::Status::Complete(_)) => {}
-                Ok(httparse::Status::Partial) => return Err(HandshakeError::Malformed("incomplete head".into())),
-                Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadersTooLarge),
+                Ok(httparse::Status::Partial) => {
+                    return Err(HandshakeError::Malformed("incomplete head".into()));
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HandshakeError::HeadersTooLarge);
+                }
                 Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
             }
             // Complete parses always carry method, path and version.
@@ -240,11 +252,19 @@ impl ResponseHead {
             let mut resp = httparse::Response::new(slots);
             match resp.parse(&raw) {
                 Ok(httparse::Status::Complete(_)) => {}
-                Ok(httparse::Status::Partial) => return Err(HandshakeError::Malformed("incomplete head".into())),
-                Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadersTooLarge),
+                Ok(httparse::Status::Partial) => {
+                    return Err(HandshakeError::Malformed("incomplete head".into()));
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HandshakeError::HeadersTooLarge);
+                }
                 Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
             }
-            Ok((resp.code.unwrap_or(0), resp.version.unwrap_or(1), Headers::offsets(&raw, resp.headers)))
+            Ok((
+                resp.code.unwrap_or(0),
+                resp.version.unwrap_or(1),
+                Headers::offsets(&raw, resp.headers),
+            ))
         });
         let (status, version, entries) = parsed?;
         Ok(Self { status, version, headers: Headers { raw, entries } })
@@ -355,7 +375,9 @@ mod tests {
 
     #[test]
     fn garbage_is_400() {
-        let err = RequestHead::parse(b"\x16\x03\x01garbage\r\n\r\n".to_vec(), HeadLimits::default()).unwrap_err();
+        let err =
+            RequestHead::parse(b"\x16\x03\x01garbage\r\n\r\n".to_vec(), HeadLimits::default())
+                .unwrap_err();
         assert_eq!(err.status(), 400);
     }
 

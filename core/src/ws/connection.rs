@@ -9,7 +9,9 @@ use super::Role;
 use super::close::{CloseCode, CloseFrame};
 use super::config::Config;
 use super::error::{Error, HandshakeError, ProtocolError, SendError};
-use super::frame::{FrameDecoder, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame};
+use super::frame::{
+    FrameDecoder, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame,
+};
 use super::handshake::{self, ClientRequest};
 use super::mask::apply_mask;
 use super::message::{Closed, Connected, Event, Initiator, Message, MessageKind, SharedFrame};
@@ -55,7 +57,7 @@ pub struct Connection {
     pending_pong: Option<ControlPayload>,
     /// Queue position after the last pong we queued; no second pong is queued before it leaves.
     pong_queued_until: u64,
-    /// Close frame we sent, if any.
+    /// Close frame we sent first, if any, to report when the peer answers.
     sent_close: Option<CloseFrame>,
     error: Option<Error>,
     stats: Stats,
@@ -168,18 +170,33 @@ impl Connection {
     }
 
     /// A client connection: the upgrade request is queued for transmission at once.
-    pub fn client(config: impl Into<Arc<Config>>, request: &ClientRequest, mut entropy: Box<dyn Entropy>, now: Instant) -> Self {
+    pub fn client(
+        config: impl Into<Arc<Config>>,
+        request: &ClientRequest,
+        mut entropy: Box<dyn Entropy>,
+        now: Instant,
+    ) -> Self {
         let mut nonce = [0u8; 16];
         entropy.fill(&mut nonce);
         let mut conn = Self::new(Role::Client, config.into(), State::Handshake, Some(entropy), now);
         let mut key = String::new();
         conn.tx.push_with(|buf| key = handshake::write_request(buf, request, nonce));
-        conn.handshake = Some(Box::new(Handshake::Client { head: HeadBuffer::new(), key, offered: request.protocols.clone() }));
+        conn.handshake = Some(Box::new(Handshake::Client {
+            head: HeadBuffer::new(),
+            key,
+            offered: request.protocols.clone(),
+        }));
         conn.timers.handshake = conn.config.handshake_timeout.map(|t| now + t);
         conn
     }
 
-    fn new(role: Role, config: Arc<Config>, state: State, entropy: Option<Box<dyn Entropy>>, now: Instant) -> Self {
+    fn new(
+        role: Role,
+        config: Arc<Config>,
+        state: State,
+        entropy: Option<Box<dyn Entropy>>,
+        now: Instant,
+    ) -> Self {
         let decoder = FrameDecoder::new(role, config.max_frame_size);
         Self {
             role,
@@ -231,9 +248,16 @@ impl Connection {
         self.state == State::Handshake
     }
 
-    /// The connection is over and every byte worth writing was written: close the transport.
+    /// The server has written its last bytes: the caller shuts down the write half of the
+    /// transport (sending FIN) and keeps reading until end of file, so the peer receives
+    /// everything instead of a reset.
+    pub fn wants_shutdown_write(&self) -> bool {
+        self.role == Role::Server && self.state == State::Draining && self.tx.is_empty()
+    }
+
+    /// The connection is over: close the transport.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Closed && self.tx.is_empty()
+        self.state == State::Closed
     }
 
     /// Why the connection failed, once it has; it stays failed.
@@ -253,18 +277,47 @@ impl Connection {
 
     // ---- input ---------------------------------------------------------------------------
 
-    /// Feeds bytes read from the transport. All of `data` is consumed.
-    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
-        self.stats.bytes_in += data.len() as u64;
+    /// Feeds bytes read from the transport; returns how many were consumed.
+    ///
+    /// Processing stops right after an event is produced, so the application can answer a
+    /// message before the bytes behind it are looked at (a protocol violation later in the
+    /// same read must not overtake the answer). Drain [`poll_event`](Self::poll_event), then
+    /// call again with the rest, or use [`handle_all_input`](Self::handle_all_input). Input
+    /// that can no longer matter (after the close) is consumed and discarded, so every call
+    /// with non-empty `data` consumes at least one byte.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
         self.last_rx = now;
+        let events_before = self.events.len();
+        let mut used = 0;
         if self.state == State::Handshake {
-            match self.handle_handshake_input(now, data) {
-                Some(rest) => data = rest,
-                None => return,
-            }
+            used = self.handle_handshake_input(now, data);
         }
-        if self.state.reads_frames() {
-            self.read_frames(now, data);
+        if self.events.len() == events_before && self.state.reads_frames() {
+            used += self.read_frames(now, &data[used..], events_before);
+        } else if self.events.len() == events_before {
+            // Handshake still incomplete (all taken), or nothing left to read frames for.
+            used = data.len();
+        }
+        self.stats.bytes_in += used as u64;
+        used
+    }
+
+    /// Feeds all of `data`, handing events to `on_event` between pieces.
+    pub fn handle_all_input(
+        &mut self,
+        now: Instant,
+        mut data: &[u8],
+        mut on_event: impl FnMut(&mut Self, Event),
+    ) {
+        loop {
+            let used = self.handle_input(now, data);
+            data = &data[used..];
+            while let Some(event) = self.poll_event() {
+                on_event(self, event);
+            }
+            if data.is_empty() {
+                return;
+            }
         }
     }
 
@@ -272,13 +325,11 @@ impl Connection {
     pub fn handle_eof(&mut self, now: Instant) {
         let _ = now;
         match self.state {
-            State::Handshake => self.abort(Error::Handshake(HandshakeError::Eof), Initiator::Remote),
-            State::Open | State::CloseSent => self.abort(Error::Eof, Initiator::Remote),
-            State::Failing => {
-                let error = self.error.clone().unwrap_or(Error::Eof);
-                self.abort(error, Initiator::Local);
+            State::Handshake => {
+                self.abort(Error::Handshake(HandshakeError::Eof), Initiator::Remote)
             }
-            State::AwaitingEof => self.finish_quietly(),
+            State::Open | State::CloseSent => self.abort(Error::Eof, Initiator::Remote),
+            State::Draining => self.finish(),
             State::Closed => {}
         }
     }
@@ -288,19 +339,14 @@ impl Connection {
         if expired(self.timers.handshake, now) {
             self.timers.handshake = None;
             if self.state == State::Handshake {
-                self.fail_handshake(HandshakeError::Timeout);
+                self.fail_handshake(now, HandshakeError::Timeout);
             }
         }
         if expired(self.timers.close, now) {
             self.timers.close = None;
             match self.state {
-                State::CloseSent | State::Failing => {
-                    let error = self.error.clone().unwrap_or(Error::CloseTimeout);
-                    self.abort(error, Initiator::Local);
-                }
-                State::AwaitingEof => self.finish_quietly(),
-                // Closed with bytes the peer will not read: give up on them.
-                State::Closed => self.tx.clear(),
+                State::CloseSent => self.abort(Error::CloseTimeout, Initiator::Local),
+                State::Draining => self.finish(),
                 _ => {}
             }
         }
@@ -312,31 +358,27 @@ impl Connection {
         }
         if expired(self.timers.ping, now) {
             self.timers.ping = None;
-            if self.state == State::Open {
-                if let Some(interval) = self.config.ping_interval {
-                    let due = self.last_rx + interval;
-                    if self.timers.pong.is_some() {
-                        // A ping is unanswered: its pong timer decides, not a new ping.
-                        self.timers.ping = Some(now + interval);
-                    } else if due <= now {
-                        self.send_heartbeat(now);
-                        self.timers.ping = Some(now + interval);
-                    } else {
-                        self.timers.ping = Some(due);
-                    }
+            if let (State::Open, Some(interval)) = (self.state, self.config.ping_interval) {
+                let due = self.last_rx + interval;
+                if self.timers.pong.is_some() {
+                    // A ping is unanswered: its pong timer decides, not a new ping.
+                    self.timers.ping = Some(now + interval);
+                } else if due <= now {
+                    self.send_heartbeat(now);
+                    self.timers.ping = Some(now + interval);
+                } else {
+                    self.timers.ping = Some(due);
                 }
             }
         }
         if expired(self.timers.idle, now) {
             self.timers.idle = None;
-            if self.state == State::Open {
-                if let Some(idle) = self.config.idle_timeout {
-                    let due = self.last_message + idle;
-                    if due <= now {
-                        let _ = self.close_at(now, CloseCode::GOING_AWAY, "idle timeout");
-                    } else {
-                        self.timers.idle = Some(due);
-                    }
+            if let (State::Open, Some(idle)) = (self.state, self.config.idle_timeout) {
+                let due = self.last_message + idle;
+                if due <= now {
+                    self.start_close(now, CloseCode::GOING_AWAY, "idle timeout");
+                } else {
+                    self.timers.idle = Some(due);
                 }
             }
         }
@@ -382,9 +424,7 @@ impl Connection {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = &self.timers;
-        // Once finished, the close timer has nothing left to guard.
-        let close = if self.is_finished() { None } else { t.close };
-        [t.handshake, t.ping, t.pong, t.idle, close].into_iter().flatten().min()
+        [t.handshake, t.ping, t.pong, t.idle, t.close].into_iter().flatten().min()
     }
 
     // ---- commands ------------------------------------------------------------------------
@@ -409,7 +449,8 @@ impl Connection {
             return self.send_data(now, opcode, &payload);
         }
         let mask = self.next_mask();
-        let header = FrameHeader { fin: true, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
+        let header =
+            FrameHeader { fin: true, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
         let mut hbuf = [0u8; MAX_HEADER_LEN];
         let hlen = header.encode(&mut hbuf);
         if let Some(key) = mask {
@@ -437,15 +478,19 @@ impl Connection {
 
     /// Queues one frame as given: for sending a message in fragments. The caller follows the
     /// fragmentation rules (a text or binary frame, continuations, the last one with `fin`).
-    pub fn send_frame(&mut self, now: Instant, opcode: OpCode, fin: bool, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.check_can_send()?;
-        if opcode.is_control() {
-            if payload.len() > MAX_CONTROL_PAYLOAD {
-                return Err(SendError::ControlTooLong);
-            }
-            if opcode == OpCode::Close {
-                return Err(SendError::InvalidCloseCode);
-            }
+        if opcode == OpCode::Close {
+            return Err(SendError::InvalidCloseCode);
+        }
+        if opcode.is_control() && payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlTooLong);
         }
         self.queue_frame(fin, opcode, payload);
         if fin && !opcode.is_control() {
@@ -464,7 +509,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes).
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes). During the
+    /// opening handshake it abandons the connection.
     pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) -> Result<(), SendError> {
         if !code.is_valid_on_wire() {
             return Err(SendError::InvalidCloseCode);
@@ -472,26 +518,31 @@ impl Connection {
         if reason.len() > MAX_CONTROL_PAYLOAD - 2 {
             return Err(SendError::ControlTooLong);
         }
-        self.close_at(now, code, reason)
-    }
-
-    // ---- internals -----------------------------------------------------------------------
-
-    fn close_at(&mut self, now: Instant, code: CloseCode, reason: &str) -> Result<(), SendError> {
         match self.state {
             State::Open => {
-                self.queue_close(code, reason);
-                self.transition(Input::LocalClose);
-                self.timers.close = Some(now + self.config.close_timeout);
-                self.stop_open_timers();
+                self.start_close(now, code, reason);
                 Ok(())
             }
             State::Handshake => {
-                self.abort_handshake_silently();
+                self.handshake = None;
+                self.transition(Input::LocalClose);
+                self.timers = Timers::default();
+                self.tx.clear();
+                self.emit_closed(CloseCode::ABNORMAL, String::new(), Initiator::Local, false);
                 Ok(())
             }
             _ => Err(SendError::Closing),
         }
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn start_close(&mut self, now: Instant, code: CloseCode, reason: &str) {
+        self.queue_close(code, reason);
+        self.sent_close = Some(CloseFrame { code: Some(code), reason: reason.to_owned() });
+        self.transition(Input::LocalClose);
+        self.stop_open_timers();
+        self.timers.close = Some(now + self.config.close_timeout);
     }
 
     fn check_can_send(&self) -> Result<(), SendError> {
@@ -539,7 +590,6 @@ impl Connection {
         payload[..2].copy_from_slice(&code.0.to_be_bytes());
         payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
         self.queue_frame(true, OpCode::Close, &payload[..2 + reason.len()]);
-        self.sent_close = Some(CloseFrame { code: Some(code), reason: reason.to_owned() });
     }
 
     fn flush_pong(&mut self) {
@@ -561,7 +611,7 @@ impl Connection {
     fn transition(&mut self, input: Input) {
         let next = self.state.next(input, self.role);
         if next != self.state {
-            log::trace!(target: "wsrpc::ws", "state {:?} -> {:?} on {:?}", self.state, next, input);
+            log::trace!(target: "wsrpc::ws", "state {:?} -> {next:?} on {input:?}", self.state);
         }
         self.state = next;
     }
@@ -585,67 +635,51 @@ impl Connection {
         self.events.push_back(Event::Closed(Closed { code, reason, initiator, clean, error }));
     }
 
+    /// Enters the lingering close: last bytes out, input discarded, bounded by the close timer.
+    fn start_draining(&mut self, input: Input) {
+        self.transition(input);
+        self.stop_open_timers();
+        self.pending_pong = None;
+        self.rx.message = None;
+        self.rx.frame = None;
+        self.timers.close = Some(self.last_rx + self.config.close_timeout);
+    }
+
     /// Ends the connection now without a close handshake.
     fn abort(&mut self, error: Error, initiator: Initiator) {
         log::debug!(target: "wsrpc::ws", "connection aborted: {error}");
-        let code = match (&error, &self.sent_close) {
-            (Error::Protocol(e), _) => e.close_code(),
-            _ => CloseCode::ABNORMAL,
-        };
         self.error = Some(error);
+        self.finish();
+        self.rx.message = None;
+        self.emit_closed(CloseCode::ABNORMAL, String::new(), initiator, false);
+    }
+
+    /// Moves to `Closed`, dropping whatever was not written.
+    fn finish(&mut self) {
         self.transition(Input::Abort);
-        self.stop_open_timers();
-        self.timers.close = None;
+        self.timers = Timers::default();
         self.tx.clear();
         self.pending_pong = None;
-        self.rx.message = None;
-        self.emit_closed(code, String::new(), initiator, false);
     }
 
-    /// Client: the server closed TCP (or took too long) after a clean close handshake.
-    fn finish_quietly(&mut self) {
-        self.transition(Input::Abort);
-        self.timers.close = None;
-        self.tx.clear();
-    }
-
-    fn abort_handshake_silently(&mut self) {
-        self.handshake = None;
-        self.transition(Input::LocalClose);
-        self.timers.handshake = None;
-        self.tx.clear();
-        self.emit_closed(CloseCode::ABNORMAL, String::new(), Initiator::Local, false);
-    }
-
-    /// Fails the connection for a peer's protocol violation: close frame with the matching
-    /// code, then discard input until the peer's close frame or the close timeout.
-    fn fail(&mut self, now: Instant, error: ProtocolError) {
-        log::debug!(target: "wsrpc::ws", "peer protocol violation: {error}; closing with {}", error.close_code());
+    /// Fails the connection for a peer's protocol violation (RFC 6455 §7.1.7): a close frame
+    /// with the matching code, then the lingering close.
+    fn fail(&mut self, error: ProtocolError) {
         let code = error.close_code();
-        self.error = Some(Error::Protocol(error));
-        self.rx.message = None;
-        self.rx.frame = None;
-        self.rx.header_len = 0;
-        self.pending_pong = None;
-        match self.state {
-            State::Open => {
-                self.queue_close(code, "");
-                self.transition(Input::ProtocolError);
-                self.timers.close = Some(now + self.config.close_timeout);
-                self.stop_open_timers();
+        log::debug!(target: "wsrpc::ws", "peer protocol violation: {error}; closing with {code}");
+        if self.state == State::Open {
+            // A ping that came before the violation is still answered, before the close.
+            if let Some(p) = self.pending_pong.take() {
+                self.queue_frame(true, OpCode::Pong, p.bytes());
             }
-            State::CloseSent => {
-                // Our close frame is already out; just stop delivering.
-                self.transition(Input::ProtocolError);
-            }
-            _ => {
-                let error = self.error.clone().unwrap_or(Error::Eof);
-                self.abort(error, Initiator::Local);
-            }
+            self.queue_close(code, "");
         }
+        self.error = Some(Error::Protocol(error));
+        self.start_draining(Input::ProtocolError);
+        self.emit_closed(code, String::new(), Initiator::Local, false);
     }
 
-    fn fail_handshake(&mut self, error: HandshakeError) {
+    fn fail_handshake(&mut self, now: Instant, error: HandshakeError) {
         log::debug!(target: "wsrpc::ws", "handshake failed: {error}");
         self.handshake = None;
         self.tx.clear();
@@ -653,15 +687,16 @@ impl Connection {
             self.tx.push_with(|buf| handshake::write_reject(buf, &error));
         }
         self.error = Some(Error::Handshake(error));
-        self.transition(Input::HandshakeFailed);
-        self.timers.handshake = None;
-        // Bound the time spent writing the rejection to a peer that does not read.
-        self.timers.close = self.timers.close.or(Some(self.last_rx + self.config.close_timeout));
+        self.last_rx = now;
+        self.start_draining(Input::HandshakeFailed);
+        if self.state == State::Closed {
+            self.timers = Timers::default();
+        }
         self.emit_closed(CloseCode::ABNORMAL, String::new(), Initiator::Local, false);
     }
 
-    /// Returns the bytes after the head once the handshake completes.
-    fn handle_handshake_input<'d>(&mut self, now: Instant, data: &'d [u8]) -> Option<&'d [u8]> {
+    /// Returns how many bytes of `data` belonged to the head (all of them while incomplete).
+    fn handle_handshake_input(&mut self, now: Instant, data: &[u8]) -> usize {
         let limits = self.config.head_limits;
         let hs = self.handshake.as_mut().expect("a handshaking connection has handshake state");
         let head = match &mut **hs {
@@ -669,27 +704,29 @@ impl Connection {
         };
         let used = match head.push(data, limits.max_size) {
             Ok(Some(used)) => used,
-            Ok(None) => return None,
+            Ok(None) => return data.len(),
             Err(e) => {
-                self.fail_handshake(e);
-                return None;
+                self.fail_handshake(now, e);
+                return data.len();
             }
         };
         let raw = head.take();
         let outcome = match *self.handshake.take().expect("checked above") {
             Handshake::Server { .. } => self.complete_server_handshake(raw),
-            Handshake::Client { key, offered, .. } => self.complete_client_handshake(raw, &key, &offered),
+            Handshake::Client { key, offered, .. } => {
+                self.complete_client_handshake(raw, &key, &offered)
+            }
         };
         match outcome {
             Ok(connected) => {
                 self.transition(Input::HandshakeDone);
                 self.start_open_timers(now);
                 self.events.push_back(Event::Connected(connected));
-                Some(&data[used..])
+                used
             }
             Err(e) => {
-                self.fail_handshake(e);
-                None
+                self.fail_handshake(now, e);
+                data.len()
             }
         }
     }
@@ -698,46 +735,55 @@ impl Connection {
         let request = RequestHead::parse(raw, self.config.head_limits)?;
         let upgrade = handshake::validate_upgrade(request)?;
         let protocol = upgrade.select_protocol(&self.config.subprotocols).map(str::to_owned);
-        self.tx.push_with(|buf| handshake::write_accept(buf, upgrade.key(), protocol.as_deref(), &[]));
+        self.tx
+            .push_with(|buf| handshake::write_accept(buf, upgrade.key(), protocol.as_deref(), &[]));
         Ok(Connected { protocol, request: Some(Box::new(upgrade.request)) })
     }
 
-    fn complete_client_handshake(&mut self, raw: Vec<u8>, key: &str, offered: &[String]) -> Result<Connected, HandshakeError> {
+    fn complete_client_handshake(
+        &mut self,
+        raw: Vec<u8>,
+        key: &str,
+        offered: &[String],
+    ) -> Result<Connected, HandshakeError> {
         let response = ResponseHead::parse(raw, self.config.head_limits)?;
         let protocol = handshake::validate_response(&response, key, offered)?;
         Ok(Connected { protocol, request: None })
     }
 
-    /// Decodes frames from `data`, which is consumed entirely.
-    fn read_frames(&mut self, now: Instant, mut data: &[u8]) {
-        while !data.is_empty() && self.state.reads_frames() {
+    /// Decodes frames from `data` until an event is produced or `data` is used up; returns
+    /// the bytes used (all of them once the connection stops reading frames).
+    fn read_frames(&mut self, now: Instant, data: &[u8], events_before: usize) -> usize {
+        let mut at = 0;
+        while at < data.len() {
             if self.rx.frame.is_none() {
-                match self.read_header(data) {
-                    Ok(Some(used)) => data = &data[used..],
-                    Ok(None) => return,
-                    Err(e) => return self.fail(now, e),
+                match self.read_header(&data[at..]) {
+                    Ok(Some(used)) => at += used,
+                    Ok(None) => return data.len(),
+                    Err(e) => self.fail(e),
                 }
-                if let Err(e) = self.start_frame(now) {
-                    return self.fail(now, e);
+                if let Err(e) = self.start_frame() {
+                    self.fail(e);
                 }
-                if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
-                    if let Err(e) = self.end_frame(now) {
-                        return self.fail(now, e);
-                    }
+            } else {
+                match self.read_payload(&data[at..]) {
+                    Ok(used) => at += used,
+                    Err(e) => self.fail(e),
                 }
-                continue;
             }
-            let used = match self.read_payload(data) {
-                Ok(used) => used,
-                Err(e) => return self.fail(now, e),
-            };
-            data = &data[used..];
             if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
                 if let Err(e) = self.end_frame(now) {
-                    return self.fail(now, e);
+                    self.fail(e);
                 }
             }
+            if !self.state.reads_frames() {
+                return data.len();
+            }
+            if self.events.len() > events_before {
+                return at;
+            }
         }
+        at
     }
 
     /// Decodes a header, from `data` directly when it holds one whole, else through the
@@ -746,7 +792,8 @@ impl Connection {
         let rx = &mut self.rx;
         if rx.header_len == 0 {
             if let Some((header, len)) = self.decoder.decode_header(data)? {
-                rx.frame = Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
+                rx.frame =
+                    Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
                 return Ok(Some(len));
             }
         }
@@ -757,7 +804,8 @@ impl Connection {
         match self.decoder.decode_header(&rx.header_buf[..rx.header_len])? {
             Some((header, len)) => {
                 rx.header_len = 0;
-                rx.frame = Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
+                rx.frame =
+                    Some(FrameInProgress { header, remaining: header.payload_len, mask_phase: 0 });
                 Ok(Some(len - old))
             }
             None => Ok(None),
@@ -766,28 +814,27 @@ impl Connection {
 
     /// Applies the checks that depend on the message in progress, and prepares to receive
     /// the payload.
-    fn start_frame(&mut self, now: Instant) -> Result<(), ProtocolError> {
+    fn start_frame(&mut self) -> Result<(), ProtocolError> {
         let Some(frame) = self.rx.frame.as_ref() else { return Ok(()) };
         let header = frame.header;
-        let discard = !self.state.delivers_messages();
         match header.opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.rx.message.is_some() {
                     return Err(ProtocolError::ExpectedContinuation);
                 }
                 self.check_message_size(0, header.payload_len)?;
-                if !discard {
-                    let kind = if header.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary };
-                    // Reserve what is announced, up to 64 KiB: memory follows the bytes that
-                    // actually arrive, not what a header claims.
-                    let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
-                    self.rx.message = Some(Assembly { kind, data, fragments: 1, utf8: Utf8Validator::new() });
-                }
+                let kind = if header.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                // Reserve what is announced, up to 64 KiB: memory follows the bytes that
+                // actually arrive, not what a header claims.
+                let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
+                self.rx.message =
+                    Some(Assembly { kind, data, fragments: 1, utf8: Utf8Validator::new() });
             }
             OpCode::Continuation => {
-                if discard {
-                    return Ok(());
-                }
                 let max_fragments = self.config.max_fragments;
                 let Some(msg) = self.rx.message.as_mut() else {
                     return Err(ProtocolError::UnexpectedContinuation);
@@ -801,7 +848,6 @@ impl Connection {
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => self.rx.control.len = 0,
         }
-        let _ = now;
         Ok(())
     }
 
@@ -813,7 +859,6 @@ impl Connection {
 
     /// Takes payload bytes of the current frame from `data`; returns how many.
     fn read_payload(&mut self, data: &[u8]) -> Result<usize, ProtocolError> {
-        let discard = !self.state.delivers_messages();
         let rx = &mut self.rx;
         let frame = rx.frame.as_mut().expect("read_payload runs with a frame in progress");
         let n = usize::try_from(frame.remaining).map_or(data.len(), |r| r.min(data.len()));
@@ -828,9 +873,6 @@ impl Connection {
             if let Some(key) = key {
                 frame.mask_phase = apply_mask(&mut c.buf[start..start + n], key, frame.mask_phase);
             }
-            return Ok(n);
-        }
-        if discard {
             return Ok(n);
         }
         let msg = rx.message.as_mut().expect("a data frame in progress has a message");
@@ -850,7 +892,7 @@ impl Connection {
         let header = frame.header;
         match header.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                if !header.fin || !self.state.delivers_messages() {
+                if !header.fin {
                     return Ok(());
                 }
                 let msg = self.rx.message.take().expect("a final data frame has a message");
@@ -886,40 +928,28 @@ impl Connection {
                 if !code.is_valid_on_wire() {
                     return Err(ProtocolError::InvalidCloseCode(code.0));
                 }
-                let reason = simdutf8::basic::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidCloseReason)?;
+                let reason = simdutf8::basic::from_utf8(&payload[2..])
+                    .map_err(|_| ProtocolError::InvalidCloseReason)?;
                 CloseFrame { code: Some(code), reason: reason.to_owned() }
             }
         };
-        let previous = self.state;
-        if previous == State::Open {
-            // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
+        let initiated_by_us = self.state == State::CloseSent;
+        if !initiated_by_us {
+            // Echo the peer's code (RFC 6455 §5.5.1); an empty close gets an empty close.
             match received.code {
                 Some(code) => self.queue_close(code, ""),
-                None => {
-                    self.queue_frame(true, OpCode::Close, &[]);
-                    self.sent_close = Some(received.clone());
-                }
+                None => self.queue_frame(true, OpCode::Close, &[]),
             }
         }
-        self.transition(Input::RemoteClose);
-        self.stop_open_timers();
-        self.pending_pong = None;
-        self.timers.close = Some(self.last_rx + self.config.close_timeout);
-        let code = received.code.unwrap_or(CloseCode::NO_STATUS);
-        match previous {
-            State::Open => self.emit_closed(code, received.reason, Initiator::Remote, true),
-            State::CloseSent => {
-                let ours = self.sent_close.clone().unwrap_or(CloseFrame { code: None, reason: String::new() });
-                self.emit_closed(ours.code.unwrap_or(code), ours.reason, Initiator::Local, true);
-            }
-            _ => {
-                // Failing: the peer acknowledged our error close.
-                let ours = self.error.as_ref().and_then(|e| match e {
-                    Error::Protocol(p) => Some(p.close_code()),
-                    _ => None,
-                });
-                self.emit_closed(ours.unwrap_or(code), String::new(), Initiator::Local, true);
-            }
+        self.start_draining(Input::RemoteClose);
+        if initiated_by_us {
+            let ours =
+                self.sent_close.take().unwrap_or(CloseFrame { code: None, reason: String::new() });
+            let code = ours.code.unwrap_or(CloseCode::NORMAL);
+            self.emit_closed(code, ours.reason, Initiator::Local, true);
+        } else {
+            let code = received.code.unwrap_or(CloseCode::NO_STATUS);
+            self.emit_closed(code, received.reason, Initiator::Remote, true);
         }
         Ok(())
     }

@@ -67,9 +67,9 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            Self::FrameTooLarge { .. } | Self::MessageTooLarge { .. } | Self::TooManyFragments { .. } => {
-                CloseCode::MESSAGE_TOO_BIG
-            }
+            Self::FrameTooLarge { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
             Self::UnsupportedData => CloseCode::UNSUPPORTED_DATA,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -79,7 +79,9 @@ impl ProtocolError {
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ReservedBits(bits) => write!(f, "reserved bits {bits:#05b} set without an extension"),
+            Self::ReservedBits(bits) => {
+                write!(f, "reserved bits {bits:#05b} set without an extension")
+            }
             Self::ReservedOpcode(op) => write!(f, "reserved opcode {op:#x}"),
             Self::FragmentedControl => f.write_str("fragmented control frame"),
             Self::ControlTooLong => f.write_str("control frame payload over 125 bytes"),
@@ -87,11 +89,19 @@ impl fmt::Display for ProtocolError {
             Self::LengthHighBit => f.write_str("64-bit payload length with the high bit set"),
             Self::UnmaskedFrame => f.write_str("unmasked frame from a client"),
             Self::MaskedFrame => f.write_str("masked frame from a server"),
-            Self::UnexpectedContinuation => f.write_str("continuation frame without a message in progress"),
-            Self::ExpectedContinuation => f.write_str("new message before the fragmented one finished"),
+            Self::UnexpectedContinuation => {
+                f.write_str("continuation frame without a message in progress")
+            }
+            Self::ExpectedContinuation => {
+                f.write_str("new message before the fragmented one finished")
+            }
             Self::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message"),
-            Self::FrameTooLarge { len, max } => write!(f, "frame of {len} bytes over the limit of {max}"),
-            Self::MessageTooLarge { len, max } => write!(f, "message of {len} bytes over the limit of {max}"),
+            Self::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes over the limit of {max}")
+            }
+            Self::MessageTooLarge { len, max } => {
+                write!(f, "message of {len} bytes over the limit of {max}")
+            }
             Self::TooManyFragments { max } => write!(f, "message in more than {max} fragments"),
             Self::CloseTooShort => f.write_str("close frame with a one-byte payload"),
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
@@ -163,12 +173,18 @@ impl fmt::Display for HandshakeError {
             Self::MethodNotAllowed => f.write_str("a WebSocket upgrade must use GET"),
             Self::UnsupportedHttpVersion => f.write_str("a WebSocket upgrade needs HTTP/1.1"),
             Self::BadHeader(name) => write!(f, "missing or invalid {name} header"),
-            Self::UnsupportedVersion => f.write_str("unsupported Sec-WebSocket-Version (13 expected)"),
+            Self::UnsupportedVersion => {
+                f.write_str("unsupported Sec-WebSocket-Version (13 expected)")
+            }
             Self::NotAnUpgrade => f.write_str("this endpoint only accepts WebSocket upgrades"),
             Self::Rejected { status } => write!(f, "server answered {status} instead of 101"),
             Self::BadAccept => f.write_str("Sec-WebSocket-Accept does not match the key"),
-            Self::UnexpectedProtocol(p) => write!(f, "server selected subprotocol {p:?} that was not offered"),
-            Self::UnexpectedExtension => f.write_str("server enabled an extension that was not offered"),
+            Self::UnexpectedProtocol(p) => {
+                write!(f, "server selected subprotocol {p:?} that was not offered")
+            }
+            Self::UnexpectedExtension => {
+                f.write_str("server enabled an extension that was not offered")
+            }
             Self::Timeout => f.write_str("handshake timed out"),
             Self::Eof => f.write_str("connection closed during the handshake"),
         }

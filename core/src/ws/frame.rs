@@ -3,9 +3,9 @@
 //!
 //! Written by hand: framing is the product's core and its hottest path.
 
+use super::Role;
 use super::error::ProtocolError;
 use super::mask::apply_mask;
-use super::Role;
 
 /// A frame's opcode (RFC 6455 §5.2). Reserved opcodes are rejected while decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,7 +159,8 @@ impl FrameDecoder {
         if rsv & !self.allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBits(rsv));
         }
-        let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ProtocolError::ReservedOpcode(b0 & 0x0F))?;
+        let opcode =
+            OpCode::from_bits(b0 & 0x0F).ok_or(ProtocolError::ReservedOpcode(b0 & 0x0F))?;
         if opcode.is_control() && !fin {
             return Err(ProtocolError::FragmentedControl);
         }
@@ -199,7 +200,10 @@ impl FrameDecoder {
             n => (u64::from(n), 2),
         };
         if payload_len > self.max_frame_size {
-            return Err(ProtocolError::FrameTooLarge { len: payload_len, max: self.max_frame_size });
+            return Err(ProtocolError::FrameTooLarge {
+                len: payload_len,
+                max: self.max_frame_size,
+            });
         }
         let mask = if masked {
             let Some(key) = buf.get(at..at + 4) else { return Ok(None) };
@@ -216,11 +220,17 @@ impl FrameDecoder {
     /// `Ok(None)` means the frame is not complete yet. This is the zero-copy path for callers
     /// that hold whole frames in their own buffer; [`Connection`](super::Connection) uses
     /// [`decode_header`](Self::decode_header) and streams payloads instead.
-    pub fn decode_in_place<'a>(&self, buf: &'a mut [u8]) -> Result<Option<Frame<'a>>, ProtocolError> {
+    pub fn decode_in_place<'a>(
+        &self,
+        buf: &'a mut [u8],
+    ) -> Result<Option<Frame<'a>>, ProtocolError> {
         let Some((header, hlen)) = self.decode_header(buf)? else { return Ok(None) };
         // `payload_len` is at most `max_frame_size`; on 32-bit targets a larger value cannot fit.
         let Ok(plen) = usize::try_from(header.payload_len) else {
-            return Err(ProtocolError::FrameTooLarge { len: header.payload_len, max: self.max_frame_size });
+            return Err(ProtocolError::FrameTooLarge {
+                len: header.payload_len,
+                max: self.max_frame_size,
+            });
         };
         let Some(end) = hlen.checked_add(plen).filter(|&end| end <= buf.len()) else {
             return Ok(None);
@@ -234,7 +244,13 @@ impl FrameDecoder {
 }
 
 /// Appends a complete frame to `out`, masking the payload with `mask` when it is given.
-pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
     let header = FrameHeader { fin, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
     let mut hbuf = [0u8; MAX_HEADER_LEN];
     let hlen = header.encode(&mut hbuf);
@@ -251,15 +267,20 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, mask: Option<[
 mod tests {
     use super::*;
 
-    const SERVER: FrameDecoder = FrameDecoder { role: Role::Server, max_frame_size: 1 << 24, allowed_rsv: 0 };
-    const CLIENT: FrameDecoder = FrameDecoder { role: Role::Client, max_frame_size: 1 << 24, allowed_rsv: 0 };
+    const SERVER: FrameDecoder =
+        FrameDecoder { role: Role::Server, max_frame_size: 1 << 24, allowed_rsv: 0 };
+    const CLIENT: FrameDecoder =
+        FrameDecoder { role: Role::Client, max_frame_size: 1 << 24, allowed_rsv: 0 };
 
     #[test]
     fn rfc_examples() {
         // RFC 6455 §5.7: a single-frame unmasked text message "Hello".
         let mut unmasked = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
         let f = CLIENT.decode_in_place(&mut unmasked).unwrap().unwrap();
-        assert_eq!((f.header.opcode, f.header.fin, &*f.payload, f.len), (OpCode::Text, true, &b"Hello"[..], 7));
+        assert_eq!(
+            (f.header.opcode, f.header.fin, &*f.payload, f.len),
+            (OpCode::Text, true, &b"Hello"[..], 7)
+        );
         // A single-frame masked text message "Hello".
         let mut masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         let f = SERVER.decode_in_place(&mut masked).unwrap().unwrap();

@@ -173,7 +173,9 @@ pub fn write_request(out: &mut Vec<u8>, req: &ClientRequest, nonce: [u8; 16]) ->
     let target = if req.target.is_empty() { "/" } else { req.target.as_str() };
     out.extend_from_slice(format!("GET {target} HTTP/1.1\r\n").as_bytes());
     push_header(out, "Host", &req.host);
-    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
+    out.extend_from_slice(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+    );
     push_header(out, "Sec-WebSocket-Key", &key);
     if !req.protocols.is_empty() {
         push_header(out, "Sec-WebSocket-Protocol", &req.protocols.join(", "));
@@ -201,7 +203,9 @@ pub fn validate_response(
     if !h.has_token("connection", "upgrade") {
         return Err(HandshakeError::BadHeader("Connection"));
     }
-    if h.count("sec-websocket-accept") != 1 || h.get_str("sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_str()) {
+    if h.count("sec-websocket-accept") != 1
+        || h.get_str("sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_str())
+    {
         return Err(HandshakeError::BadAccept);
     }
     if h.tokens("sec-websocket-extensions").next().is_some() {
@@ -283,7 +287,9 @@ mod tests {
 
     #[test]
     fn client_request_and_response_validation() {
-        let req = ClientRequest::new("localhost:9001", "/rpc").protocol("jsonrpc").header("Origin", "http://localhost");
+        let req = ClientRequest::new("localhost:9001", "/rpc")
+            .protocol("jsonrpc")
+            .header("Origin", "http://localhost");
         let mut out = Vec::new();
         let key = write_request(&mut out, &req, *b"the sample nonce");
         assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
@@ -293,9 +299,20 @@ mod tests {
         write_accept(&mut resp, up.key(), Some("jsonrpc"), &[]);
         let head = ResponseHead::parse(resp, HeadLimits::default()).unwrap();
         assert_eq!(validate_response(&head, &key, &req.protocols), Ok(Some("jsonrpc".into())));
-        assert_eq!(validate_response(&head, "AAAAAAAAAAAAAAAAAAAAAA==", &req.protocols), Err(HandshakeError::BadAccept));
-        assert!(matches!(validate_response(&head, &key, &[]), Err(HandshakeError::UnexpectedProtocol(_))));
-        let rejected = ResponseHead::parse(b"HTTP/1.1 403 Forbidden\r\n\r\n".to_vec(), HeadLimits::default()).unwrap();
-        assert_eq!(validate_response(&rejected, &key, &[]), Err(HandshakeError::Rejected { status: 403 }));
+        assert_eq!(
+            validate_response(&head, "AAAAAAAAAAAAAAAAAAAAAA==", &req.protocols),
+            Err(HandshakeError::BadAccept)
+        );
+        assert!(matches!(
+            validate_response(&head, &key, &[]),
+            Err(HandshakeError::UnexpectedProtocol(_))
+        ));
+        let rejected =
+            ResponseHead::parse(b"HTTP/1.1 403 Forbidden\r\n\r\n".to_vec(), HeadLimits::default())
+                .unwrap();
+        assert_eq!(
+            validate_response(&rejected, &key, &[]),
+            Err(HandshakeError::Rejected { status: 403 })
+        );
     }
 }

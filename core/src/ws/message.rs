@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::close::CloseCode;
 use super::error::Error;
-use super::frame::{MAX_HEADER_LEN, FrameHeader, OpCode};
+use super::frame::{FrameHeader, MAX_HEADER_LEN, OpCode};
 use crate::http::head::RequestHead;
 
 /// The type of a data message.
@@ -67,7 +67,13 @@ pub struct SharedFrame {
 impl SharedFrame {
     /// Encodes `payload` as one unmasked, final frame of `kind`.
     pub fn new(kind: MessageKind, payload: &[u8]) -> Self {
-        let header = FrameHeader { fin: true, rsv: 0, opcode: kind.opcode(), mask: None, payload_len: payload.len() as u64 };
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: kind.opcode(),
+            mask: None,
+            payload_len: payload.len() as u64,
+        };
         let mut hbuf = [0u8; MAX_HEADER_LEN];
         let hlen = header.encode(&mut hbuf);
         let mut bytes = Vec::with_capacity(hlen + payload.len());
@@ -88,7 +94,11 @@ impl SharedFrame {
 
     /// The message type (from the encoded opcode).
     pub fn kind(&self) -> MessageKind {
-        if self.bytes[0] & 0x0F == OpCode::Binary.bits() { MessageKind::Binary } else { MessageKind::Text }
+        if self.bytes[0] & 0x0F == OpCode::Binary.bits() {
+            MessageKind::Binary
+        } else {
+            MessageKind::Text
+        }
     }
 }
 

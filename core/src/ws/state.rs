@@ -11,13 +11,12 @@ pub(crate) enum State {
     Open,
     /// We sent a close frame and wait for the peer's; its messages are still delivered.
     CloseSent,
-    /// We failed the connection (protocol error) and sent a close frame; input is discarded
-    /// until the peer's close frame or the close timeout.
-    Failing,
-    /// Client only: both close frames were exchanged; waiting for the server to end the TCP
-    /// connection (RFC 6455 §7.1.1) or the close timeout.
-    AwaitingEof,
-    /// Done. The transport closes once the remaining bytes are written.
+    /// The close is decided (both close frames exchanged, or we failed the connection or
+    /// rejected the handshake): the last bytes are written, the server half-closes, and input
+    /// is discarded until the peer's end of file or the close timeout (a lingering close, so
+    /// unread input does not turn our last bytes into a reset).
+    Draining,
+    /// Done: close the transport.
     Closed,
 }
 
@@ -32,7 +31,7 @@ pub(crate) enum Input {
     RemoteClose,
     /// The peer broke the protocol.
     ProtocolError,
-    /// EOF, a timeout or a second violation while failing: stop now.
+    /// End of file, or a timer gave up: stop now.
     Abort,
 }
 
@@ -41,29 +40,20 @@ impl State {
     pub(crate) fn next(self, input: Input, role: Role) -> Self {
         use Input::*;
         use State::*;
-        let after_close_exchange = match role {
-            Role::Server => Closed,
-            Role::Client => AwaitingEof,
-        };
         match (self, input) {
             (Handshake, HandshakeDone) => Open,
+            // A server lingers to deliver its error response; a client has nothing to say.
+            (Handshake, HandshakeFailed) if role == Role::Server => Draining,
             (Handshake, HandshakeFailed | LocalClose | ProtocolError) => Closed,
             (Open, LocalClose) => CloseSent,
-            (Open | CloseSent | Failing, RemoteClose) => after_close_exchange,
-            (Open | CloseSent, ProtocolError) => Failing,
-            (Failing, ProtocolError) => Closed,
+            (Open | CloseSent, RemoteClose | ProtocolError) => Draining,
             (_, Abort) => Closed,
             (state, _) => state,
         }
     }
 
-    /// Frames are decoded (to find the peer's close frame at least).
+    /// Frames are decoded.
     pub(crate) fn reads_frames(self) -> bool {
-        matches!(self, Self::Open | Self::CloseSent | Self::Failing)
-    }
-
-    /// Received messages reach the application.
-    pub(crate) fn delivers_messages(self) -> bool {
         matches!(self, Self::Open | Self::CloseSent)
     }
 }
@@ -73,18 +63,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn close_handshake_paths() {
+    fn close_paths() {
         use Input::*;
         use State::*;
-        assert_eq!(Open.next(LocalClose, Role::Server).next(RemoteClose, Role::Server), Closed);
-        assert_eq!(Open.next(RemoteClose, Role::Client), AwaitingEof);
-        assert_eq!(AwaitingEof.next(Abort, Role::Client), Closed);
-        assert_eq!(Open.next(ProtocolError, Role::Server), Failing);
-        // Once failing, a close frame ends it; a second violation aborts; nothing reopens it.
-        assert_eq!(Failing.next(RemoteClose, Role::Server), Closed);
-        assert_eq!(Failing.next(ProtocolError, Role::Server), Closed);
-        for input in [HandshakeDone, LocalClose, RemoteClose, ProtocolError] {
-            assert_eq!(Closed.next(input, Role::Server), Closed);
+        for role in [Role::Server, Role::Client] {
+            assert_eq!(Open.next(LocalClose, role).next(RemoteClose, role), Draining);
+            assert_eq!(Open.next(RemoteClose, role), Draining);
+            assert_eq!(Open.next(ProtocolError, role), Draining);
+            assert_eq!(Draining.next(Abort, role), Closed);
+            // Once draining or closed, nothing reopens it or restarts the close.
+            for input in [HandshakeDone, LocalClose, RemoteClose, ProtocolError] {
+                assert_eq!(Draining.next(input, role), Draining);
+                assert_eq!(Closed.next(input, role), Closed);
+            }
         }
+        assert_eq!(Handshake.next(HandshakeFailed, Role::Server), Draining);
+        assert_eq!(Handshake.next(HandshakeFailed, Role::Client), Closed);
     }
 }
