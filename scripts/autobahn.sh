@@ -57,6 +57,19 @@ cleanup() {
     done
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# bounded LOG CMD...: runs CMD under `timeout`, output to LOG, and returns its exit status.
+# It runs in the background and is waited for, so that INT/TERM reach our trap at once.
+bounded() {
+    local log=$1 pid
+    shift
+    timeout "$RUN_TIMEOUT" "$@" >"$log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid"
+}
 
 # --- python2.7 -------------------------------------------------------------------------------
 is_py27() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' >/dev/null 2>&1; }
@@ -160,8 +173,7 @@ run_server_role() {
 EOF
     step "Server role: running wstest fuzzingclient (log: reports/fuzzingclient.log)"
     local start=$SECONDS
-    timeout "$RUN_TIMEOUT" "${WSTEST[@]}" -m fuzzingclient -s "$REPORTS/fuzzingclient.json" \
-        >"$REPORTS/fuzzingclient.log" 2>&1 || rc=$?
+    bounded "$REPORTS/fuzzingclient.log" "${WSTEST[@]}" -m fuzzingclient -s "$REPORTS/fuzzingclient.json" || rc=$?
     echo "fuzzingclient finished in $((SECONDS - start)) s (exit $rc)"
     if [ "$rc" -ne 0 ]; then
         tail -n 20 "$REPORTS/fuzzingclient.log" >&2
@@ -199,8 +211,7 @@ EOF
 
     step "Client role: running echo_client (log: reports/echo-client.log)"
     local start=$SECONDS
-    timeout "$RUN_TIMEOUT" "$ECHO_CLIENT" --url "ws://127.0.0.1:$CLIENT_PORT" --agent "$AGENT" \
-        >"$REPORTS/echo-client.log" 2>&1 || rc=$?
+    bounded "$REPORTS/echo-client.log" "$ECHO_CLIENT" --url "ws://127.0.0.1:$CLIENT_PORT" --agent "$AGENT" || rc=$?
     echo "echo_client finished in $((SECONDS - start)) s (exit $rc)"
     if [ "$rc" -ne 0 ]; then
         tail -n 20 "$REPORTS/echo-client.log" >&2

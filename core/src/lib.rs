@@ -54,6 +54,8 @@
 #![warn(missing_docs)]
 
 pub mod entropy;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod ws;
 

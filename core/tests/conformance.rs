@@ -99,18 +99,36 @@ mod case2_ping_pong {
     }
 
     #[test]
-    fn a_ping_flood_without_reading_queues_one_pong_at_a_time() {
+    fn a_ping_flood_without_reading_is_answered_in_bounded_memory() {
         let mut rc = RawClient::default_config();
         let mut burst = Vec::new();
         for i in 0..1000u16 {
             burst.extend_from_slice(&cframe(true, 0x9, &i.to_be_bytes()));
         }
-        rc.server.handle_input(rc.now, &burst);
-        // Nothing was written yet: only the newest ping is answered (RFC 6455 §5.5.3).
-        assert!(rc.server.transmit_len() < 16, "{}", rc.server.transmit_len());
+        let mut at = 0;
+        while at < burst.len() {
+            at += rc.server.handle_input(rc.now, &burst[at..]);
+        }
+        // Nothing was written meanwhile: the first pongs are queued in order, later pings are
+        // superseded by the newest (RFC 6455 §5.5.3).
+        assert!(rc.server.transmit_len() <= 33 * 4, "{}", rc.server.transmit_len());
         rc.collect();
-        assert_eq!(rc.frames.len(), 1);
-        assert_eq!(rc.frames[0].payload, 999u16.to_be_bytes());
+        let pongs: Vec<u16> =
+            rc.frames.iter().map(|f| u16::from_be_bytes([f.payload[0], f.payload[1]])).collect();
+        assert_eq!(pongs.len(), 33);
+        assert_eq!(&pongs[..32], &(0..32).collect::<Vec<_>>()[..]);
+        assert_eq!(pongs[32], 999);
+    }
+
+    #[test]
+    fn pong_to_a_ping_between_fragments_precedes_the_echo() {
+        let mut rc = RawClient::default_config();
+        let mut wire = cframe(false, 0x1, b"fragment1");
+        wire.extend(cframe(true, 0x9, b"ping payload"));
+        wire.extend(cframe(true, 0x0, b"fragment2"));
+        rc.send(&wire);
+        let kinds: Vec<OpCode> = rc.frames.iter().map(|f| f.opcode).collect();
+        assert_eq!(kinds, [OpCode::Pong, OpCode::Text]);
     }
 }
 

@@ -21,6 +21,9 @@ use super::utf8::Utf8Validator;
 use crate::entropy::Entropy;
 use crate::http::head::{HeadBuffer, RequestHead, ResponseHead};
 
+/// Pongs queued for a peer that does not read before further pings are coalesced.
+const MAX_QUEUED_PONGS: usize = 32;
+
 /// Payloads at least this large are queued as their own chunk instead of being copied into
 /// the coalescing buffer.
 const ZERO_COPY_THRESHOLD: usize = 4096;
@@ -53,10 +56,11 @@ pub struct Connection {
     last_message: Instant,
     /// Payload of the last ping we sent, to recognise its pong.
     ping_counter: u64,
-    /// Newest ping payload still to be answered; older ones are superseded (RFC 6455 §5.5.3).
+    /// Pongs queued since the transmit queue was last empty.
+    queued_pongs: usize,
+    /// A peer that pings faster than it reads gets its newest ping answered once the queue
+    /// drains; older ones are superseded (RFC 6455 §5.5.3).
     pending_pong: Option<ControlPayload>,
-    /// Queue position after the last pong we queued; no second pong is queued before it leaves.
-    pong_queued_until: u64,
     /// Close frame we sent first, if any, to report when the peer answers.
     sent_close: Option<CloseFrame>,
     error: Option<Error>,
@@ -218,8 +222,8 @@ impl Connection {
             last_rx: now,
             last_message: now,
             ping_counter: 0,
+            queued_pongs: 0,
             pending_pong: None,
-            pong_queued_until: 0,
             sent_close: None,
             error: None,
             stats: Stats::default(),
@@ -268,6 +272,16 @@ impl Connection {
     /// Byte and message counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Bytes held for input in progress: a partial frame header, a control payload and the
+    /// message being assembled.
+    pub fn receive_buffer_len(&self) -> usize {
+        let message = self.rx.message.as_ref().map_or(0, |m| m.data.capacity());
+        let head = self.handshake.as_ref().map_or(0, |h| match &**h {
+            Handshake::Server { head } | Handshake::Client { head, .. } => head.len(),
+        });
+        self.rx.header_len + usize::from(self.rx.control.len) + message + head
     }
 
     /// Bytes queued for transmission; an application can stop producing while this is large.
@@ -592,11 +606,23 @@ impl Connection {
         self.queue_frame(true, OpCode::Close, &payload[..2 + reason.len()]);
     }
 
+    /// Answers a ping in order with the other output, unless the peer is not reading.
+    fn queue_pong(&mut self, payload: ControlPayload) {
+        if self.tx.is_empty() {
+            self.queued_pongs = 0;
+        }
+        if self.queued_pongs < MAX_QUEUED_PONGS {
+            self.queued_pongs += 1;
+            self.queue_frame(true, OpCode::Pong, payload.bytes());
+        } else {
+            self.pending_pong = Some(payload);
+        }
+    }
+
     fn flush_pong(&mut self) {
-        if self.pending_pong.is_some() && self.tx.has_written(self.pong_queued_until) {
+        if self.tx.is_empty() {
             if let Some(p) = self.pending_pong.take() {
-                self.queue_frame(true, OpCode::Pong, p.bytes());
-                self.pong_queued_until = self.tx.end_position();
+                self.queue_pong(p);
             }
         }
     }
@@ -668,10 +694,6 @@ impl Connection {
         let code = error.close_code();
         log::debug!(target: "wsrpc::ws", "peer protocol violation: {error}; closing with {code}");
         if self.state == State::Open {
-            // A ping that came before the violation is still answered, before the close.
-            if let Some(p) = self.pending_pong.take() {
-                self.queue_frame(true, OpCode::Pong, p.bytes());
-            }
             self.queue_close(code, "");
         }
         self.error = Some(Error::Protocol(error));
@@ -905,7 +927,7 @@ impl Connection {
             }
             OpCode::Ping => {
                 if self.state == State::Open {
-                    self.pending_pong = Some(self.rx.control);
+                    self.queue_pong(self.rx.control);
                 }
             }
             OpCode::Pong => {

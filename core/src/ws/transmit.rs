@@ -34,9 +34,6 @@ pub(crate) struct TransmitQueue {
     len: usize,
     /// The back chunk is a coalescing buffer that small frames may be appended to.
     tail_open: bool,
-    /// Bytes ever queued and ever written, to tell whether a given frame has left.
-    pushed: u64,
-    written: u64,
 }
 
 impl TransmitQueue {
@@ -55,7 +52,6 @@ impl TransmitQueue {
         f(buf);
         let added = buf.len() - before;
         self.len += added;
-        self.pushed += added as u64;
     }
 
     /// Queues an owned buffer as its own chunk (no copy).
@@ -64,7 +60,6 @@ impl TransmitQueue {
             return;
         }
         self.len += bytes.len();
-        self.pushed += bytes.len() as u64;
         self.chunks.push_back(Chunk::Owned(bytes));
         self.tail_open = false;
     }
@@ -75,7 +70,6 @@ impl TransmitQueue {
             return;
         }
         self.len += bytes.len();
-        self.pushed += bytes.len() as u64;
         self.chunks.push_back(Chunk::Shared(bytes));
         self.tail_open = false;
     }
@@ -106,7 +100,6 @@ impl TransmitQueue {
     pub(crate) fn advance(&mut self, mut n: usize) {
         assert!(n <= self.len, "advanced {n} bytes but only {} are pending", self.len);
         self.len -= n;
-        self.written += n as u64;
         while n > 0 {
             let front_len = self.chunks.front().map_or(0, |c| c.bytes().len()) - self.offset;
             if n < front_len {
@@ -124,7 +117,6 @@ impl TransmitQueue {
 
     /// Drops everything pending and releases the memory.
     pub(crate) fn clear(&mut self) {
-        self.written += self.len as u64;
         self.chunks = VecDeque::new();
         self.offset = 0;
         self.len = 0;
@@ -137,16 +129,6 @@ impl TransmitQueue {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Position just after the last queued byte, for [`has_written`](Self::has_written).
-    pub(crate) fn end_position(&self) -> u64 {
-        self.pushed
-    }
-
-    /// Whether every byte up to `position` has been written.
-    pub(crate) fn has_written(&self, position: u64) -> bool {
-        self.written >= position
     }
 }
 
@@ -170,12 +152,9 @@ mod tests {
         assert_eq!(joined, b"abcdeeeeeeeeeefgh");
         q.advance(3);
         assert_eq!(q.front(), Some(&b"d"[..]));
-        let mark = q.end_position();
         q.advance(13);
-        assert!(!q.has_written(mark));
         assert_eq!(q.front(), Some(&b"h"[..]));
         q.advance(1);
-        assert!(q.has_written(mark));
         assert!(q.is_empty());
         assert_eq!(q.front(), None);
     }
