@@ -60,12 +60,14 @@ pub fn handshake_heads(data: &[u8]) {
 /// application commands. Checks progress, bounds and that failure is final.
 pub fn connection(data: &[u8], origin: Instant) {
     let Some((&first, mut script)) = data.split_first() else { return };
-    let mut config = Config::default();
-    config.max_message_size = 64 * 1024;
-    config.max_frame_size = 32 * 1024;
-    config.max_fragments = 64;
-    config.head_limits = HeadLimits { max_size: 2048, max_headers: 16 };
-    config.idle_timeout = Some(Duration::from_secs(100));
+    let config = Config {
+        max_message_size: 64 * 1024,
+        max_frame_size: 32 * 1024,
+        max_fragments: 64,
+        head_limits: HeadLimits { max_size: 2048, max_headers: 16 },
+        idle_timeout: Some(Duration::from_secs(100)),
+        ..Config::default()
+    };
     let role = if first % 2 == 0 { Role::Server } else { Role::Client };
     let mut now = origin;
     let mut conn = match role {
