@@ -53,10 +53,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod engine;
 pub mod entropy;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
+pub mod hub;
+pub mod limit;
+pub mod metrics;
+pub mod rpc;
+pub mod service;
 pub mod ws;
 
 pub use entropy::{Entropy, Xoshiro256};

@@ -1,0 +1,812 @@
+//! A server connection: HTTP/1.1 requests and the WebSocket upgrade on one port, with
+//! JSON-RPC over both, composed from the `http`, `ws`, `auth` and `rpc` layers.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use crate::auth::{AuthError, Credentials, Principal, token_param};
+use crate::http::body::BodyReader;
+use crate::http::head::{HeadBuffer, RequestHead};
+use crate::http::response::write_response;
+use crate::metrics::{ErrorKind, PROMETHEUS_CONTENT_TYPE};
+use crate::rpc::RpcError;
+use crate::rpc::router::{ConnectionId, HandlerFuture, Transport};
+use crate::rpc::session::{CallId, RpcSession, SessionOutput};
+use crate::service::Service;
+use crate::ws::transmit::TransmitQueue;
+use crate::ws::{self, CloseCode, Event, HandshakeError, Message, MessageKind, handshake};
+
+/// Output queued beyond this stops input (the peer is not reading its responses).
+const READ_HIGH_WATER: usize = 1 << 20;
+/// Notifications wait in the outbox (bounded, with its slow-consumer policy) while this much
+/// is queued for the transport.
+const NOTIFY_HIGH_WATER: usize = 256 * 1024;
+
+#[derive(Debug)]
+struct HttpMeta {
+    keep_alive: bool,
+    allow_origin: Option<String>,
+    head_only: bool,
+}
+
+enum Phase {
+    /// Reading a request head; `started` once its first byte arrived.
+    Head { head: HeadBuffer, started: bool },
+    /// Reading the body of a JSON-RPC POST.
+    Body { body: BodyReader, meta: HttpMeta, identity: (Option<Arc<str>>, Arc<Principal>) },
+    /// Waiting for async calls of a POST to finish.
+    HttpCall { meta: HttpMeta },
+    /// Upgraded: JSON-RPC over WebSocket.
+    WebSocket(Box<ws::Connection>),
+    /// The last response is queued: write it, half-close, read until end of file.
+    Draining,
+    /// Done.
+    Closed,
+}
+
+/// One accepted connection of a [`Service`], as a sans-IO state machine.
+///
+/// Drive it like [`ws::Connection`]: feed [`handle_input`](Self::handle_input) (which may
+/// consume less than it is given while [`wants_read`](Self::wants_read) is false: keep the
+/// rest and offer it again), [`handle_eof`](Self::handle_eof) and
+/// [`handle_timeout`](Self::handle_timeout); write what
+/// [`poll_transmit`](Self::poll_transmit) returns; run every future from
+/// [`poll_spawn`](Self::poll_spawn) and report it with [`complete`](Self::complete); wait
+/// until [`poll_timeout`](Self::poll_timeout) or the waker given to
+/// [`register_waker`](Self::register_waker) fires (a publish on another thread). Half-close
+/// when [`wants_shutdown_write`](Self::wants_shutdown_write), drop when
+/// [`is_finished`](Self::is_finished).
+pub struct ServerConnection {
+    service: Arc<Service>,
+    id: ConnectionId,
+    admitted: bool,
+    phase: Phase,
+    tx: TransmitQueue,
+    session: Option<RpcSession>,
+    spawns: VecDeque<(CallId, HandlerFuture)>,
+    now: Instant,
+    deadline: Option<Instant>,
+    shutting_down: bool,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for ServerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match &self.phase {
+            Phase::Head { .. } => "head",
+            Phase::Body { .. } => "body",
+            Phase::HttpCall { .. } => "http-call",
+            Phase::WebSocket(_) => "websocket",
+            Phase::Draining => "draining",
+            Phase::Closed => "closed",
+        };
+        f.debug_struct("ServerConnection")
+            .field("id", &self.id)
+            .field("phase", &phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConnection {
+    /// Accepts a new transport connection at `now`. Beyond the service's connection limit it
+    /// answers 503 and closes.
+    pub fn new(service: Arc<Service>, now: Instant) -> Self {
+        let (id, admitted) = service.admit();
+        let handshake_timeout = service.config().ws.handshake_timeout;
+        let mut conn = Self {
+            service,
+            id,
+            admitted,
+            phase: Phase::Head { head: HeadBuffer::new(), started: false },
+            tx: TransmitQueue::default(),
+            session: None,
+            spawns: VecDeque::new(),
+            now,
+            deadline: handshake_timeout.map(|t| now + t),
+            shutting_down: false,
+            waker: None,
+        };
+        if !admitted {
+            log::warn!(target: "wsrpc::http", "connection limit reached conn={id}; answering 503");
+            let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+            conn.respond(
+                503,
+                &[("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8")],
+                b"server busy\n",
+                meta,
+            );
+        }
+        conn
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Whether it was upgraded to a WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket(_))
+    }
+
+    // ---- input ---------------------------------------------------------------------------
+
+    /// Feeds bytes from the transport; returns how many were consumed (possibly fewer than
+    /// given, even none while [`wants_read`](Self::wants_read) is false).
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
+        self.now = now;
+        if data.is_empty() {
+            return 0;
+        }
+        let used = match &mut self.phase {
+            Phase::Head { .. } => self.read_head(now, data),
+            Phase::Body { .. } => self.read_body(now, data),
+            Phase::HttpCall { .. } => 0,
+            Phase::WebSocket(ws) => {
+                if ws.transmit_len() > READ_HIGH_WATER {
+                    0
+                } else {
+                    let n = ws.handle_input(now, data);
+                    self.pump(now);
+                    n
+                }
+            }
+            Phase::Draining | Phase::Closed => data.len(),
+        };
+        self.service.metrics().bytes_received(used as u64);
+        used
+    }
+
+    /// The transport reached end of file.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.now = now;
+        match &mut self.phase {
+            Phase::WebSocket(ws) => {
+                ws.handle_eof(now);
+                self.pump(now);
+            }
+            _ => self.finish(),
+        }
+    }
+
+    /// Fires due timers; early calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline = None;
+            match &self.phase {
+                Phase::Head { started: true, .. } | Phase::Body { .. } => {
+                    log::debug!(target: "wsrpc::http", "request timeout conn={}", self.id);
+                    let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+                    self.respond_error(408, "request timed out", meta);
+                }
+                Phase::Head { started: false, .. } | Phase::Draining => self.finish(),
+                _ => {}
+            }
+        }
+        if let Phase::WebSocket(ws) = &mut self.phase {
+            ws.handle_timeout(now);
+            self.pump(now);
+        }
+    }
+
+    /// Reports the output of a future from [`poll_spawn`](Self::poll_spawn).
+    pub fn complete(
+        &mut self,
+        call: CallId,
+        result: Result<Box<RawValue>, RpcError>,
+        now: Instant,
+    ) {
+        self.now = now;
+        let Some(session) = self.session.as_mut() else { return };
+        session.complete(call, result, now);
+        match &self.phase {
+            Phase::HttpCall { .. } if session.pending_calls() == 0 => {
+                let Phase::HttpCall { meta } = std::mem::replace(&mut self.phase, Phase::Closed)
+                else {
+                    unreachable!("matched above")
+                };
+                self.answer_http(meta);
+            }
+            Phase::WebSocket(_) => self.pump(now),
+            _ => {}
+        }
+    }
+
+    /// Starts a graceful shutdown: no new requests; in-flight calls are answered, then
+    /// WebSocket peers get close 1001 and HTTP connections close after their response.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.now = now;
+        self.shutting_down = true;
+        match &self.phase {
+            Phase::Head { .. } => {
+                self.phase = Phase::Draining;
+                self.deadline = Some(now + self.service.config().ws.close_timeout);
+            }
+            Phase::WebSocket(_) => self.pump(now),
+            _ => {}
+        }
+    }
+
+    /// Wakes `waker` when notifications arrive from other threads.
+    pub fn register_waker(&mut self, waker: &Waker) {
+        if let Some(s) = &self.session {
+            s.register_waker(waker);
+        }
+        self.waker = Some(waker.clone());
+    }
+
+    // ---- output --------------------------------------------------------------------------
+
+    /// The next bytes to write; report what was written with
+    /// [`advance_transmit`](Self::advance_transmit).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<&[u8]> {
+        if !self.tx.is_empty() {
+            return self.tx.front();
+        }
+        let now = self.now;
+        self.pump(now);
+        match &mut self.phase {
+            Phase::WebSocket(ws) => ws.poll_transmit(),
+            _ => None,
+        }
+    }
+
+    /// Fills `dst` with pending chunks for a vectored write; returns how many.
+    #[must_use]
+    pub fn poll_transmit_vectored<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
+        let now = self.now;
+        self.pump(now);
+        let n = self.tx.slices(dst);
+        match &mut self.phase {
+            Phase::WebSocket(ws) if n < dst.len() => n + ws.poll_transmit_vectored(&mut dst[n..]),
+            _ => n,
+        }
+    }
+
+    /// Marks `n` bytes as written.
+    pub fn advance_transmit(&mut self, mut n: usize) {
+        self.service.metrics().bytes_sent(n as u64);
+        let own = n.min(self.tx.len());
+        self.tx.advance(own);
+        n -= own;
+        if n > 0 {
+            if let Phase::WebSocket(ws) = &mut self.phase {
+                ws.advance_transmit(n);
+            }
+        }
+    }
+
+    /// A future to run for an async handler.
+    #[must_use]
+    pub fn poll_spawn(&mut self) -> Option<(CallId, HandlerFuture)> {
+        self.spawns.pop_front()
+    }
+
+    /// The next deadline for [`handle_timeout`](Self::handle_timeout).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ws = match &self.phase {
+            Phase::WebSocket(ws) => ws.poll_timeout(),
+            _ => None,
+        };
+        [self.deadline, ws].into_iter().flatten().min()
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    /// Whether to read more input now.
+    pub fn wants_read(&self) -> bool {
+        match &self.phase {
+            Phase::HttpCall { .. } => false,
+            Phase::WebSocket(ws) => ws.transmit_len() <= READ_HIGH_WATER,
+            Phase::Head { .. } | Phase::Body { .. } => self.tx.len() <= READ_HIGH_WATER,
+            Phase::Draining | Phase::Closed => true,
+        }
+    }
+
+    /// Half-close the transport now (its last bytes are written).
+    pub fn wants_shutdown_write(&self) -> bool {
+        match &self.phase {
+            Phase::Draining => self.tx.is_empty(),
+            Phase::WebSocket(ws) => self.tx.is_empty() && ws.wants_shutdown_write(),
+            _ => false,
+        }
+    }
+
+    /// Close the transport.
+    pub fn is_finished(&self) -> bool {
+        match &self.phase {
+            Phase::Closed => true,
+            Phase::WebSocket(ws) => ws.is_finished(),
+            _ => false,
+        }
+    }
+
+    /// Async calls running for this connection.
+    pub fn pending_calls(&self) -> usize {
+        self.session.as_ref().map_or(0, RpcSession::pending_calls)
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn finish(&mut self) {
+        self.phase = Phase::Closed;
+        self.deadline = None;
+        self.tx.clear();
+        if let Some(mut s) = self.session.take() {
+            s.shutdown();
+        }
+    }
+
+    fn read_head(&mut self, now: Instant, data: &[u8]) -> usize {
+        let limits = self.service.config().ws.head_limits;
+        let Phase::Head { head, started } = &mut self.phase else {
+            unreachable!("called in the head phase")
+        };
+        if !*started {
+            *started = true;
+            self.deadline = self.service.config().ws.handshake_timeout.map(|t| now + t);
+        }
+        let meta = || HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+        match head.push(data, limits.max_size) {
+            Ok(None) => data.len(),
+            Err(e) => {
+                self.respond_error(e.status(), &e.to_string(), meta());
+                data.len()
+            }
+            Ok(Some(used)) => {
+                let raw = head.take();
+                match RequestHead::parse(raw, limits) {
+                    Ok(request) => self.route(now, request),
+                    Err(e) => self.respond_error(e.status(), &e.to_string(), meta()),
+                }
+                used
+            }
+        }
+    }
+
+    fn read_body(&mut self, now: Instant, data: &[u8]) -> usize {
+        let Phase::Body { body, .. } = &mut self.phase else {
+            unreachable!("called in the body phase")
+        };
+        match body.push(data) {
+            Ok((used, false)) => used,
+            Ok((used, true)) => {
+                let Phase::Body { body, meta, identity } =
+                    std::mem::replace(&mut self.phase, Phase::Closed)
+                else {
+                    unreachable!("matched above")
+                };
+                self.call_over_http(now, &body.into_body(), meta, identity);
+                used
+            }
+            Err(e) => {
+                let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+                self.respond_error(e.status(), &e.to_string(), meta);
+                data.len()
+            }
+        }
+    }
+
+    fn credentials<'r>(&self, request: &'r RequestHead, now: Instant) -> Credentials<'r> {
+        Credentials {
+            authorization: request.headers.get_str("authorization"),
+            query_token: token_param(request.target()),
+            unix_now: self.service.unix_now(now),
+        }
+    }
+
+    fn route(&mut self, now: Instant, request: RequestHead) {
+        self.service.metrics().http_request_received();
+        if request.headers.has_token("upgrade", "websocket") {
+            return self.upgrade(now, request);
+        }
+        let config = self.service.config();
+        let origin = request.headers.get_str("origin");
+        let connection_close = request.headers.has_token("connection", "close");
+        let keep_alive = !self.shutting_down
+            && if request.version >= 1 {
+                !connection_close
+            } else {
+                request.headers.has_token("connection", "keep-alive")
+            };
+        let meta = HttpMeta {
+            keep_alive,
+            allow_origin: config.auth.origin.allowed_origin_header(origin).map(str::to_owned),
+            head_only: request.method() == "HEAD",
+        };
+        if let Err(e) = config.auth.origin.check(origin) {
+            self.service.metrics().record_error(ErrorKind::Auth);
+            return self.respond_auth_error(&e, meta);
+        }
+        let path = request.path();
+        let method = request.method();
+        let has_body = request.headers.get("content-length").is_some_and(|v| v != b"0")
+            || request.headers.get("transfer-encoding").is_some();
+        if method == "OPTIONS" {
+            return self.preflight(&request, meta);
+        }
+        if path == config.http.health_path || path == config.http.metrics_path {
+            if !matches!(method, "GET" | "HEAD") {
+                return self.respond_error_allow(405, "GET, HEAD", meta);
+            }
+            if has_body {
+                return self.respond_error(
+                    400,
+                    "unexpected body",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+            if path == config.http.health_path {
+                let body = serde_json::to_vec(&self.service.health(now)).unwrap_or_default();
+                return self.respond(200, &[("Content-Type", "application/json")], &body, meta);
+            }
+            let body = self.service.snapshot(now).to_prometheus();
+            return self.respond(
+                200,
+                &[("Content-Type", PROMETHEUS_CONTENT_TYPE)],
+                body.as_bytes(),
+                meta,
+            );
+        }
+        if path != config.http.rpc_path {
+            return self.respond_error(
+                404,
+                "not found",
+                HttpMeta { keep_alive: meta.keep_alive && !has_body, ..meta },
+            );
+        }
+        match method {
+            "POST" => {}
+            "GET" | "HEAD" => {
+                return self.respond_error_with(
+                    426,
+                    "use a WebSocket upgrade or POST a JSON-RPC request",
+                    &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+            _ => {
+                return self.respond_error_allow(
+                    405,
+                    "GET, POST, OPTIONS",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+        }
+        let meta = HttpMeta { head_only: false, ..meta };
+        let content_type = request.headers.get_str("content-type").unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json")
+            && !media.eq_ignore_ascii_case("application/json-rpc")
+        {
+            return self.respond_error(
+                415,
+                "Content-Type must be application/json",
+                HttpMeta { keep_alive: false, ..meta },
+            );
+        }
+        let max = config.rpc.max_request_size;
+        let te = request.headers.get_str("transfer-encoding");
+        let cl = request.headers.get_str("content-length");
+        let body = match (te, cl, request.headers.count("content-length")) {
+            (Some(te), None, _) if te.eq_ignore_ascii_case("chunked") => {
+                Ok(BodyReader::chunked(max))
+            }
+            (Some(_), _, _) => {
+                return self.respond_error(
+                    400,
+                    "unsupported Transfer-Encoding",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+            (None, Some(cl), 1) => match cl.parse::<usize>() {
+                Ok(len) if cl.bytes().all(|b| b.is_ascii_digit()) => {
+                    BodyReader::with_length(len, max)
+                }
+                _ => {
+                    return self.respond_error(
+                        400,
+                        "invalid Content-Length",
+                        HttpMeta { keep_alive: false, ..meta },
+                    );
+                }
+            },
+            (None, Some(_), _) => {
+                return self.respond_error(
+                    400,
+                    "conflicting Content-Length",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+            (None, None, _) => {
+                return self.respond_error(
+                    411,
+                    "Content-Length required",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                return self.respond_error(
+                    e.status(),
+                    &e.to_string(),
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
+        };
+        let creds = self.credentials(&request, now);
+        let principal = match crate::auth::principal_for(
+            config.auth.authenticator.as_deref(),
+            config.auth.require_auth,
+            &creds,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                self.service.metrics().record_error(ErrorKind::Auth);
+                return self.respond_auth_error(&e, HttpMeta { keep_alive: false, ..meta });
+            }
+        };
+        if request.headers.get_str("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
+            self.tx.push_with(|b| b.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        }
+        let identity = (origin.map(Arc::from), Arc::new(principal));
+        self.phase = Phase::Body { body, meta, identity };
+    }
+
+    fn upgrade(&mut self, now: Instant, request: RequestHead) {
+        let config = self.service.config();
+        let origin = request.headers.get_str("origin");
+        let creds = self.credentials(&request, now);
+        let principal = match config.auth.admit(origin, &creds) {
+            Ok(p) => p,
+            Err(e) => {
+                self.service.metrics().record_error(ErrorKind::Auth);
+                let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+                return self.respond_auth_error(&e, meta);
+            }
+        };
+        let origin: Option<Arc<str>> = origin.map(Arc::from);
+        let upgrade = match handshake::validate_upgrade(request) {
+            Ok(u) => u,
+            Err(e) => return self.reject_upgrade(&e),
+        };
+        let protocol = upgrade.select_protocol(&config.ws.subprotocols);
+        self.tx.push_with(|b| handshake::write_accept(b, upgrade.key(), protocol, &[]));
+        let ws = ws::Connection::accepted(self.service.ws_config().clone(), now);
+        let session = RpcSession::new(
+            self.service.clone(),
+            self.id,
+            origin,
+            Arc::new(principal),
+            Transport::WebSocket,
+            now,
+        );
+        if let Some(w) = &self.waker {
+            session.register_waker(w);
+        }
+        log::debug!(target: "wsrpc::ws", "upgraded conn={} path={}", self.id, upgrade.request.path());
+        self.session = Some(session);
+        self.deadline = None;
+        self.phase = Phase::WebSocket(Box::new(ws));
+        if self.shutting_down {
+            self.pump(now);
+        }
+    }
+
+    fn reject_upgrade(&mut self, e: &HandshakeError) {
+        self.service.metrics().record_error(ErrorKind::Handshake);
+        log::debug!(target: "wsrpc::ws", "upgrade refused conn={} status={} error={e}", self.id, e.status());
+        self.tx.push_with(|b| handshake::write_reject(b, e));
+        self.drain();
+    }
+
+    fn call_over_http(
+        &mut self,
+        now: Instant,
+        body: &[u8],
+        meta: HttpMeta,
+        identity: (Option<Arc<str>>, Arc<Principal>),
+    ) {
+        let service = self.service.clone();
+        let id = self.id;
+        let session = self.session.get_or_insert_with(|| {
+            RpcSession::new(
+                service,
+                id,
+                None,
+                Arc::new(Principal::anonymous()),
+                Transport::Http,
+                now,
+            )
+        });
+        session.set_identity(identity.0, identity.1);
+        session.handle_message(now, body);
+        if session.pending_calls() > 0 {
+            self.collect_spawns();
+            self.phase = Phase::HttpCall { meta };
+            return;
+        }
+        self.answer_http(meta);
+    }
+
+    fn collect_spawns(&mut self) {
+        // Only spawns are queued while calls are pending; responses come at completion.
+        let Some(session) = self.session.as_mut() else { return };
+        let mut rest = VecDeque::new();
+        while let Some(o) = session.poll_output() {
+            match o {
+                SessionOutput::Spawn(c, f) => self.spawns.push_back((c, f)),
+                other => rest.push_back(other),
+            }
+        }
+        debug_assert!(rest.is_empty(), "a POST answers once all its calls are done");
+    }
+
+    fn answer_http(&mut self, mut meta: HttpMeta) {
+        let mut body = None;
+        if let Some(session) = self.session.as_mut() {
+            while let Some(o) = session.poll_output() {
+                match o {
+                    SessionOutput::Message(m) => body = Some(m),
+                    SessionOutput::Spawn(c, f) => self.spawns.push_back((c, f)),
+                    SessionOutput::Close(..) => meta.keep_alive = false,
+                    SessionOutput::Notification(_) => {}
+                }
+            }
+        }
+        match body {
+            Some(b) => self.respond(200, &[("Content-Type", "application/json")], &b, meta),
+            None => self.respond(204, &[], b"", meta),
+        }
+    }
+
+    fn preflight(&mut self, request: &RequestHead, meta: HttpMeta) {
+        let mut headers = vec![
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Content-Type, Authorization"),
+            ("Access-Control-Max-Age", "600"),
+        ];
+        // Chrome's Private Network Access: a public page may reach this loopback server only
+        // when the origin is allowed and the server says so.
+        if meta.allow_origin.is_some()
+            && request
+                .headers
+                .get_str("access-control-request-private-network")
+                .is_some_and(|v| v == "true")
+        {
+            headers.push(("Access-Control-Allow-Private-Network", "true"));
+        }
+        self.respond(204, &headers, b"", meta);
+    }
+
+    fn respond_auth_error(&mut self, e: &AuthError, meta: HttpMeta) {
+        let status = e.status();
+        let challenge = e.www_authenticate();
+        let extra: Vec<(&str, &str)> =
+            challenge.map(|c| ("WWW-Authenticate", c)).into_iter().collect();
+        self.respond_error_with(
+            status,
+            &e.to_string(),
+            &extra,
+            HttpMeta { keep_alive: false, ..meta },
+        );
+    }
+
+    fn respond_error(&mut self, status: u16, message: &str, meta: HttpMeta) {
+        self.respond_error_with(status, message, &[], meta);
+    }
+
+    fn respond_error_allow(&mut self, status: u16, allow: &str, meta: HttpMeta) {
+        self.respond_error_with(status, "method not allowed", &[("Allow", allow)], meta);
+    }
+
+    fn respond_error_with(
+        &mut self,
+        status: u16,
+        message: &str,
+        extra: &[(&str, &str)],
+        meta: HttpMeta,
+    ) {
+        if let Some(kind) = ErrorKind::from_http_status(status) {
+            self.service.metrics().record_error(kind);
+        }
+        let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
+        headers.extend_from_slice(extra);
+        let body = format!("{message}\n");
+        self.respond(status, &headers, body.as_bytes(), meta);
+    }
+
+    fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], meta: HttpMeta) {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(o) = meta.allow_origin.as_deref() {
+            all.push(("Access-Control-Allow-Origin", o));
+            all.push(("Vary", "Origin"));
+        }
+        let keep_alive = meta.keep_alive && !self.shutting_down;
+        let body = if meta.head_only { &b""[..] } else { body };
+        self.tx.push_with(|b| write_response(b, status, &all, body, keep_alive));
+        if keep_alive {
+            self.phase = Phase::Head { head: HeadBuffer::new(), started: false };
+            self.deadline = Some(self.now + self.service.config().http.keep_alive_timeout);
+        } else {
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        self.phase = Phase::Draining;
+        self.deadline = Some(self.now + self.service.config().ws.close_timeout);
+        if let Some(mut s) = self.session.take() {
+            s.shutdown();
+        }
+    }
+
+    /// Moves WebSocket messages into the session and the session's output onto the wire.
+    fn pump(&mut self, now: Instant) {
+        let Phase::WebSocket(ws) = &mut self.phase else { return };
+        let Some(session) = self.session.as_mut() else { return };
+        while let Some(event) = ws.poll_event() {
+            match event {
+                Event::Message(m) if m.kind == MessageKind::Text => {
+                    session.handle_message(now, &m.data)
+                }
+                Event::Message(_) => {
+                    self.service.metrics().record_error(ErrorKind::Protocol);
+                    let _ = ws.close(
+                        now,
+                        CloseCode::UNSUPPORTED_DATA,
+                        "binary messages are not accepted",
+                    );
+                }
+                Event::Closed(closed) => {
+                    if matches!(closed.error, Some(ws::Error::Protocol(_))) {
+                        self.service.metrics().record_error(ErrorKind::Protocol);
+                    }
+                    log::debug!(target: "wsrpc::ws", "closed conn={} code={} clean={}", self.id, closed.code, closed.clean);
+                }
+                _ => {}
+            }
+        }
+        loop {
+            let notifications = ws.transmit_len() < NOTIFY_HIGH_WATER;
+            let Some(output) = session.poll_output_with(notifications) else { break };
+            match output {
+                SessionOutput::Message(data) => {
+                    let _ = ws.send(now, Message { kind: MessageKind::Text, data });
+                }
+                SessionOutput::Notification(frame) => {
+                    let _ = ws.send_shared(now, &frame);
+                }
+                SessionOutput::Spawn(call, fut) => self.spawns.push_back((call, fut)),
+                SessionOutput::Close(code, why) => {
+                    let _ = ws.close(now, code, why);
+                }
+            }
+        }
+        if self.shutting_down && session.pending_calls() == 0 && ws.is_open() {
+            let _ = ws.close(now, CloseCode::GOING_AWAY, "server shutting down");
+        }
+        if ws.is_finished() {
+            session.shutdown();
+        }
+    }
+}
+
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        if self.admitted {
+            self.service.release();
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! HTTP/1.1 message bodies: `Content-Length` and `chunked`, bounded while they arrive.
+
+/// Why a body could not be read; each maps to a status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// Larger than allowed (413).
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// Malformed chunked encoding, or conflicting length headers (400).
+    Malformed(&'static str),
+}
+
+impl BodyError {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge { .. } => 413,
+            Self::Malformed(_) => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge { max } => write!(f, "body larger than {max} bytes"),
+            Self::Malformed(why) => write!(f, "malformed body: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Reading the hex size line (with optional extensions).
+    Size {
+        value: usize,
+        digits: usize,
+        in_ext: bool,
+        line: usize,
+    },
+    /// Expecting LF after the size line's CR.
+    SizeLf {
+        value: usize,
+    },
+    /// Inside chunk data.
+    Data {
+        remaining: usize,
+    },
+    /// Expecting CR LF after chunk data.
+    DataCr,
+    DataLf,
+    /// Trailer lines after the last chunk; `line` counts bytes of the current line.
+    Trailer {
+        line: usize,
+        total: usize,
+        cr: bool,
+    },
+    Done,
+}
+
+/// Collects one body.
+#[derive(Debug)]
+pub struct BodyReader {
+    body: Vec<u8>,
+    max: usize,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Length(usize),
+    Chunked(Chunked),
+}
+
+/// Longest chunk-size line and trailer section accepted.
+const MAX_LINE: usize = 1024;
+const MAX_TRAILERS: usize = 8 * 1024;
+
+impl BodyReader {
+    /// A body of exactly `len` bytes; fails at once when `len > max`.
+    pub fn with_length(len: usize, max: usize) -> Result<Self, BodyError> {
+        if len > max {
+            return Err(BodyError::TooLarge { max });
+        }
+        Ok(Self { body: Vec::with_capacity(len.min(64 * 1024)), max, mode: Mode::Length(len) })
+    }
+
+    /// A chunked body of at most `max` bytes once decoded.
+    pub fn chunked(max: usize) -> Self {
+        Self {
+            body: Vec::new(),
+            max,
+            mode: Mode::Chunked(Chunked::Size { value: 0, digits: 0, in_ext: false, line: 0 }),
+        }
+    }
+
+    /// Takes bytes of `data`; returns how many were used, and whether the body is complete.
+    pub fn push(&mut self, data: &[u8]) -> Result<(usize, bool), BodyError> {
+        match &mut self.mode {
+            Mode::Length(len) => {
+                let take = (*len - self.body.len()).min(data.len());
+                self.body.extend_from_slice(&data[..take]);
+                Ok((take, self.body.len() == *len))
+            }
+            Mode::Chunked(state) => {
+                let mut at = 0;
+                while at < data.len() && *state != Chunked::Done {
+                    if let Chunked::Data { remaining } = *state {
+                        let take = remaining.min(data.len() - at);
+                        self.body.extend_from_slice(&data[at..at + take]);
+                        at += take;
+                        *state = if take == remaining {
+                            Chunked::DataCr
+                        } else {
+                            Chunked::Data { remaining: remaining - take }
+                        };
+                        continue;
+                    }
+                    *state = step(*state, data[at], self.body.len(), self.max)?;
+                    at += 1;
+                }
+                Ok((at, *state == Chunked::Done))
+            }
+        }
+    }
+
+    /// The complete body.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+}
+
+/// One byte of the chunked framing (everything but chunk data).
+fn step(state: Chunked, b: u8, have: usize, max: usize) -> Result<Chunked, BodyError> {
+    Ok(match state {
+        Chunked::Size { value, digits, in_ext, line } => {
+            if line >= MAX_LINE {
+                return Err(BodyError::Malformed("chunk size line too long"));
+            }
+            match b {
+                b'\r' if digits > 0 => Chunked::SizeLf { value },
+                b'\n' if digits > 0 => after_size(value),
+                _ if in_ext => Chunked::Size { value, digits, in_ext, line: line + 1 },
+                b';' | b' ' | b'\t' if digits > 0 => {
+                    Chunked::Size { value, digits, in_ext: true, line: line + 1 }
+                }
+                _ => {
+                    let d =
+                        (b as char).to_digit(16).ok_or(BodyError::Malformed("bad chunk size"))?;
+                    let value = value
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(d as usize))
+                        .filter(|v| have.saturating_add(*v) <= max)
+                        .ok_or(BodyError::TooLarge { max })?;
+                    Chunked::Size { value, digits: digits + 1, in_ext, line: line + 1 }
+                }
+            }
+        }
+        Chunked::SizeLf { value } if b == b'\n' => after_size(value),
+        Chunked::SizeLf { .. } => return Err(BodyError::Malformed("expected LF after chunk size")),
+        Chunked::DataCr if b == b'\r' => Chunked::DataLf,
+        Chunked::DataCr | Chunked::DataLf if b == b'\n' => {
+            Chunked::Size { value: 0, digits: 0, in_ext: false, line: 0 }
+        }
+        Chunked::DataCr | Chunked::DataLf => {
+            return Err(BodyError::Malformed("expected CRLF after chunk data"));
+        }
+        Chunked::Trailer { total, .. } if total >= MAX_TRAILERS => {
+            return Err(BodyError::Malformed("trailers too long"));
+        }
+        Chunked::Trailer { line, total, .. } if b == b'\n' => {
+            if line == 0 {
+                Chunked::Done
+            } else {
+                Chunked::Trailer { line: 0, total: total + 1, cr: false }
+            }
+        }
+        Chunked::Trailer { line, total, cr } if b == b'\r' && line == 0 && !cr => {
+            Chunked::Trailer { line, total: total + 1, cr: true }
+        }
+        Chunked::Trailer { line, total, .. } => {
+            Chunked::Trailer { line: line + 1, total: total + 1, cr: false }
+        }
+        Chunked::Data { .. } | Chunked::Done => state,
+    })
+}
+
+fn after_size(value: usize) -> Chunked {
+    if value == 0 {
+        Chunked::Trailer { line: 0, total: 0, cr: false }
+    } else {
+        Chunked::Data { remaining: value }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(
+        mut r: BodyReader,
+        wire: &[u8],
+        chop: usize,
+    ) -> Result<(Vec<u8>, usize), BodyError> {
+        let mut used_total = 0;
+        for piece in wire.chunks(chop) {
+            let (used, done) = r.push(piece)?;
+            used_total += used;
+            if done {
+                return Ok((r.into_body(), used_total));
+            }
+            assert_eq!(used, piece.len(), "an incomplete body takes everything");
+        }
+        panic!("body incomplete");
+    }
+
+    #[test]
+    fn content_length_bodies() {
+        for chop in [1, 3, 100] {
+            let (body, used) =
+                read_all(BodyReader::with_length(5, 10).unwrap(), b"helloNEXT", chop).unwrap();
+            assert_eq!((body.as_slice(), used), (&b"hello"[..], 5));
+        }
+        assert_eq!(BodyReader::with_length(11, 10).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn chunked_bodies_any_chopping() {
+        let wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for chop in [1, 2, 7, wire.len()] {
+            let (body, used) = read_all(BodyReader::chunked(1000), wire, chop).unwrap();
+            assert_eq!(body, b"Wikipedia in\r\n\r\nchunks.");
+            assert_eq!(used, wire.len() - 4, "chop {chop}");
+        }
+    }
+
+    #[test]
+    fn chunked_errors() {
+        let cases: [(&[u8], u16); 5] = [
+            (b"zz\r\n", 400),
+            (b"4\r\nWikiX\r\n", 400),
+            (b"FFFFFFFFFFFFFFFFFFFFFF\r\n", 413),
+            (b"20\r\n", 413),
+            (b"\r\n", 400),
+        ];
+        for (wire, status) in cases {
+            let mut r = BodyReader::chunked(16);
+            let err = r.push(wire).unwrap_err();
+            assert_eq!(err.status(), status, "{:?}", String::from_utf8_lossy(wire));
+        }
+        // The decoded total counts across chunks.
+        let mut r = BodyReader::chunked(6);
+        assert_eq!(r.push(b"4\r\nabcd\r\n4\r\n").unwrap_err().status(), 413);
+    }
+}

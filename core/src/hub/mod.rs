@@ -1,0 +1,406 @@
+//! Pub/sub: topics, subscriptions, per-topic sequence numbers and replay, fan-out into the
+//! bounded outboxes of connections.
+//!
+//! A [`Hub`] is shared by every connection of a server across threads without a runtime:
+//! publishing locks one topic, encodes the notification once, and pushes a shared frame into
+//! each subscriber's [`Outbox`], waking connections whose outbox was empty.
+
+mod outbox;
+mod policy;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+pub use outbox::{Delivery, Outbox, OutboxItem, OutboxLimits, SlowConsumer, TopicKey};
+pub use policy::{
+    SubscribeError, TopicPattern, TopicPolicy, check_policy, topic_kind, validate_topic,
+};
+use serde::Serialize;
+
+use crate::auth::Principal;
+use crate::ws::{MessageKind, SharedFrame};
+
+/// Method names of the subscription protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionMethods {
+    /// Subscribes: `subscribe(topic[, since[, epoch]])`.
+    pub subscribe: String,
+    /// Unsubscribes: `unsubscribe(subscription_id)` → `true`/`false`.
+    pub unsubscribe: String,
+    /// The notification method carrying published values.
+    pub notification: String,
+    /// The notice for notifications dropped from a slow consumer's outbox.
+    pub lagged: String,
+    /// The notice for a resubscription whose `since` is older than the replay buffer.
+    pub gap: String,
+    /// `eth_subscribe` style: the subscribe result is the bare subscription id, and the
+    /// first param names the topic (`["newHeads"]`).
+    pub eth_style: bool,
+}
+
+impl Default for SubscriptionMethods {
+    fn default() -> Self {
+        Self {
+            subscribe: "subscribe".into(),
+            unsubscribe: "unsubscribe".into(),
+            notification: "subscription".into(),
+            lagged: "lagged".into(),
+            gap: "gap".into(),
+            eth_style: false,
+        }
+    }
+}
+
+impl SubscriptionMethods {
+    /// `eth_subscribe` / `eth_unsubscribe` / `eth_subscription`, as Ethereum clients expect.
+    pub fn eth() -> Self {
+        Self {
+            subscribe: "eth_subscribe".into(),
+            unsubscribe: "eth_unsubscribe".into(),
+            notification: "eth_subscription".into(),
+            lagged: "eth_subscriptionLagged".into(),
+            gap: "eth_subscriptionGap".into(),
+            eth_style: true,
+        }
+    }
+}
+
+/// Hub configuration; defaults from DESIGN.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Most subscriptions per connection [50].
+    pub max_subscriptions: usize,
+    /// Most subscriptions per connection to topics of one kind (the name up to `:`),
+    /// e.g. `[("intent", 20), ("user", 10)]`.
+    pub kind_limits: Vec<(String, usize)>,
+    /// Who may subscribe to what; the first matching pattern decides, public otherwise.
+    pub policies: Vec<(TopicPattern, TopicPolicy)>,
+    /// Messages kept per topic for resubscription with `since` [256].
+    pub replay_capacity: usize,
+    /// Bounds of each connection's outbox [1024 messages, 4 MiB, drop oldest].
+    pub outbox: OutboxLimits,
+    /// Longest topic name [128].
+    pub max_topic_len: usize,
+    /// Method names.
+    pub methods: SubscriptionMethods,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 50,
+            kind_limits: Vec::new(),
+            policies: Vec::new(),
+            replay_capacity: 256,
+            outbox: OutboxLimits::default(),
+            max_topic_len: 128,
+            methods: SubscriptionMethods::default(),
+        }
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic name is not valid.
+    InvalidTopic(SubscribeError),
+    /// The value could not be serialized, or the given text is not JSON.
+    Json(serde_json::Error),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidTopic(e) => write!(f, "cannot publish: {e}"),
+            Self::Json(e) => write!(f, "cannot publish: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The sequence number it got.
+    pub seq: u64,
+    /// Subscribers it was queued for.
+    pub subscribers: usize,
+}
+
+/// A new subscription.
+#[derive(Clone, Debug)]
+pub struct Subscribed {
+    /// The topic and the subscription id.
+    pub key: Arc<TopicKey>,
+    /// The topic's latest sequence number at the time of subscribing.
+    pub seq: u64,
+    /// The hub's epoch; sequence numbers restart when it changes (a server restart).
+    pub epoch: u64,
+}
+
+/// Counters of a hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HubStats {
+    /// Topics alive.
+    pub topics: usize,
+    /// Subscriptions alive.
+    pub subscriptions_active: u64,
+    /// Subscriptions ever made.
+    pub subscriptions_total: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Notifications queued into outboxes.
+    pub deliveries: u64,
+}
+
+#[derive(Debug)]
+struct Topic {
+    key: Arc<TopicKey>,
+    seq: u64,
+    subscribers: Vec<Arc<Outbox>>,
+    replay: VecDeque<Delivery>,
+}
+
+/// The pub/sub hub of a server. `Send + Sync`: publish from any thread.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    epoch: u64,
+    topics: RwLock<HashMap<Arc<str>, Arc<Mutex<Topic>>>>,
+    next_topic: AtomicU64,
+    next_outbox: AtomicU64,
+    subscriptions_active: AtomicU64,
+    subscriptions_total: AtomicU64,
+    published: AtomicU64,
+    deliveries: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub; `epoch` identifies this run (sequence numbers start over when it changes), so
+    /// seed it from something that differs between restarts, such as the start time.
+    pub fn new(config: HubConfig, epoch: u64) -> Self {
+        Self {
+            config,
+            epoch,
+            topics: RwLock::new(HashMap::new()),
+            next_topic: AtomicU64::new(1),
+            next_outbox: AtomicU64::new(1),
+            subscriptions_active: AtomicU64::new(0),
+            subscriptions_total: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A new outbox for a connection.
+    pub fn new_outbox(&self) -> Arc<Outbox> {
+        Arc::new(Outbox::new(self.next_outbox.fetch_add(1, Ordering::Relaxed), self.config.outbox))
+    }
+
+    /// Publishes `value` to `topic`: serialized once, queued for every subscriber, kept for
+    /// replay.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<Published, PublishError> {
+        let json = serde_json::to_vec(value).map_err(PublishError::Json)?;
+        self.publish_serialized(topic, &json)
+    }
+
+    /// Publishes JSON text as is (checked to be JSON).
+    pub fn publish_json(&self, topic: &str, json: &str) -> Result<Published, PublishError> {
+        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(PublishError::Json)?;
+        self.publish_serialized(topic, json.as_bytes())
+    }
+
+    fn publish_serialized(&self, topic: &str, json: &[u8]) -> Result<Published, PublishError> {
+        validate_topic(topic, self.config.max_topic_len).map_err(PublishError::InvalidTopic)?;
+        let topic = self.topic(topic, true).expect("created on demand");
+        let mut wakers = Vec::new();
+        let published = {
+            let mut t = lock(&topic);
+            t.seq += 1;
+            let frame =
+                SharedFrame::new(MessageKind::Text, &self.notification(&t.key, t.seq, json));
+            let delivery = Delivery { topic: t.key.clone(), seq: t.seq, frame };
+            for outbox in &t.subscribers {
+                wakers.extend(outbox.push(delivery.clone()));
+            }
+            if self.config.replay_capacity > 0 {
+                if t.replay.len() == self.config.replay_capacity {
+                    t.replay.pop_front();
+                }
+                t.replay.push_back(delivery);
+            }
+            Published { seq: t.seq, subscribers: t.subscribers.len() }
+        };
+        // Wake outside the topic lock: waking may be a syscall (a thread unpark).
+        for w in wakers {
+            w.wake();
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.deliveries.fetch_add(published.subscribers as u64, Ordering::Relaxed);
+        Ok(published)
+    }
+
+    /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":S,"topic":T,"seq":N,"result":V}}`
+    fn notification(&self, key: &TopicKey, seq: u64, json: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(json.len() + 128);
+        crate::rpc::message::write_notification(&mut out, &self.config.methods.notification, |o| {
+            o.extend_from_slice(b"{\"subscription\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.subscription);
+            o.extend_from_slice(b",\"topic\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.name);
+            let _ = write!(o, ",\"seq\":{seq},\"result\":");
+            o.extend_from_slice(json);
+            o.push(b'}');
+        });
+        out
+    }
+
+    /// Writes a `lagged` or `gap` notice for `key`, missed `from..=to`.
+    pub(crate) fn write_notice(
+        &self,
+        out: &mut Vec<u8>,
+        lagged: bool,
+        key: &TopicKey,
+        from: u64,
+        to: u64,
+    ) {
+        let method = if lagged { &self.config.methods.lagged } else { &self.config.methods.gap };
+        crate::rpc::message::write_notification(out, method, |o| {
+            o.extend_from_slice(b"{\"subscription\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.subscription);
+            o.extend_from_slice(b",\"topic\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.name);
+            let _ = write!(o, ",\"missed_from\":{from},\"missed_to\":{to}}}");
+        });
+    }
+
+    fn topic(&self, name: &str, create: bool) -> Option<Arc<Mutex<Topic>>> {
+        if let Some(t) = self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Some(t.clone());
+        }
+        if !create {
+            return None;
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let t = topics.entry(name.into()).or_insert_with(|| {
+            let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
+            Arc::new(Mutex::new(Topic {
+                key: Arc::new(TopicKey {
+                    name: name.into(),
+                    subscription: format!("0x{serial:x}").into(),
+                }),
+                seq: 0,
+                subscribers: Vec::new(),
+                replay: VecDeque::new(),
+            }))
+        });
+        Some(t.clone())
+    }
+
+    /// Checks the name and the policy for `principal`.
+    pub fn authorize(&self, topic: &str, principal: &Principal) -> Result<(), SubscribeError> {
+        validate_topic(topic, self.config.max_topic_len)?;
+        check_policy(&self.config.policies, topic, principal)
+    }
+
+    /// Subscribes `outbox` to `topic` (idempotent). With `since = Some((seq, epoch))` the
+    /// messages after `seq` still in the replay buffer are queued first, in order, after a
+    /// gap notice when some are already gone; a different `epoch` (the server restarted)
+    /// replays the whole buffer.
+    ///
+    /// The caller checks [`authorize`](Self::authorize) and the per-connection limits first.
+    pub fn subscribe(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &str,
+        since: Option<(u64, Option<u64>)>,
+    ) -> Subscribed {
+        let t = self.topic(topic, true).expect("created on demand");
+        let mut wakers = Vec::new();
+        let subscribed = {
+            let mut t = lock(&t);
+            if !t.subscribers.iter().any(|o| o.id() == outbox.id()) {
+                t.subscribers.push(outbox.clone());
+                self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
+                self.subscriptions_total.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some((since, epoch)) = since {
+                let since = if epoch.is_some_and(|e| e != self.epoch) { 0 } else { since };
+                let oldest = t.replay.front().map_or(t.seq + 1, |d| d.seq);
+                if since + 1 < oldest && since < t.seq {
+                    wakers.extend(outbox.push_gap(t.key.clone(), since + 1, oldest - 1));
+                }
+                for d in t.replay.iter().filter(|d| d.seq > since) {
+                    wakers.extend(outbox.push(d.clone()));
+                }
+            }
+            Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch }
+        };
+        for w in wakers {
+            w.wake();
+        }
+        subscribed
+    }
+
+    /// Removes `outbox`'s subscription to `topic`; false when there was none.
+    pub fn unsubscribe(&self, outbox: &Outbox, topic: &str) -> bool {
+        let Some(t) = self.topic(topic, false) else { return false };
+        let (removed, unused) = {
+            let mut t = lock(&t);
+            let before = t.subscribers.len();
+            t.subscribers.retain(|o| o.id() != outbox.id());
+            (t.subscribers.len() < before, t.subscribers.is_empty() && t.replay.is_empty())
+        };
+        if removed {
+            self.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        if unused {
+            // Topics that only subscribers created go away with them, so names invented by
+            // clients cannot accumulate.
+            let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = topics.get(topic) {
+                let t2 = lock(t);
+                if t2.subscribers.is_empty() && t2.replay.is_empty() {
+                    drop(t2);
+                    topics.remove(topic);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            topics: self.topics.read().unwrap_or_else(|p| p.into_inner()).len(),
+            subscriptions_active: self.subscriptions_active.load(Ordering::Relaxed),
+            subscriptions_total: self.subscriptions_total.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! JSON-RPC 2.0: messages, errors, the router and the per-connection session.
+//!
+//! The RPC layer takes whole text messages, not frames, so it runs over any message
+//! transport: the WebSocket connection of this crate, an async-tungstenite stream, stdin
+//! lines or an IPC pipe.
+
+pub mod error;
+pub mod message;
+pub mod router;
+pub mod session;
+
+pub use error::RpcError;
+pub use message::{Incoming, Invalid, Request};
+pub use router::{CallContext, ConnectionId, HandlerFuture, Params, Router, Transport};
+pub use session::{CallId, RpcSession, SessionOutput};

@@ -1,0 +1,302 @@
+//! The method table: typed registration, params, and the per-call context.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::{Deserialize, DeserializeOwned};
+use serde_json::value::RawValue;
+
+use super::error::RpcError;
+use crate::auth::Principal;
+
+/// The future an async handler returns: it resolves to the serialized result.
+pub type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Box<RawValue>, RpcError>> + Send + 'static>>;
+
+/// Identifies one connection of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// How a call arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// A WebSocket text message.
+    WebSocket,
+    /// An HTTP POST body.
+    Http,
+    /// Messages from elsewhere (a user-provided stream, stdin lines, a pipe).
+    Messages,
+}
+
+/// What a handler knows about the call.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The connection the call came on.
+    pub connection: ConnectionId,
+    /// The `Origin` header of the connection's handshake or HTTP request, if any.
+    pub origin: Option<Arc<str>>,
+    /// Who is calling (anonymous unless an authenticator recognised credentials).
+    pub principal: Arc<Principal>,
+    /// The time the call is being handled.
+    pub now: Instant,
+    /// How the call arrived.
+    pub transport: Transport,
+}
+
+/// The params of a call, borrowed from the message.
+#[derive(Clone, Copy, Debug)]
+pub struct Params<'a>(pub(crate) Option<&'a RawValue>);
+
+impl<'a> Params<'a> {
+    /// Params from raw JSON text (an array or object), or none.
+    pub fn new(raw: Option<&'a RawValue>) -> Self {
+        Self(raw)
+    }
+
+    /// The params exactly as sent.
+    pub fn raw(&self) -> Option<&'a RawValue> {
+        self.0
+    }
+
+    /// Positional params (a JSON array).
+    pub fn is_positional(&self) -> bool {
+        self.0.is_some_and(|r| r.get().starts_with('['))
+    }
+
+    /// Deserializes the params, borrowing strings from the message where `T` allows.
+    ///
+    /// Structs accept both positional (`[42, 23]`) and named (`{"a": 42, "b": 23}`) params;
+    /// absent params deserialize like `null`, `[]` or `{}`, whichever `T` accepts. Errors are
+    /// -32602 with a message naming the offending param (`[1]: invalid type …` or
+    /// `missing field \`subtrahend\``).
+    pub fn parse<T: Deserialize<'a>>(&self) -> Result<T, RpcError> {
+        match self.0 {
+            Some(raw) => from_json(raw.get()),
+            None => from_json("null")
+                .or_else(|e| from_json("[]").or_else(|_| from_json("{}")).map_err(|_| e)),
+        }
+    }
+}
+
+fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, RpcError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_json appends the position in the params text, which means nothing to a caller.
+        let inner = inner.rsplit_once(" at line ").map_or(inner.as_str(), |(msg, _)| msg);
+        if path == "." {
+            RpcError::invalid_params(inner)
+        } else {
+            RpcError::invalid_params(format!("{path}: {inner}"))
+        }
+    })?;
+    de.end().map_err(RpcError::invalid_params)?;
+    Ok(value)
+}
+
+type SyncHandler =
+    dyn Fn(Params<'_>, &CallContext, &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync;
+type AsyncHandler =
+    dyn Fn(Params<'_>, &CallContext) -> Result<HandlerFuture, RpcError> + Send + Sync;
+
+pub(crate) enum Handler {
+    /// Runs inside the core and writes its result's JSON.
+    Sync(Box<SyncHandler>),
+    /// Parses params inside the core and returns a future for the adapter to run.
+    Async(Box<AsyncHandler>),
+}
+
+pub(crate) struct Method {
+    pub(crate) handler: Handler,
+    /// Position in registration order, for per-method metrics.
+    pub(crate) index: usize,
+}
+
+/// The table of methods a server answers.
+///
+/// ```
+/// use wsrpc_core::rpc::{Router, RpcError};
+/// let mut router = Router::new();
+/// router
+///     .method("add", |p: (i64, i64), _ctx| Ok(p.0 + p.1))
+///     .method("echo", |p: serde_json::Value, _ctx| Ok::<_, RpcError>(p));
+/// ```
+///
+/// Names starting with `rpc.` are reserved for built-ins (`rpc.health`, `rpc.metrics`);
+/// registering one, or a name twice, is a bug and panics.
+#[derive(Default)]
+pub struct Router {
+    methods: HashMap<Box<str>, Method>,
+    names: Vec<Box<str>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router").field("methods", &self.names).finish()
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a synchronous method with typed params, called by the core directly.
+    pub fn method<P, R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.insert(
+            name,
+            Handler::Sync(Box::new(move |params, ctx, out| {
+                let result = f(params.parse()?, ctx)?;
+                serde_json::to_writer(out, &result).map_err(RpcError::internal)
+            })),
+        )
+    }
+
+    /// Registers a synchronous method that reads its params itself, borrowing from the
+    /// message (`params.parse::<&str>()`, `params.raw()`).
+    pub fn method_raw<R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        R: Serialize,
+        F: for<'p> Fn(Params<'p>, &CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.insert(
+            name,
+            Handler::Sync(Box::new(move |params, ctx, out| {
+                let result = f(params, ctx)?;
+                serde_json::to_writer(out, &result).map_err(RpcError::internal)
+            })),
+        )
+    }
+
+    /// Registers an async method. Params are parsed in the core (bad params are answered at
+    /// once); the future is handed to the adapter, which runs it on its runtime and reports
+    /// the result back, so the core never polls it.
+    pub fn async_method<P, R, F, Fut>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        self.insert(
+            name,
+            Handler::Async(Box::new(move |params, ctx| {
+                let fut = f(params.parse()?, ctx.clone());
+                Ok(Box::pin(async move {
+                    let result = fut.await?;
+                    serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
+                }))
+            })),
+        )
+    }
+
+    fn insert(&mut self, name: &str, handler: Handler) -> &mut Self {
+        assert!(
+            !name.starts_with("rpc."),
+            "method names starting with `rpc.` are reserved: {name}"
+        );
+        assert!(!self.methods.contains_key(name), "method {name} registered twice");
+        let index = self.names.len();
+        self.names.push(name.into());
+        self.methods.insert(name.into(), Method { handler, index });
+        self
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Method> {
+        self.methods.get(name)
+    }
+
+    /// Registered method names, in registration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+
+    /// Number of methods.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when no method is registered.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Subtract {
+        minuend: i64,
+        subtrahend: i64,
+    }
+
+    #[test]
+    fn structs_take_positional_and_named_params() {
+        let named = params(r#"{"subtrahend": 23, "minuend": 42}"#);
+        let positional = params("[42, 23]");
+        let want = Subtract { minuend: 42, subtrahend: 23 };
+        assert_eq!(Params(Some(&named)).parse::<Subtract>().unwrap(), want);
+        assert_eq!(Params(Some(&positional)).parse::<Subtract>().unwrap(), want);
+    }
+
+    #[test]
+    fn bad_params_name_the_param() {
+        let p = params(r#"[42, "x"]"#);
+        let e = Params(Some(&p)).parse::<(i64, i64)>().unwrap_err();
+        assert_eq!(e.code, -32602);
+        assert!(e.message.contains("[1]"), "{}", e.message);
+        let p = params(r#"{"minuend": 42}"#);
+        let e = Params(Some(&p)).parse::<Subtract>().unwrap_err();
+        assert!(e.message.contains("subtrahend"), "{}", e.message);
+        let p = params(r#"{"minuend": 42, "subtrahend": "x"}"#);
+        let e = Params(Some(&p)).parse::<Subtract>().unwrap_err();
+        assert!(e.message.contains("subtrahend") && !e.message.contains("line"), "{}", e.message);
+    }
+
+    #[test]
+    fn absent_params_fit_unit_vectors_and_defaults() {
+        let none = Params(None);
+        none.parse::<()>().unwrap();
+        assert_eq!(none.parse::<Vec<i64>>().unwrap(), Vec::<i64>::new());
+        assert_eq!(none.parse::<Option<i64>>().unwrap(), None);
+        assert!(none.parse::<(i64,)>().is_err());
+    }
+
+    #[test]
+    fn borrowed_params() {
+        let p = params(r#"["no escapes here"]"#);
+        let (s,): (&str,) = Params(Some(&p)).parse().unwrap();
+        assert_eq!(s, "no escapes here");
+    }
+
+    #[test]
+    #[should_panic(expected = "reserved")]
+    fn rpc_prefix_is_reserved() {
+        Router::new().method("rpc.mine", |(): (), _| Ok(1));
+    }
+}

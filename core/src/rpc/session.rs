@@ -1,0 +1,700 @@
+//! The per-connection JSON-RPC session: whole text messages in, responses, notifications and
+//! async work out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use super::error::{self, RpcError};
+use super::message::{self, Incoming, Invalid, Request};
+use super::router::{CallContext, ConnectionId, Handler, HandlerFuture, Params, Transport};
+use crate::auth::Principal;
+use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
+use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
+use crate::metrics::ErrorKind;
+use crate::service::Service;
+use crate::ws::{CloseCode, SharedFrame};
+
+/// Identifies an async call handed out with [`SessionOutput::Spawn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallId(pub u64);
+
+/// What a session asks its transport to do, from [`RpcSession::poll_output`].
+#[non_exhaustive]
+pub enum SessionOutput {
+    /// Send this text message (a response, a batch response, or a notice).
+    Message(Vec<u8>),
+    /// Send this notification, encoded once for all subscribers (over a WebSocket send the
+    /// frame as is; elsewhere send its payload).
+    Notification(SharedFrame),
+    /// Run this future on the runtime, then call [`RpcSession::complete`] with its output.
+    Spawn(CallId, HandlerFuture),
+    /// Close the connection (abuse of limits, slow consumer under the close policy).
+    Close(CloseCode, &'static str),
+}
+
+impl std::fmt::Debug for SessionOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Message(m) => {
+                f.debug_tuple("Message").field(&String::from_utf8_lossy(m)).finish()
+            }
+            Self::Notification(n) => {
+                f.debug_tuple("Notification").field(&String::from_utf8_lossy(n.payload())).finish()
+            }
+            Self::Spawn(id, _) => f.debug_tuple("Spawn").field(id).finish(),
+            Self::Close(code, why) => f.debug_tuple("Close").field(code).field(why).finish(),
+        }
+    }
+}
+
+/// Where the response of a call goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Single,
+    Batch { batch: u64, index: usize },
+}
+
+#[derive(Debug)]
+struct PendingCall {
+    id: Option<Box<RawValue>>,
+    method_index: Option<usize>,
+    started: Instant,
+    slot: Slot,
+}
+
+#[derive(Debug)]
+struct PendingBatch {
+    parts: Vec<Option<Vec<u8>>>,
+    waiting: usize,
+}
+
+/// One connection's JSON-RPC state: it dispatches whole messages through the service's
+/// router, applies limits, serves the subscription methods, and collects output.
+///
+/// Call [`handle_message`](Self::handle_message) for each incoming text message and
+/// [`complete`](Self::complete) for each finished async call, then drain
+/// [`poll_output`](Self::poll_output) until `None`. Register a waker with
+/// [`register_waker`](Self::register_waker) so a publish on another thread can wake the
+/// transport to drain notifications.
+pub struct RpcSession {
+    service: Arc<Service>,
+    ctx: CallContext,
+    limiter: ConnectionLimiter,
+    outbox: Arc<Outbox>,
+    /// Active subscriptions by subscription id.
+    subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
+    kind_counts: HashMap<String, usize>,
+    out: VecDeque<SessionOutput>,
+    drained: VecDeque<OutboxItem>,
+    pending: HashMap<u64, PendingCall>,
+    batches: HashMap<u64, PendingBatch>,
+    next_call: u64,
+    closing: bool,
+}
+
+impl std::fmt::Debug for RpcSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcSession")
+            .field("connection", &self.ctx.connection)
+            .field("subscriptions", &self.subscriptions.len())
+            .field("pending_calls", &self.pending.len())
+            .field("queued_output", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcSession {
+    /// A session for a new connection of `service`.
+    pub fn new(
+        service: Arc<Service>,
+        connection: ConnectionId,
+        origin: Option<Arc<str>>,
+        principal: Arc<Principal>,
+        transport: Transport,
+        now: Instant,
+    ) -> Self {
+        let limiter = ConnectionLimiter::new(service.limit_config().clone());
+        let outbox = service.hub().new_outbox();
+        let ctx = CallContext { connection, origin, principal, now, transport };
+        Self {
+            service,
+            ctx,
+            limiter,
+            outbox,
+            subscriptions: HashMap::new(),
+            kind_counts: HashMap::new(),
+            out: VecDeque::new(),
+            drained: VecDeque::new(),
+            pending: HashMap::new(),
+            batches: HashMap::new(),
+            next_call: 1,
+            closing: false,
+        }
+    }
+
+    /// The context handlers see.
+    pub fn context(&self) -> &CallContext {
+        &self.ctx
+    }
+
+    /// Replaces origin and principal (HTTP: each request on a keep-alive connection brings
+    /// its own).
+    pub fn set_identity(&mut self, origin: Option<Arc<str>>, principal: Arc<Principal>) {
+        self.ctx.origin = origin;
+        self.ctx.principal = principal;
+    }
+
+    /// Wakes `waker` when a notification arrives for this connection.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.outbox.set_waker(waker);
+    }
+
+    /// Async calls in flight.
+    pub fn pending_calls(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Active subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Handles one incoming text message.
+    pub fn handle_message(&mut self, now: Instant, text: &[u8]) {
+        self.ctx.now = now;
+        let metrics = self.service.metrics();
+        metrics.message_received();
+        let config = &self.service.config().rpc;
+        if text.len() > config.max_request_size {
+            metrics.record_error(ErrorKind::InvalidRequest);
+            let e = RpcError::count_limit("request size", config.max_request_size);
+            return self.push_error(None, &e);
+        }
+        let message_limited = self.limiter.check_message(now).err();
+        match message::parse(text) {
+            Incoming::Unanswerable(e) => {
+                metrics.record_error(ErrorKind::from_rpc_code(e.code));
+                self.push_error(None, &e);
+            }
+            Incoming::Single(entry) => {
+                let mut out = Vec::new();
+                self.dispatch(now, entry, &mut out, Slot::Single, message_limited);
+                if !out.is_empty() {
+                    self.out.push_back(SessionOutput::Message(out));
+                }
+            }
+            Incoming::Batch(entries) => {
+                let max = self.service.config().rpc.max_batch;
+                if entries.len() > max {
+                    metrics.record_error(ErrorKind::InvalidRequest);
+                    let e = RpcError::invalid_request("batch too large")
+                        .with_data(serde_json::json!({ "limit": "batch entries", "max": max, "entries": entries.len() }));
+                    return self.push_error(None, &e);
+                }
+                let batch = self.next_call;
+                self.next_call += 1;
+                let mut parts = Vec::with_capacity(entries.len());
+                let mut waiting = 0;
+                for (index, entry) in entries.into_iter().enumerate() {
+                    let mut out = Vec::new();
+                    let pending = self.dispatch(
+                        now,
+                        entry,
+                        &mut out,
+                        Slot::Batch { batch, index },
+                        message_limited,
+                    );
+                    waiting += usize::from(pending);
+                    parts.push((!out.is_empty()).then_some(out));
+                }
+                let pending = PendingBatch { parts, waiting };
+                if waiting == 0 {
+                    self.emit_batch(pending);
+                } else {
+                    self.batches.insert(batch, pending);
+                }
+            }
+        }
+        if let Some(limited) = message_limited {
+            self.note_limited(&limited);
+        }
+    }
+
+    /// Reports the result of an async call handed out as [`SessionOutput::Spawn`]. Unknown
+    /// ids (a call already answered) are ignored.
+    pub fn complete(
+        &mut self,
+        call: CallId,
+        result: Result<Box<RawValue>, RpcError>,
+        now: Instant,
+    ) {
+        let Some(p) = self.pending.remove(&call.0) else { return };
+        if let Some(index) = p.method_index {
+            self.service.metrics().record_call(
+                self.service.method_id(index),
+                now.saturating_duration_since(p.started),
+                now,
+            );
+        }
+        let mut out = Vec::new();
+        if let Some(id) = &p.id {
+            match result {
+                Ok(value) => self
+                    .write_success(&mut out, id, |o| o.extend_from_slice(value.get().as_bytes())),
+                Err(e) => self.write_failure(&mut out, Some(id), &e),
+            }
+        } else if let Err(e) = result {
+            self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
+        }
+        match p.slot {
+            Slot::Single => {
+                if !out.is_empty() {
+                    self.out.push_back(SessionOutput::Message(out));
+                }
+            }
+            Slot::Batch { batch, index } => {
+                let Some(b) = self.batches.get_mut(&batch) else { return };
+                b.parts[index] = (!out.is_empty()).then_some(out);
+                b.waiting -= 1;
+                if b.waiting == 0 {
+                    let b = self.batches.remove(&batch).expect("present");
+                    self.emit_batch(b);
+                }
+            }
+        }
+    }
+
+    /// The next output: queued responses first, then notifications from the outbox.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<SessionOutput> {
+        self.poll_output_with(true)
+    }
+
+    /// [`poll_output`](Self::poll_output), leaving notifications in the outbox when
+    /// `notifications` is false (the transport is backed up; the outbox's slow-consumer policy
+    /// then applies).
+    #[must_use]
+    pub fn poll_output_with(&mut self, notifications: bool) -> Option<SessionOutput> {
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        if self.closing || !notifications {
+            return None;
+        }
+        loop {
+            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+                return None;
+            }
+            let item = self.drained.pop_front()?;
+            let hub = self.service.hub();
+            match item {
+                OutboxItem::Notification(d) => {
+                    // Notifications queued before an unsubscribe are not delivered after it.
+                    if self.subscriptions.contains_key(&d.topic.subscription) {
+                        self.service.metrics().message_sent();
+                        return Some(SessionOutput::Notification(d.frame));
+                    }
+                }
+                OutboxItem::Lagged { topic, from, to } => {
+                    self.service.metrics().notifications_dropped(to - from + 1);
+                    let mut out = Vec::new();
+                    hub.write_notice(&mut out, true, &topic, from, to);
+                    return Some(SessionOutput::Message(out));
+                }
+                OutboxItem::Gap { topic, from, to } => {
+                    let mut out = Vec::new();
+                    hub.write_notice(&mut out, false, &topic, from, to);
+                    return Some(SessionOutput::Message(out));
+                }
+                OutboxItem::Overflowed => {
+                    self.closing = true;
+                    self.service.metrics().notifications_dropped(1);
+                    return Some(SessionOutput::Close(
+                        CloseCode::POLICY_VIOLATION,
+                        "slow consumer",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether [`poll_output`](Self::poll_output) has something (cheap; locks the outbox).
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+            || (!self.closing && (!self.drained.is_empty() || self.outbox.has_pending()))
+    }
+
+    fn push_error(&mut self, id: Option<&RawValue>, e: &RpcError) {
+        let mut out = Vec::new();
+        message::write_error(&mut out, id, e);
+        self.out.push_back(SessionOutput::Message(out));
+    }
+
+    fn emit_batch(&mut self, batch: PendingBatch) {
+        let mut out = Vec::new();
+        for part in batch.parts.into_iter().flatten() {
+            out.push(if out.is_empty() { b'[' } else { b',' });
+            out.extend_from_slice(&part);
+        }
+        if !out.is_empty() {
+            out.push(b']');
+            self.out.push_back(SessionOutput::Message(out));
+        }
+    }
+
+    fn note_limited(&mut self, limited: &LimitExceeded) {
+        if limited.verdict == AbuseVerdict::Close && !self.closing {
+            self.closing = true;
+            log::info!(target: "wsrpc::limit", "closing abusive connection conn={}", self.ctx.connection);
+            self.out
+                .push_back(SessionOutput::Close(CloseCode::POLICY_VIOLATION, "rate limit abuse"));
+        }
+    }
+
+    /// Handles one entry; writes its response to `out` unless it is a notification or
+    /// async. Returns true when an async call was handed out.
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        entry: Result<Request<'_>, Invalid<'_>>,
+        out: &mut Vec<u8>,
+        slot: Slot,
+        message_limited: Option<LimitExceeded>,
+    ) -> bool {
+        let metrics = self.service.metrics();
+        let req = match entry {
+            Ok(req) => req,
+            Err(invalid) => {
+                metrics.record_error(ErrorKind::InvalidRequest);
+                message::write_error(out, invalid.id, &invalid.error);
+                return false;
+            }
+        };
+        if let Some(limited) = &message_limited {
+            metrics.call_rate_limited();
+            if let Some(id) = req.id {
+                self.write_failure(
+                    out,
+                    Some(id),
+                    &RpcError::limit_exceeded("messages", limited.retry_after_ms()),
+                );
+            }
+            return false;
+        }
+        if let Some(signer) = self.service.config().signing.as_ref() {
+            let id_raw = req.id.map_or("null", RawValue::get);
+            let params_raw = req.params.map_or("null", RawValue::get);
+            let sig =
+                req.sig.and_then(|s| serde_json::from_str::<&str>(s.get()).ok()).unwrap_or("");
+            if signer.verify_request(&req.method, id_raw, params_raw, sig).is_err() {
+                metrics.record_error(ErrorKind::Auth);
+                if let Some(id) = req.id {
+                    message::write_error(
+                        out,
+                        Some(id),
+                        &RpcError::new(error::BAD_SIGNATURE, "Bad signature"),
+                    );
+                }
+                return false;
+            }
+        }
+        let service = self.service.clone();
+        let methods = &service.config().hub.methods;
+        if req.method == methods.subscribe || req.method == methods.unsubscribe {
+            let subscribe = req.method == methods.subscribe;
+            let result = if subscribe {
+                self.subscribe(now, Params(req.params))
+            } else {
+                self.unsubscribe(Params(req.params))
+            };
+            if let Some(id) = req.id {
+                match result {
+                    Ok(value) => {
+                        self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
+                    }
+                    Err(e) => self.write_failure(out, Some(id), &e),
+                }
+            }
+            return false;
+        }
+        if let Some(builtin) = req.method.strip_prefix("rpc.") {
+            let result = match builtin {
+                "health" => serde_json::value::to_raw_value(&service.health(now))
+                    .map_err(RpcError::internal),
+                "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
+                    .map_err(RpcError::internal),
+                _ => Err(RpcError::method_not_found()),
+            };
+            if let Some(id) = req.id {
+                match result {
+                    Ok(value) => {
+                        self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
+                    }
+                    Err(e) => self.write_failure(out, Some(id), &e),
+                }
+            }
+            return false;
+        }
+        let Some(method) = service.router().get(&req.method) else {
+            metrics.record_error(ErrorKind::MethodNotFound);
+            if let Some(id) = req.id {
+                message::write_error(out, Some(id), &RpcError::method_not_found());
+            }
+            return false;
+        };
+        let origin = self.ctx.origin.clone();
+        if let Err(limited) =
+            self.limiter.check_call(service.origin_limiter(), origin.as_deref(), &req.method, now)
+        {
+            metrics.call_rate_limited();
+            log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
+            if let Some(id) = req.id {
+                let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
+                message::write_error(
+                    out,
+                    Some(id),
+                    &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
+                );
+            }
+            self.note_limited(&limited);
+            return false;
+        }
+        self.ctx.now = now;
+        let params = Params(req.params);
+        match &method.handler {
+            Handler::Sync(f) => {
+                let start = service.clock_now().unwrap_or(now);
+                let id = req.id;
+                let mut result_buf = Vec::new();
+                let result = f(params, &self.ctx, &mut result_buf);
+                let end = service.clock_now().unwrap_or(now);
+                metrics.record_call(
+                    service.method_id(method.index),
+                    end.saturating_duration_since(start),
+                    now,
+                );
+                match (id, result) {
+                    (Some(id), Ok(())) => {
+                        self.write_success(out, id, |o| o.extend_from_slice(&result_buf))
+                    }
+                    (Some(id), Err(e)) => self.write_failure(out, Some(id), &e),
+                    (None, Err(e)) => metrics.record_error(ErrorKind::from_rpc_code(e.code)),
+                    (None, Ok(())) => {}
+                }
+                false
+            }
+            Handler::Async(f) => {
+                let max = service.config().rpc.max_inflight_async;
+                if self.pending.len() >= max {
+                    metrics.call_rate_limited();
+                    if let Some(id) = req.id {
+                        message::write_error(
+                            out,
+                            Some(id),
+                            &RpcError::count_limit("async calls in flight", max),
+                        );
+                    }
+                    return false;
+                }
+                match f(params, &self.ctx) {
+                    Ok(fut) => {
+                        let call = self.next_call;
+                        self.next_call += 1;
+                        let id = req.id.map(|i| i.to_owned());
+                        self.pending.insert(
+                            call,
+                            PendingCall {
+                                id,
+                                method_index: Some(method.index),
+                                started: now,
+                                slot,
+                            },
+                        );
+                        self.out.push_back(SessionOutput::Spawn(CallId(call), fut));
+                        true
+                    }
+                    Err(e) => {
+                        match req.id {
+                            Some(id) => self.write_failure(out, Some(id), &e),
+                            None => metrics.record_error(ErrorKind::from_rpc_code(e.code)),
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_success(&self, out: &mut Vec<u8>, id: &RawValue, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        let mut result_range = 0..0;
+        message::write_response_with(out, id, |o| {
+            let s = o.len();
+            write(o);
+            result_range = s..o.len();
+        });
+        let max = self.service.config().rpc.max_response_size;
+        if out.len() - start > max {
+            out.truncate(start);
+            return self.write_failure(out, Some(id), &RpcError::count_limit("response size", max));
+        }
+        if let Some(signer) = self.service.config().signing.as_ref() {
+            let body = std::str::from_utf8(&out[result_range]).unwrap_or("");
+            let sig = signer.sign_response(id.get(), body);
+            insert_sig(out, &sig);
+        }
+        self.service.metrics().message_sent();
+        let _ = start;
+    }
+
+    fn write_failure(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
+        self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
+        let start = out.len();
+        message::write_error(out, id, e);
+        if let Some(signer) = self.service.config().signing.as_ref() {
+            let mut body = Vec::new();
+            e.write_json(&mut body);
+            let sig = signer.sign_response(
+                id.map_or("null", RawValue::get),
+                std::str::from_utf8(&body).unwrap_or(""),
+            );
+            insert_sig(out, &sig);
+        }
+        self.service.metrics().message_sent();
+        let _ = start;
+    }
+
+    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
+        let _ = now;
+        if self.ctx.transport == Transport::Http {
+            return Err(RpcError::new(
+                error::METHOD_NOT_FOUND,
+                "Subscriptions need a WebSocket connection",
+            ));
+        }
+        let service = self.service.clone();
+        let hub = service.hub();
+        let cfg = hub.config();
+        let (topic, since, epoch): (String, Option<u64>, Option<u64>) = if cfg.methods.eth_style {
+            let v: Vec<serde_json::Value> = params.parse()?;
+            match v.first().and_then(|t| t.as_str()) {
+                Some(t) => (t.to_owned(), None, None),
+                None => return Err(RpcError::invalid_params("[0]: expected a subscription name")),
+            }
+        } else {
+            #[derive(serde::Deserialize)]
+            struct Sub {
+                topic: String,
+                #[serde(default)]
+                since: Option<u64>,
+                #[serde(default)]
+                epoch: Option<u64>,
+            }
+            let s: Sub = params.parse()?;
+            (s.topic, s.since, s.epoch)
+        };
+        hub.authorize(&topic, &self.ctx.principal).map_err(subscribe_error)?;
+        let already = self.subscriptions.values().find(|k| *k.name == *topic).cloned();
+        let key = match already {
+            Some(key) => key,
+            None => {
+                if self.subscriptions.len() >= cfg.max_subscriptions {
+                    return Err(subscribe_error(SubscribeError::TooMany {
+                        limit: "subscriptions".into(),
+                        max: cfg.max_subscriptions,
+                    }));
+                }
+                let kind = topic_kind(&topic);
+                if let Some((_, max)) = cfg.kind_limits.iter().find(|(k, _)| k == kind) {
+                    if self.kind_counts.get(kind).copied().unwrap_or(0) >= *max {
+                        return Err(subscribe_error(SubscribeError::TooMany {
+                            limit: kind.to_owned(),
+                            max: *max,
+                        }));
+                    }
+                }
+                let sub = hub.subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)));
+                *self.kind_counts.entry(kind.to_owned()).or_default() += 1;
+                service.metrics().subscription_opened();
+                self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
+                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?}", self.ctx.connection);
+                if cfg.methods.eth_style {
+                    return serde_json::value::to_raw_value(&*sub.key.subscription)
+                        .map_err(RpcError::internal);
+                }
+                let v = serde_json::json!({ "subscription": &*sub.key.subscription, "topic": topic, "seq": sub.seq, "epoch": sub.epoch });
+                return serde_json::value::to_raw_value(&v).map_err(RpcError::internal);
+            }
+        };
+        // Already subscribed: the same id again, nothing replayed twice.
+        if cfg.methods.eth_style {
+            return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
+        }
+        let v = serde_json::json!({ "subscription": &*key.subscription, "topic": topic, "epoch": hub.epoch() });
+        serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+    }
+
+    fn unsubscribe(&mut self, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
+        let (id,): (String,) = params.parse()?;
+        let removed = match self.subscriptions.remove(id.as_str()) {
+            Some(key) => {
+                self.service.hub().unsubscribe(&self.outbox, &key.name);
+                self.service.metrics().subscriptions_closed(1);
+                let kind = topic_kind(&key.name);
+                if let Some(n) = self.kind_counts.get_mut(kind) {
+                    *n -= 1;
+                }
+                true
+            }
+            None => false,
+        };
+        Ok(RawValue::from_string(removed.to_string()).expect("a bool is JSON"))
+    }
+
+    /// Ends the session: subscriptions are removed and the outbox released. Also done on
+    /// drop.
+    pub fn shutdown(&mut self) {
+        let n = self.subscriptions.len() as u64;
+        for (_, key) in self.subscriptions.drain() {
+            self.service.hub().unsubscribe(&self.outbox, &key.name);
+        }
+        if n > 0 {
+            self.service.metrics().subscriptions_closed(n);
+        }
+        self.kind_counts.clear();
+        self.outbox.close();
+    }
+}
+
+impl Drop for RpcSession {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn subscribe_error(e: SubscribeError) -> RpcError {
+    match e {
+        SubscribeError::Forbidden => {
+            RpcError::forbidden("Not permitted to subscribe to this topic")
+        }
+        SubscribeError::TooMany { limit, max } => {
+            RpcError::new(error::LIMIT_EXCEEDED, format!("Limit exceeded: {limit} subscriptions"))
+                .with_data(serde_json::json!({ "limit": limit, "max": max }))
+        }
+        e => RpcError::invalid_params(e),
+    }
+}
+
+/// Adds `,"sig":"<hex>"` before the final `}` of a response object.
+fn insert_sig(out: &mut Vec<u8>, sig: &str) {
+    if out.last() == Some(&b'}') {
+        out.pop();
+        out.extend_from_slice(b",\"sig\":\"");
+        out.extend_from_slice(sig.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+}
