@@ -82,8 +82,12 @@ impl<'a> Params<'a> {
     /// -32602 with a message naming the offending param (`[1]: invalid type …` or
     /// `missing field \`subtrahend\``).
     pub fn parse<T: Deserialize<'a>>(&self) -> Result<T, RpcError> {
-        match self.0 {
-            Some(raw) => from_json(raw.get()),
+        match self.0.map(RawValue::get) {
+            // Methods without params are often called with empty ones.
+            Some(empty @ ("[]" | "{}")) => {
+                from_json(empty).or_else(|e| from_json("null").map_err(|_| e))
+            }
+            Some(raw) => from_json(raw),
             None => from_json("null")
                 .or_else(|e| from_json("[]").or_else(|_| from_json("{}")).map_err(|_| e)),
         }
@@ -282,6 +286,9 @@ mod tests {
     fn absent_params_fit_unit_vectors_and_defaults() {
         let none = Params(None);
         none.parse::<()>().unwrap();
+        let empty = params("[]");
+        Params(Some(&empty)).parse::<()>().unwrap();
+        assert_eq!(Params(Some(&empty)).parse::<Vec<i64>>().unwrap(), Vec::<i64>::new());
         assert_eq!(none.parse::<Vec<i64>>().unwrap(), Vec::<i64>::new());
         assert_eq!(none.parse::<Option<i64>>().unwrap(), None);
         assert!(none.parse::<(i64,)>().is_err());

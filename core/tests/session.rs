@@ -1,0 +1,492 @@
+//! The RPC session over plain messages: async handlers, ordering, in-flight caps, pub/sub
+//! (sequence numbers, lag, replay, policies, limits) and rate tokens, on a virtual clock.
+#![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wsrpc_core::auth::Principal;
+use wsrpc_core::hub::{HubConfig, OutboxLimits, SlowConsumer, TopicPattern, TopicPolicy};
+use wsrpc_core::limit::{LimitConfig, MethodClass, MethodClasses, Rate};
+use wsrpc_core::rpc::{
+    CallId, ConnectionId, HandlerFuture, Router, RpcError, RpcSession, SessionOutput, Transport,
+};
+use wsrpc_core::service::{Service, ServiceConfig};
+use wsrpc_core::ws::CloseCode;
+
+struct Harness {
+    service: Arc<Service>,
+    now: Instant,
+    next_conn: u64,
+}
+
+#[derive(Debug)]
+enum Out {
+    Json(Value),
+    Spawn(CallId),
+    Close(CloseCode),
+}
+
+impl Harness {
+    fn new(config: ServiceConfig, router: Router) -> Self {
+        let now = Instant::now();
+        Self {
+            service: Service::new(config, router, now, Duration::from_secs(1_700_000_000)),
+            now,
+            next_conn: 1,
+        }
+    }
+
+    fn session(&mut self, origin: Option<&str>, principal: Principal) -> RpcSession {
+        self.next_conn += 1;
+        RpcSession::new(
+            self.service.clone(),
+            ConnectionId(self.next_conn),
+            origin.map(Arc::from),
+            Arc::new(principal),
+            Transport::Messages,
+            self.now,
+        )
+    }
+
+    fn send(&self, s: &mut RpcSession, msg: Value) -> (Vec<Out>, Vec<(CallId, HandlerFuture)>) {
+        s.handle_message(self.now, msg.to_string().as_bytes());
+        drain(s)
+    }
+}
+
+fn drain(s: &mut RpcSession) -> (Vec<Out>, Vec<(CallId, HandlerFuture)>) {
+    let mut outs = Vec::new();
+    let mut spawns = Vec::new();
+    while let Some(o) = s.poll_output() {
+        match o {
+            SessionOutput::Message(m) => outs.push(Out::Json(serde_json::from_slice(&m).unwrap())),
+            SessionOutput::Notification(f) => {
+                outs.push(Out::Json(serde_json::from_slice(f.payload()).unwrap()))
+            }
+            SessionOutput::Spawn(id, fut) => {
+                outs.push(Out::Spawn(id));
+                spawns.push((id, fut));
+            }
+            SessionOutput::Close(code, _) => outs.push(Out::Close(code)),
+            other => panic!("{other:?}"),
+        }
+    }
+    (outs, spawns)
+}
+
+fn json_outs(outs: &[Out]) -> Vec<&Value> {
+    outs.iter().filter_map(|o| if let Out::Json(v) = o { Some(v) } else { None }).collect()
+}
+
+/// Polls a future that is ready without waiting (the handlers here never block).
+fn run(mut fut: HandlerFuture) -> Result<Box<serde_json::value::RawValue>, RpcError> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("test futures complete immediately"),
+    }
+}
+
+fn call(method: &str, params: Value, id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id})
+}
+
+fn async_router() -> Router {
+    let mut r = Router::new();
+    r.method("now", |(): (), _| Ok("sync"))
+        .async_method("slow", |(x,): (i64,), ctx| async move {
+            Ok(json!({"x": x, "conn": ctx.connection.0}))
+        })
+        .async_method("boom", |(): (), _| async move {
+            Err::<(), _>(RpcError::server(-32001, "async failure"))
+        });
+    r
+}
+
+#[test]
+fn async_calls_are_handed_out_and_answered_on_completion() {
+    let mut h = Harness::new(ServiceConfig::default(), async_router());
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, mut spawns) = h.send(&mut s, call("slow", json!([7]), 1));
+    assert!(matches!(outs[..], [Out::Spawn(_)]), "the core does not poll the future: {outs:?}");
+    // A sync call after it is answered at once, before the async one.
+    let (outs, _) = h.send(&mut s, call("now", json!([]), 2));
+    assert_eq!(json_outs(&outs)[0]["id"], 2);
+    let (id, fut) = spawns.remove(0);
+    h.now += Duration::from_millis(40);
+    s.complete(id, run(fut), h.now);
+    let (outs, _) = drain(&mut s);
+    assert_eq!(json_outs(&outs)[0], &json!({"jsonrpc":"2.0","result":{"x":7,"conn":2},"id":1}));
+    // Completing twice is ignored.
+    s.complete(id, Ok(serde_json::value::to_raw_value(&1).unwrap()), h.now);
+    assert!(drain(&mut s).0.is_empty());
+    // The latency was measured between the two instants.
+    let snap = h.service.snapshot(h.now);
+    assert!(snap.methods["slow"].max_us >= 39_000, "{:?}", snap.methods["slow"]);
+}
+
+#[test]
+fn async_errors_and_bad_params_are_answered() {
+    let mut h = Harness::new(ServiceConfig::default(), async_router());
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(&mut s, call("slow", json!(["not a number"]), 1));
+    assert_eq!(
+        json_outs(&outs)[0]["error"]["code"],
+        -32602,
+        "bad params answered without spawning"
+    );
+    let (outs, mut spawns) = h.send(&mut s, call("boom", json!([]), 2));
+    assert!(!spawns.is_empty(), "{outs:?}");
+    let (id, fut) = spawns.remove(0);
+    s.complete(id, run(fut), h.now);
+    let (outs, _) = drain(&mut s);
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32001);
+}
+
+#[test]
+fn batch_with_async_entries_waits_for_all_and_keeps_order() {
+    let mut h = Harness::new(ServiceConfig::default(), async_router());
+    let mut s = h.session(None, Principal::anonymous());
+    let batch = json!([
+        call("slow", json!([1]), 1),
+        call("now", json!([]), 2),
+        call("slow", json!([3]), 3)
+    ]);
+    let (outs, mut spawns) = h.send(&mut s, batch);
+    assert_eq!(outs.len(), 2, "two spawns, no response yet: {outs:?}");
+    let (b, fb) = spawns.pop().unwrap();
+    s.complete(b, run(fb), h.now);
+    assert!(drain(&mut s).0.is_empty());
+    let (a, fa) = spawns.pop().unwrap();
+    s.complete(a, run(fa), h.now);
+    let (outs, _) = drain(&mut s);
+    let ids: Vec<&Value> =
+        json_outs(&outs)[0].as_array().unwrap().iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(3)]);
+}
+
+#[test]
+fn in_flight_async_calls_are_capped() {
+    let mut config = ServiceConfig::default();
+    config.rpc.max_inflight_async = 2;
+    let mut h = Harness::new(config, async_router());
+    let mut s = h.session(None, Principal::anonymous());
+    let mut spawns = Vec::new();
+    for id in 1..=2 {
+        spawns.extend(h.send(&mut s, call("slow", json!([id]), id)).1);
+    }
+    let (outs, _) = h.send(&mut s, call("slow", json!([3]), 3));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32005);
+    let (id, fut) = spawns.remove(0);
+    s.complete(id, run(fut), h.now);
+    drain(&mut s);
+    let (outs, _) = h.send(&mut s, call("slow", json!([4]), 4));
+    assert!(matches!(outs[..], [Out::Spawn(_)]), "a slot freed up: {outs:?}");
+}
+
+fn hub_config() -> ServiceConfig {
+    let mut config = ServiceConfig::default();
+    config.hub = HubConfig::default();
+    config.hub.kind_limits = vec![("intent".into(), 2)];
+    config.hub.policies = vec![
+        (TopicPattern::new("user:*"), TopicPolicy::OwnerOnly),
+        (TopicPattern::new("solver:*"), TopicPolicy::Authenticated),
+    ];
+    config.hub.replay_capacity = 4;
+    config
+}
+
+fn subscribe(h: &Harness, s: &mut RpcSession, params: Value) -> Value {
+    let (outs, _) = h.send(s, call("subscribe", params, 99));
+    json_outs(&outs)[0].clone()
+}
+
+#[test]
+fn publish_reaches_subscribers_in_order_with_sequence_numbers() {
+    let mut h = Harness::new(hub_config(), Router::new());
+    let mut a = h.session(None, Principal::anonymous());
+    let mut b = h.session(None, Principal::anonymous());
+    let ra = subscribe(&h, &mut a, json!(["prices:btc"]));
+    let rb = subscribe(&h, &mut b, json!({"topic": "prices:btc"}));
+    assert_eq!(ra["result"]["subscription"], rb["result"]["subscription"]);
+    for i in 0..3 {
+        let p = h.service.publish("prices:btc", &json!({"price": i})).unwrap();
+        assert_eq!((p.seq, p.subscribers), (i + 1, 2));
+    }
+    for s in [&mut a, &mut b] {
+        let (outs, _) = drain(s);
+        let notes = json_outs(&outs);
+        assert_eq!(notes.len(), 3);
+        for (i, n) in notes.iter().enumerate() {
+            assert_eq!(n["method"], "subscription");
+            assert_eq!(n["params"]["topic"], "prices:btc");
+            assert_eq!(n["params"]["seq"], i as u64 + 1);
+            assert_eq!(n["params"]["result"]["price"], i as u64);
+            assert_eq!(n["params"]["subscription"], ra["result"]["subscription"]);
+        }
+    }
+    // Unsubscribing stops deliveries, including ones already queued.
+    h.service.publish("prices:btc", &1).unwrap();
+    let sub = ra["result"]["subscription"].clone();
+    let (outs, _) = h.send(&mut a, call("unsubscribe", json!([sub]), 5));
+    assert_eq!(json_outs(&outs).iter().filter(|v| v.get("method").is_some()).count(), 0);
+    assert_eq!(json_outs(&outs)[0]["result"], true);
+    h.service.publish("prices:btc", &2).unwrap();
+    assert!(drain(&mut a).0.is_empty());
+    assert_eq!(drain(&mut b).0.len(), 2);
+    let (outs, _) = h.send(&mut a, call("unsubscribe", json!([sub]), 6));
+    assert_eq!(json_outs(&outs)[0]["result"], false);
+}
+
+#[test]
+fn resubscribe_with_since_replays_in_order_or_reports_a_gap() {
+    let mut h = Harness::new(hub_config(), Router::new());
+    for i in 1..=6 {
+        h.service.publish("feed", &i).unwrap();
+    }
+    // Replay buffer holds 3..=6 (capacity 4).
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(&mut s, call("subscribe", json!(["feed", 4]), 1));
+    let outs = json_outs(&outs);
+    assert_eq!(outs[0]["result"]["seq"], 6, "the response comes before the replay");
+    let epoch = outs[0]["result"]["epoch"].clone();
+    let seqs: Vec<u64> = outs[1..].iter().map(|n| n["params"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [5, 6]);
+    // Asking from 1 when 3 is the oldest: a gap notice for 2..=2, then 3..=6.
+    let mut t = h.session(None, Principal::anonymous());
+    let (outs, _) =
+        h.send(&mut t, call("subscribe", json!({"topic": "feed", "since": 1, "epoch": epoch}), 1));
+    let notes = &json_outs(&outs)[1..];
+    assert_eq!(notes[0]["method"], "gap");
+    assert_eq!(
+        (notes[0]["params"]["missed_from"].as_u64(), notes[0]["params"]["missed_to"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let seqs: Vec<u64> = notes[1..].iter().map(|n| n["params"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5, 6]);
+    // Another epoch (the server restarted): everything in the buffer, with a gap before it.
+    let mut u = h.session(None, Principal::anonymous());
+    let (outs, _) =
+        h.send(&mut u, call("subscribe", json!({"topic": "feed", "since": 6, "epoch": 12345}), 1));
+    let notes = &json_outs(&outs)[1..];
+    assert_eq!(notes.len(), 5, "gap 1..=2 plus 3..=6");
+    assert_eq!(notes[0]["method"], "gap");
+}
+
+#[test]
+fn slow_consumer_lags_without_hurting_others() {
+    let mut config = hub_config();
+    config.hub.outbox = OutboxLimits {
+        max_messages: 8,
+        max_bytes: 1 << 20,
+        slow_consumer: SlowConsumer::DropOldest,
+    };
+    let mut h = Harness::new(config, Router::new());
+    let mut slow = h.session(None, Principal::anonymous());
+    let mut fast = h.session(None, Principal::anonymous());
+    subscribe(&h, &mut slow, json!(["ticks"]));
+    subscribe(&h, &mut fast, json!(["ticks"]));
+    let mut fast_seen = Vec::new();
+    for i in 1..=20u64 {
+        h.service.publish("ticks", &i).unwrap();
+        let (outs, _) = drain(&mut fast);
+        fast_seen.extend(json_outs(&outs).iter().map(|n| n["params"]["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(fast_seen, (1..=20).collect::<Vec<_>>());
+    let (outs, _) = drain(&mut slow);
+    let notes = json_outs(&outs);
+    assert_eq!(notes[0]["method"], "lagged");
+    assert_eq!(
+        (notes[0]["params"]["missed_from"].as_u64(), notes[0]["params"]["missed_to"].as_u64()),
+        (Some(1), Some(12))
+    );
+    let seqs: Vec<u64> = notes[1..].iter().map(|n| n["params"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (13..=20).collect::<Vec<_>>());
+    assert_eq!(h.service.snapshot(h.now).lagged_drops, 12);
+}
+
+#[test]
+fn slow_consumer_close_policy_closes_with_1008() {
+    let mut config = hub_config();
+    config.hub.outbox =
+        OutboxLimits { max_messages: 4, max_bytes: 1 << 20, slow_consumer: SlowConsumer::Close };
+    let mut h = Harness::new(config, Router::new());
+    let mut slow = h.session(None, Principal::anonymous());
+    subscribe(&h, &mut slow, json!(["ticks"]));
+    for i in 0..10 {
+        h.service.publish("ticks", &i).unwrap();
+    }
+    let (outs, _) = drain(&mut slow);
+    assert!(matches!(outs[..], [Out::Close(CloseCode::POLICY_VIOLATION)]), "{outs:?}");
+}
+
+#[test]
+fn topic_policies_and_subscription_limits() {
+    let mut h = Harness::new(hub_config(), Router::new());
+    let alice = Principal::authenticated("0xabc");
+    let mut a = h.session(None, alice);
+    let mut anon = h.session(None, Principal::anonymous());
+    assert!(
+        subscribe(&h, &mut a, json!(["user:0xABC"]))["result"].is_object(),
+        "owner, case-insensitive"
+    );
+    assert_eq!(subscribe(&h, &mut a, json!(["user:0xdef"]))["error"]["code"], -32003);
+    assert_eq!(subscribe(&h, &mut anon, json!(["user:0xabc"]))["error"]["code"], -32003);
+    assert!(subscribe(&h, &mut a, json!(["solver:1"]))["result"].is_object());
+    assert_eq!(subscribe(&h, &mut anon, json!(["solver:1"]))["error"]["code"], -32003);
+    assert_eq!(subscribe(&h, &mut anon, json!(["bad topic"]))["error"]["code"], -32602);
+    // Per kind: intent at most 2.
+    assert!(subscribe(&h, &mut anon, json!(["intent:1"]))["result"].is_object());
+    assert!(subscribe(&h, &mut anon, json!(["intent:2"]))["result"].is_object());
+    let r = subscribe(&h, &mut anon, json!(["intent:3"]));
+    assert_eq!(r["error"]["code"], -32005);
+    assert_eq!(r["error"]["data"]["max"], 2);
+    // In total: 50 per connection.
+    let mut many = h.session(None, Principal::anonymous());
+    for i in 0..50 {
+        assert!(subscribe(&h, &mut many, json!([format!("t{i}")]))["result"].is_object());
+    }
+    assert_eq!(subscribe(&h, &mut many, json!(["t50"]))["error"]["data"]["max"], 50);
+    // Subscribing twice to the same topic is idempotent and does not count twice.
+    let r1 = subscribe(&h, &mut anon, json!(["same"]));
+    let r2 = subscribe(&h, &mut anon, json!(["same"]));
+    assert_eq!(r1["result"]["subscription"], r2["result"]["subscription"]);
+}
+
+#[test]
+fn dropping_sessions_leaves_no_subscriptions_behind() {
+    let mut h = Harness::new(hub_config(), Router::new());
+    for round in 0..100 {
+        let mut s = h.session(None, Principal::anonymous());
+        subscribe(&h, &mut s, json!([format!("round{}", round % 7)]));
+        subscribe(&h, &mut s, json!(["shared"]));
+    }
+    let stats = h.service.hub().stats();
+    assert_eq!(stats.subscriptions_active, 0);
+    assert_eq!(stats.subscriptions_total, 200);
+    assert_eq!(stats.topics, 0, "topics only subscribers created are gone");
+    assert_eq!(h.service.snapshot(h.now).subscriptions.active, 0);
+}
+
+#[test]
+fn eth_style_subscriptions() {
+    let mut config = hub_config();
+    config.hub.methods = wsrpc_core::hub::SubscriptionMethods::eth();
+    let mut h = Harness::new(config, Router::new());
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(&mut s, call("eth_subscribe", json!(["newHeads"]), 1));
+    let id = json_outs(&outs)[0]["result"].clone();
+    assert!(id.as_str().unwrap().starts_with("0x"));
+    h.service.publish("newHeads", &json!({"number": "0x1"})).unwrap();
+    let (outs, _) = drain(&mut s);
+    let n = json_outs(&outs)[0];
+    assert_eq!(n["method"], "eth_subscription");
+    assert_eq!(n["params"]["subscription"], id);
+    assert_eq!(n["params"]["result"]["number"], "0x1");
+    let (outs, _) = h.send(&mut s, call("eth_unsubscribe", json!([id]), 2));
+    assert_eq!(json_outs(&outs)[0]["result"], true);
+}
+
+fn limited_config() -> ServiceConfig {
+    let mut config = ServiceConfig::default();
+    config.limits = LimitConfig::default();
+    config.limits.classes = MethodClasses::eth_wallet();
+    config
+}
+
+fn wallet_router() -> Router {
+    let mut r = Router::new();
+    r.method("eth_sendTransaction", |_: Value, _| Ok("0xhash"))
+        .method("eth_call", |_: Value, _| Ok("0x"));
+    r
+}
+
+#[test]
+fn rate_tokens_per_class_with_retry_after_across_tiers() {
+    let mut h = Harness::new(limited_config(), wallet_router());
+    let mut s = h.session(Some("http://localhost:3000"), Principal::anonymous());
+    // Sensitive: 1/s, 10/min, 100/h.
+    let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 1));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+    let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 2));
+    let e = &json_outs(&outs)[0]["error"];
+    assert_eq!(e["code"], -32005);
+    assert_eq!(e["data"]["retry_after_ms"], 1000);
+    // Read-only calls have their own bucket.
+    let (outs, _) = h.send(&mut s, call("eth_call", json!([{}]), 3));
+    assert_eq!(json_outs(&outs)[0]["result"], "0x");
+    // One call a second: the per-second tier allows each, the minute tier (10, refilled at
+    // one per 6 s) runs out after about a dozen, and then the wait is for the minute tier.
+    let mut ok = 0;
+    let retry = loop {
+        h.now += Duration::from_secs(1);
+        let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 10 + ok));
+        match json_outs(&outs)[0]["error"]["data"]["retry_after_ms"].as_u64() {
+            None => ok += 1,
+            Some(ms) => break ms,
+        }
+        assert!(ok < 20, "the minute tier never ran out");
+    };
+    assert!((10..=13).contains(&ok), "{ok} calls passed, retry {retry}");
+    assert!((1..=6000).contains(&retry), "{retry} after {ok}");
+    // Waiting exactly retry_after_ms is enough; one millisecond less is not.
+    h.now += Duration::from_millis(retry - 1);
+    let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 40));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32005);
+    h.now += Duration::from_millis(1);
+    let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 41));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+    // An hour of virtual time later everything is available again.
+    h.now += Duration::from_secs(3600);
+    let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 31));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+    assert!(h.service.snapshot(h.now).rate_limited >= 2);
+}
+
+#[test]
+fn buckets_are_per_origin() {
+    let mut h = Harness::new(limited_config(), wallet_router());
+    let mut a = h.session(Some("http://localhost:3000"), Principal::anonymous());
+    let mut a2 = h.session(Some("http://localhost:3000"), Principal::anonymous());
+    let mut b = h.session(Some("http://127.0.0.1:8080"), Principal::anonymous());
+    h.send(&mut a, call("eth_sendTransaction", json!([{}]), 1));
+    // The same origin on another connection shares the origin bucket.
+    let (outs, _) = h.send(&mut a2, call("eth_sendTransaction", json!([{}]), 2));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32005);
+    // Another origin is unaffected.
+    let (outs, _) = h.send(&mut b, call("eth_sendTransaction", json!([{}]), 3));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+}
+
+#[test]
+fn message_rate_and_abuse_close() {
+    let mut config = ServiceConfig::default();
+    config.limits.message_rate = Some(Rate::per_minute(60));
+    config.limits.abuse_threshold = Some(30);
+    let mut r = Router::new();
+    r.method("ping", |(): (), _| Ok("pong"));
+    let mut h = Harness::new(config, r);
+    let mut s = h.session(None, Principal::anonymous());
+    let mut limited = 0;
+    let mut closed = false;
+    for i in 0..200 {
+        let (outs, _) = h.send(&mut s, call("ping", json!([]), i));
+        for o in &outs {
+            match o {
+                Out::Json(v) if v["error"]["code"] == -32005 => limited += 1,
+                Out::Close(CloseCode::POLICY_VIOLATION) => closed = true,
+                _ => {}
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    assert_eq!(limited, 30, "60 pass, then 30 rejections reach the abuse threshold");
+    assert!(closed);
+    let _ = MethodClass::Default;
+}
