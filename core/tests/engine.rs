@@ -1,0 +1,474 @@
+//! The engine's server connection: HTTP on the WebSocket port (routing, limits, keep-alive,
+//! pipelining, CORS, auth) and JSON-RPC over an upgraded WebSocket, on a virtual clock.
+#![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wsrpc_core::Xoshiro256;
+use wsrpc_core::auth::{Hs256Jwt, StaticToken};
+use wsrpc_core::engine::ServerConnection;
+use wsrpc_core::rpc::Router;
+use wsrpc_core::service::{Service, ServiceConfig};
+use wsrpc_core::ws::{ClientRequest, CloseCode, Connection, Event};
+
+fn router() -> Router {
+    let mut r = Router::new();
+    r.method("add", |(a, b): (i64, i64), _| Ok(a + b))
+        .method("whoami", |(): (), ctx| {
+            Ok(json!({"id": ctx.principal.id, "auth": ctx.principal.authenticated}))
+        })
+        .async_method("later", |(x,): (i64,), _| async move { Ok(x * 2) });
+    r
+}
+
+fn service(config: ServiceConfig) -> Arc<Service> {
+    Service::new(config, router(), Instant::now(), Duration::from_secs(1_700_000_000))
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Splits raw output into responses (bodies framed by Content-Length).
+fn parse_responses(mut raw: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = resp.parse(raw).unwrap() else {
+            panic!("partial response")
+        };
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let status = resp.code.unwrap();
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+        out.push(Response { status, headers, body: raw[n..n + len].to_vec() });
+        raw = &raw[n + len..];
+    }
+    out
+}
+
+struct Http {
+    conn: ServerConnection,
+    now: Instant,
+}
+
+impl Http {
+    fn new(service: &Arc<Service>) -> Self {
+        let now = Instant::now();
+        Self { conn: ServerConnection::new(service.clone(), now), now }
+    }
+
+    /// Feeds `bytes` (consuming all, running async calls) and returns the output so far.
+    fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if at < bytes.len() {
+                at += self.conn.handle_input(self.now, &bytes[at..]);
+            }
+            while let Some((id, mut fut)) = self.conn.poll_spawn() {
+                let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                else {
+                    panic!()
+                };
+                self.conn.complete(id, r, self.now);
+            }
+            while let Some(b) = self.conn.poll_transmit() {
+                out.extend_from_slice(b);
+                let n = b.len();
+                self.conn.advance_transmit(n);
+            }
+            if at == bytes.len() {
+                return out;
+            }
+        }
+        panic!("no progress");
+    }
+
+    fn request(&mut self, bytes: &[u8]) -> Vec<Response> {
+        parse_responses(&self.exchange(bytes))
+    }
+}
+
+fn post(body: &str, extra: &str) -> Vec<u8> {
+    format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len())
+        .into_bytes()
+}
+
+#[test]
+fn post_single_batch_notification_and_async() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#, ""));
+    assert_eq!((r[0].status, r[0].header("content-type")), (200, Some("application/json")));
+    assert_eq!(r[0].json(), json!({"jsonrpc":"2.0","result":5,"id":1}));
+    assert_eq!(r[0].header("connection"), Some("keep-alive"));
+    let r = h.request(&post(r#"[{"jsonrpc":"2.0","method":"add","params":[1,1],"id":1},{"jsonrpc":"2.0","method":"later","params":[21],"id":2}]"#, ""));
+    assert_eq!(
+        r[0].json(),
+        json!([{"jsonrpc":"2.0","result":2,"id":1},{"jsonrpc":"2.0","result":42,"id":2}])
+    );
+    let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[1,1]}"#, ""));
+    assert_eq!((r[0].status, r[0].body.len()), (204, 0));
+    let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"later","params":[5],"id":"a"}"#, ""));
+    assert_eq!(r[0].json(), json!({"jsonrpc":"2.0","result":10,"id":"a"}));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let mut wire = post(r#"{"jsonrpc":"2.0","method":"later","params":[1],"id":1}"#, "");
+    wire.extend(post(r#"{"jsonrpc":"2.0","method":"add","params":[1,1],"id":2}"#, ""));
+    wire.extend(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = h.request(&wire);
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].json()["id"], 1);
+    assert_eq!(r[1].json()["id"], 2);
+    assert_eq!(r[2].json()["status"], "ok");
+}
+
+#[test]
+fn health_and_metrics_endpoints() {
+    let svc = service(ServiceConfig::default());
+    svc.set_port(8766);
+    let mut h = Http::new(&svc);
+    h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#, ""));
+    let r = h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].status, 200);
+    let health = r[0].json();
+    assert_eq!((health["status"].as_str(), health["port"].as_u64()), (Some("ok"), Some(8766)));
+    let r = h.request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r[0].header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(r[0].body.clone()).unwrap();
+    assert!(text.contains("wsrpc_call_duration_seconds_count{method=\"add\"} 1"), "{text}");
+    assert!(text.contains("wsrpc_connections_active 1"), "{text}");
+}
+
+#[test]
+fn http_errors_have_their_status() {
+    let svc = service(ServiceConfig::default());
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
+        (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
+        (b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 426),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 415),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n".to_vec(), 411),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n".to_vec(), 413),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n".to_vec(), 400),
+    ];
+    for (req, status) in cases {
+        let mut h = Http::new(&svc);
+        let r = h.request(&req);
+        assert_eq!(r[0].status, status, "{}", String::from_utf8_lossy(&req));
+    }
+    let mut h = Http::new(&svc);
+    let r = h.request(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].header("allow"), Some("GET, POST, OPTIONS"));
+    assert_eq!(r[0].header("connection"), Some("close"));
+    assert!(h.conn.wants_shutdown_write());
+}
+
+#[test]
+fn chunked_bodies_and_expect_continue() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let body = r#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":7}"#;
+    let wire = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        10,
+        &body[..10],
+        body.len() - 10,
+        &body[10..]
+    );
+    let out = h.exchange(wire.as_bytes());
+    assert!(out.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+    let r = parse_responses(&out[25..]);
+    assert_eq!(r[0].json()["result"], 42);
+}
+
+#[test]
+fn http_1_0_closes_and_keep_alive_times_out() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET /health HTTP/1.0\r\n\r\n");
+    assert_eq!(r[0].header("connection"), Some("close"));
+    assert!(h.conn.wants_shutdown_write());
+    let mut h = Http::new(&svc);
+    h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let deadline = h.conn.poll_timeout().unwrap();
+    assert_eq!(deadline - h.now, Duration::from_secs(30));
+    h.conn.handle_timeout(deadline);
+    assert!(h.conn.is_finished(), "an idle keep-alive connection just closes");
+}
+
+#[test]
+fn slow_request_gets_408() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    h.request(b"POST / HTTP/1.1\r\nHost: sl");
+    let deadline = h.conn.poll_timeout().unwrap();
+    h.conn.handle_timeout(deadline);
+    let r = parse_responses(&h.exchange(b""));
+    assert_eq!(r[0].status, 408);
+}
+
+#[test]
+fn origin_policy_and_cors() {
+    let svc = service(ServiceConfig::default());
+    let body = r#"{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}"#;
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(body, "Origin: https://evil.example\r\n"));
+    assert_eq!(r[0].status, 403);
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(body, "Origin: http://localhost:5173\r\n"));
+    assert_eq!(r[0].status, 200);
+    assert_eq!(r[0].header("access-control-allow-origin"), Some("http://localhost:5173"));
+    let r = h.request(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:5173\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Private-Network: true\r\n\r\n");
+    assert_eq!(r[0].status, 204);
+    assert_eq!(r[0].header("access-control-allow-private-network"), Some("true"));
+    assert!(r[0].header("access-control-allow-headers").unwrap().contains("Content-Type"));
+    // A WebSocket upgrade from a disallowed origin is refused before any upgrade.
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    assert_eq!(r[0].status, 403);
+    assert!(!h.conn.is_websocket());
+    assert!(svc.snapshot(h.now).errors["auth"] >= 2);
+}
+
+#[test]
+fn bearer_tokens_on_http_and_query_tokens_on_upgrade() {
+    let mut config = ServiceConfig::default();
+    config.auth.authenticator = Some(Arc::new(StaticToken::new("alice", "s3cret")));
+    config.auth.require_auth = true;
+    let svc = service(config);
+    let body = r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#;
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(body, ""));
+    assert_eq!(r[0].status, 401);
+    assert!(r[0].header("www-authenticate").unwrap().starts_with("Bearer"));
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(body, "Authorization: Bearer wrong\r\n"));
+    assert_eq!(r[0].status, 401);
+    let mut h = Http::new(&svc);
+    let r = h.request(&post(body, "Authorization: Bearer s3cret\r\n"));
+    assert_eq!(r[0].json()["result"], json!({"id": "alice", "auth": true}));
+    let mut p = WsPair::connect(&svc, "/?token=s3cret", &[]);
+    assert_eq!(p.call("whoami", json!([]))["result"]["id"], "alice");
+}
+
+#[test]
+fn expired_and_forged_jwts_are_refused() {
+    let jwt = Hs256Jwt::new("k3y");
+    let mut config = ServiceConfig::default();
+    config.auth.authenticator = Some(Arc::new(jwt.clone()));
+    let svc = service(config);
+    let now_unix = svc.unix_now(Instant::now());
+    let good = jwt.sign(&json!({"sub": "0xabc", "exp": now_unix + 600}));
+    let expired = jwt.sign(&json!({"sub": "0xabc", "exp": now_unix - 600}));
+    let forged = Hs256Jwt::new("other").sign(&json!({"sub": "0xabc", "exp": now_unix + 600}));
+    let body = r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#;
+    for (token, status) in [(good, 200), (expired, 401), (forged, 401)] {
+        let mut h = Http::new(&svc);
+        let r = h.request(&post(body, &format!("Authorization: Bearer {token}\r\n")));
+        assert_eq!(r[0].status, status);
+    }
+}
+
+#[test]
+fn connection_limit_answers_503() {
+    let mut config = ServiceConfig::default();
+    config.max_connections = 2;
+    let svc = service(config);
+    let a = Http::new(&svc);
+    let b = Http::new(&svc);
+    let mut c = Http::new(&svc);
+    let r = parse_responses(&c.exchange(b""));
+    assert_eq!(r[0].status, 503);
+    assert_eq!(svc.active_connections(), 2);
+    drop((a, b));
+    assert_eq!(svc.active_connections(), 0);
+    let mut d = Http::new(&svc);
+    assert_eq!(d.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
+}
+
+/// A client `ws::Connection` talking to a `ServerConnection`.
+struct WsPair {
+    client: Connection,
+    server: ServerConnection,
+    now: Instant,
+    received: Vec<Value>,
+    closed: Option<CloseCode>,
+}
+
+impl WsPair {
+    fn connect(svc: &Arc<Service>, target: &str, headers: &[(&str, &str)]) -> Self {
+        let now = Instant::now();
+        let mut req = ClientRequest::new("localhost", target);
+        for (k, v) in headers {
+            req = if k.eq_ignore_ascii_case("sec-websocket-protocol") {
+                req.protocol(*v)
+            } else {
+                req.header(*k, *v)
+            };
+        }
+        let client = Connection::client(
+            wsrpc_core::ws::Config::default(),
+            &req,
+            Box::new(Xoshiro256::from_seed(5)),
+            now,
+        );
+        let server = ServerConnection::new(svc.clone(), now);
+        let mut p = Self { client, server, now, received: Vec::new(), closed: None };
+        p.drive();
+        assert!(p.client.is_open(), "{:?}", p.client.error());
+        p
+    }
+
+    fn drive(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(b) = self.client.poll_transmit() {
+                let bytes = b.to_vec();
+                self.client.advance_transmit(bytes.len());
+                let mut at = 0;
+                while at < bytes.len() {
+                    let n = self.server.handle_input(self.now, &bytes[at..]);
+                    assert!(n > 0, "server stalled");
+                    at += n;
+                }
+                moved = true;
+            }
+            while let Some((id, mut fut)) = self.server.poll_spawn() {
+                let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                else {
+                    panic!()
+                };
+                self.server.complete(id, r, self.now);
+                moved = true;
+            }
+            while let Some(b) = self.server.poll_transmit() {
+                let bytes = b.to_vec();
+                self.server.advance_transmit(bytes.len());
+                let (received, closed) = (&mut self.received, &mut self.closed);
+                self.client.handle_all_input(self.now, &bytes, |_, e| match e {
+                    Event::Message(m) => received.push(serde_json::from_slice(&m.data).unwrap()),
+                    Event::Closed(c) => *closed = Some(c.code),
+                    _ => {}
+                });
+                moved = true;
+            }
+            if self.server.wants_shutdown_write() && !self.client.is_finished() {
+                self.client.handle_eof(self.now);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.received.len() as u64 + 1000;
+        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        self.client.send_text(self.now, &req.to_string()).unwrap();
+        self.drive();
+        let pos = self.received.iter().position(|v| v["id"] == id).expect("answered");
+        self.received.remove(pos)
+    }
+}
+
+struct CountingWaker(AtomicUsize);
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn websocket_calls_subscriptions_and_wakeups() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    assert!(p.server.is_websocket());
+    assert_eq!(p.call("add", json!([20, 22]))["result"], 42);
+    assert_eq!(p.call("later", json!([4]))["result"], 8);
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    p.server.register_waker(&Waker::from(counter.clone()));
+    let sub = p.call("subscribe", json!(["news"]));
+    assert!(sub["result"]["subscription"].is_string());
+    // Published from "another thread": the waker fires, and draining delivers.
+    svc.publish("news", &json!({"headline": "hello"})).unwrap();
+    svc.publish("news", &json!({"headline": "again"})).unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once for a burst");
+    p.drive();
+    let notes: Vec<&Value> = p.received.iter().filter(|v| v["method"] == "subscription").collect();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[1]["params"]["result"]["headline"], "again");
+    assert_eq!(notes[1]["params"]["seq"], 2);
+}
+
+#[test]
+fn binary_messages_get_1003() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    p.client.send_binary(p.now, b"\x00\x01").unwrap();
+    p.drive();
+    assert_eq!(p.closed, Some(CloseCode::UNSUPPORTED_DATA));
+}
+
+#[test]
+fn graceful_shutdown_answers_in_flight_calls_then_closes_1001() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    let req = json!({"jsonrpc": "2.0", "method": "later", "params": [50], "id": 1});
+    p.client.send_text(p.now, &req.to_string()).unwrap();
+    // Deliver the request but hold the async call.
+    let bytes = p.client.poll_transmit().unwrap().to_vec();
+    p.client.advance_transmit(bytes.len());
+    p.server.handle_input(p.now, &bytes);
+    let (id, mut fut) = p.server.poll_spawn().unwrap();
+    p.server.begin_shutdown(p.now);
+    assert_eq!(p.server.pending_calls(), 1);
+    let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+        panic!()
+    };
+    p.server.complete(id, r, p.now);
+    p.drive();
+    assert_eq!(p.received[0]["result"], 100);
+    assert_eq!(p.closed, Some(CloseCode::GOING_AWAY));
+}
+
+#[test]
+fn websocket_handshake_on_any_path_with_subprotocol() {
+    let mut config = ServiceConfig::default();
+    config.ws.subprotocols = vec!["jsonrpc".into()];
+    let svc = service(config);
+    let mut p = WsPair::connect(&svc, "/rpc/v1", &[("Sec-WebSocket-Protocol", "jsonrpc")]);
+    assert!(p.server.is_websocket());
+    assert_eq!(p.call("add", json!([1, 1]))["result"], 2);
+}
