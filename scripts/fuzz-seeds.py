@@ -105,3 +105,39 @@ server_frames = frame(0x81, b"hi", None) + frame(0x89, b"p", None) + frame(0x88,
 write("connection", "client_session", script(1, RESPONSE, server_frames, (7, 0), (7, 2), (6, 0)))
 write("connection", "client_bad_accept", script(1, RESPONSE.replace(b"Accept: ", b"Accept: x")))
 print("seeds written to", os.path.normpath(ROOT))
+
+# JSON-RPC messages.
+for name, msg in {
+    "single": b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}',
+    "named": b'{"jsonrpc":"2.0","method":"echo","params":{"a":[1,{"b":null}]},"id":"x"}',
+    "notification": b'{"jsonrpc":"2.0","method":"later","params":[3]}',
+    "batch": b'[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1},{"jsonrpc":"2.0","method":"later","params":[2],"id":2},1,{"foo":"boo"}]',
+    "invalid": b'{"jsonrpc":"2.0","method":1,"params":"bar"}',
+    "parse_error": b'{"jsonrpc":"2.0","method":"foobar,"params":"bar","baz]',
+    "subscribe": b'[{"jsonrpc":"2.0","method":"subscribe","params":["t",0],"id":1},{"jsonrpc":"2.0","method":"unsubscribe","params":["0x1"],"id":2}]',
+    "builtins": b'[{"jsonrpc":"2.0","method":"rpc.health","id":1},{"jsonrpc":"2.0","method":"rpc.metrics","id":2}]',
+    "ids": b'[{"jsonrpc":"2.0","method":"len","id":1e3},{"jsonrpc":"2.0","method":"len","id":"\\u00e9"},{"jsonrpc":"2.0","method":"len","id":null}]',
+}.items():
+    write("jsonrpc", name, msg)
+
+# HTTP heads and bodies.
+write("http", "chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n")
+write("http", "length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+write("http", "get", b"GET /health?x=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+
+# Whole server connections: HTTP requests, a WebSocket session, publishes and a shutdown.
+def post(body, extra=b""):
+    return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+rpc = b'[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1},{"jsonrpc":"2.0","method":"later","params":[2],"id":2}]'
+write("engine", "http_pipeline", script(0, post(rpc) + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /metrics HTTP/1.1\r\n\r\n", (5, 255), (5, 255)))
+write("engine", "http_chunked", script(0, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+                                      + b"10\r\n" + rpc[:16] + b"\r\n" + format(len(rpc) - 16, "x").encode() + b"\r\n" + rpc[16:] + b"\r\n0\r\n\r\n"))
+write("engine", "http_errors", script(0, b"OPTIONS / HTTP/1.1\r\nOrigin: http://localhost:1\r\nAccess-Control-Request-Private-Network: true\r\n\r\n" + post(b"{}", b"Origin: http://evil\r\n")))
+ws_session = (REQUEST.replace(b"Sec-WebSocket-Protocol: chat\r\n", b"")
+              + frame(0x81, b'{"jsonrpc":"2.0","method":"subscribe","params":["t"],"id":1}')
+              + frame(0x81, rpc) + frame(0x89, b"p"))
+write("engine", "ws_session", script(0, ws_session, (7, 0), (7, 2), (6, 2), (5, 10), (6, 1), frame(0x88, b"\x03\xe8"), (6, 0)))
+write("engine", "ws_binary", script(0, REQUEST + frame(0x82, b"\x00\x01") + frame(0x88, b"\x03\xe8")))
+print("more seeds written")

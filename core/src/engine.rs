@@ -561,6 +561,9 @@ impl ServerConnection {
             self.tx.push_with(|b| b.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"));
         }
         let identity = (origin.map(Arc::from), Arc::new(principal));
+        if body.is_complete() {
+            return self.call_over_http(now, &body.into_body(), meta, identity);
+        }
         self.phase = Phase::Body { body, meta, identity };
     }
 

@@ -152,3 +152,225 @@ fn pending_events(conn: &mut Connection) -> usize {
     }
     n
 }
+
+/// Parses `data` as a JSON-RPC message and runs it through a session; every response must be
+/// JSON, and ids must be echoed byte for byte.
+pub fn jsonrpc(data: &[u8], origin: Instant) {
+    use crate::rpc::message::{Incoming, parse};
+    let entries = match parse(data) {
+        Incoming::Single(e) => vec![e],
+        Incoming::Batch(v) => v,
+        Incoming::Unanswerable(e) => {
+            assert!(e.code == -32700 || e.code == -32600);
+            Vec::new()
+        }
+    };
+    for entry in entries.iter().flatten() {
+        let params = crate::rpc::Params::new(entry.params);
+        let _ = params.parse::<serde_json::Value>();
+        let _ = params.parse::<(i64, String)>();
+        let _ = params.parse::<&str>();
+    }
+    let mut session = fuzz_session(origin, crate::rpc::Transport::Messages);
+    session.handle_message(origin, data);
+    drain_session(&mut session, origin);
+    // Ids of valid requests come back exactly.
+    if let Incoming::Single(Ok(req)) = parse(data) {
+        if let Some(id) = req.id {
+            let mut s = fuzz_session(origin, crate::rpc::Transport::Messages);
+            s.handle_message(origin, data);
+            if let Some(crate::rpc::SessionOutput::Message(m)) = s.poll_output() {
+                let v: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&m).expect("a response object");
+                let echoed = serde_json::to_string(&v["id"]).expect("serializable");
+                let sent: serde_json::Value =
+                    serde_json::from_str(id.get()).expect("valid id JSON");
+                assert_eq!(echoed, serde_json::to_string(&sent).expect("serializable"));
+            }
+        }
+    }
+}
+
+fn fuzz_router() -> crate::rpc::Router {
+    let mut r = crate::rpc::Router::new();
+    r.method("add", |(a, b): (i64, i64), _| Ok(a.wrapping_add(b)))
+        .method("echo", |p: serde_json::Value, _| Ok(p))
+        .method_raw("len", |p, _| Ok(p.raw().map_or(0, |r| r.get().len())))
+        .async_method("later", |(x,): (u8,), _| async move { Ok(x) });
+    r
+}
+
+fn fuzz_service(origin: Instant) -> std::sync::Arc<crate::service::Service> {
+    let mut config = crate::service::ServiceConfig::default();
+    config.rpc.max_request_size = 16 * 1024;
+    config.rpc.max_batch = 8;
+    config.rpc.max_inflight_async = 4;
+    config.hub.replay_capacity = 4;
+    config.hub.outbox.max_messages = 8;
+    config.max_connections = 4;
+    config.ws.max_message_size = 32 * 1024;
+    config.ws.head_limits = HeadLimits { max_size: 2048, max_headers: 16 };
+    config.limits.message_rate = Some(crate::limit::Rate::per_second(50));
+    crate::service::Service::new(config, fuzz_router(), origin, Duration::from_secs(1_700_000_000))
+}
+
+fn fuzz_session(origin: Instant, transport: crate::rpc::Transport) -> crate::rpc::RpcSession {
+    let service = fuzz_service(origin);
+    crate::rpc::RpcSession::new(
+        service,
+        crate::rpc::ConnectionId(1),
+        None,
+        std::sync::Arc::new(crate::auth::Principal::anonymous()),
+        transport,
+        origin,
+    )
+}
+
+fn drain_session(session: &mut crate::rpc::RpcSession, now: Instant) {
+    use crate::rpc::SessionOutput;
+    while let Some(o) = session.poll_output() {
+        match o {
+            SessionOutput::Message(m) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&m).expect("responses are JSON");
+            }
+            SessionOutput::Spawn(id, fut) => session.complete(id, run_ready(fut), now),
+            _ => {}
+        }
+    }
+}
+
+/// Runs a future that needs no waiting (the fuzz handlers never wait).
+fn run_ready(
+    mut fut: crate::rpc::HandlerFuture,
+) -> Result<Box<serde_json::value::RawValue>, crate::rpc::RpcError> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => Err(crate::rpc::RpcError::internal("pending")),
+    }
+}
+
+/// Feeds `data` to the HTTP head and body parsers in pieces.
+pub fn http(data: &[u8]) {
+    use crate::http::body::BodyReader;
+    let limits = HeadLimits { max_size: 4096, max_headers: 32 };
+    let mut hb = HeadBuffer::new();
+    let mut rest = data;
+    for piece in data.chunks(7) {
+        match hb.push(piece, limits.max_size) {
+            Ok(Some(used)) => {
+                let consumed = data.len() - rest.len() + used;
+                rest = &data[consumed..];
+                if let Ok(req) = RequestHead::parse(hb.take(), limits) {
+                    let _ = (req.method(), req.path(), req.headers.tokens("connection").count());
+                }
+                break;
+            }
+            Ok(None) => rest = &rest[piece.len()..],
+            Err(_) => return,
+        }
+    }
+    for chop in [1usize, 5, 64] {
+        let mut body = BodyReader::chunked(1024);
+        for piece in rest.chunks(chop) {
+            match body.push(piece) {
+                Ok((used, done)) => {
+                    assert!(used <= piece.len());
+                    if done {
+                        assert!(body.into_body().len() <= 1024);
+                        break;
+                    }
+                    assert_eq!(used, piece.len(), "an unfinished body takes all it is given");
+                }
+                Err(e) => {
+                    assert!(matches!(e.status(), 400 | 413));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a whole server connection (HTTP and WebSocket) over a script, like
+/// [`connection`]: input chunks, time steps, end of file, publishes and a shutdown.
+pub fn engine(data: &[u8], origin: Instant) {
+    use crate::engine::ServerConnection;
+    let service = fuzz_service(origin);
+    let mut now = origin;
+    let mut conn = ServerConnection::new(service.clone(), now);
+    let mut script = data;
+    let mut finished = false;
+    while let Some((&op, rest)) = script.split_first() {
+        script = rest;
+        let arg = script.first().copied().unwrap_or(0);
+        match op % 8 {
+            0..=4 => {
+                let n = usize::from(arg).min(script.len().saturating_sub(1));
+                let chunk = script.get(1..1 + n).unwrap_or(&[]);
+                script = script.get(1 + n..).unwrap_or(&[]);
+                let mut at = 0;
+                while at < chunk.len() {
+                    let used = conn.handle_input(now, &chunk[at..]);
+                    assert!(used <= chunk.len() - at);
+                    pump_engine(&mut conn, now);
+                    if used == 0 {
+                        assert!(
+                            !conn.wants_read() || conn.is_finished(),
+                            "no progress while wanting input"
+                        );
+                        break;
+                    }
+                    at += used;
+                }
+            }
+            5 => {
+                script = script.get(1..).unwrap_or(&[]);
+                now += Duration::from_millis(u64::from(arg) * 100);
+                conn.handle_timeout(now);
+            }
+            6 => {
+                script = script.get(1..).unwrap_or(&[]);
+                match arg % 3 {
+                    0 => conn.handle_eof(now),
+                    1 => conn.begin_shutdown(now),
+                    _ => {
+                        let _ = service.publish("t", &arg);
+                    }
+                }
+            }
+            _ => {
+                script = script.get(1..).unwrap_or(&[]);
+                let _ = service.publish(if arg % 2 == 0 { "t" } else { "u:1" }, &[arg; 3]);
+            }
+        }
+        pump_engine(&mut conn, now);
+        if let Some(deadline) = conn.poll_timeout() {
+            assert!(deadline >= origin);
+        }
+        if finished {
+            assert!(conn.is_finished(), "finished is final");
+        }
+        finished |= conn.is_finished();
+    }
+    drop(conn);
+    assert_eq!(service.active_connections(), 0, "a dropped connection is released");
+    assert_eq!(service.hub().stats().subscriptions_active, 0, "and its subscriptions with it");
+}
+
+fn pump_engine(conn: &mut crate::engine::ServerConnection, now: Instant) {
+    for _ in 0..64 {
+        let mut moved = false;
+        while let Some((id, fut)) = conn.poll_spawn() {
+            conn.complete(id, run_ready(fut), now);
+            moved = true;
+        }
+        while let Some(bytes) = conn.poll_transmit() {
+            let n = bytes.len();
+            conn.advance_transmit(n);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}

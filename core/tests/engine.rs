@@ -137,6 +137,15 @@ fn post_single_batch_notification_and_async() {
 }
 
 #[test]
+fn empty_body_is_answered_without_more_input() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let r = h.request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.len(), 1, "answered at once");
+    assert_eq!(r[0].json()["error"]["code"], -32700);
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);

@@ -63,3 +63,32 @@ fn client_seed_matches_the_entropy_the_fuzz_entry_uses() {
     client.handle_input(now, &response);
     assert!(client.is_open(), "{:?}", client.error());
 }
+
+#[test]
+fn jsonrpc_corpus() {
+    let origin = Instant::now();
+    let files = corpus("jsonrpc");
+    assert!(files.len() >= 5);
+    for (_, data) in files {
+        wsrpc_core::fuzz::jsonrpc(&data, origin);
+    }
+}
+
+#[test]
+fn http_corpus() {
+    let files = corpus("http");
+    assert!(files.len() >= 3);
+    for (_, data) in files {
+        wsrpc_core::fuzz::http(&data);
+    }
+}
+
+#[test]
+fn engine_corpus() {
+    let origin = Instant::now();
+    let files = corpus("engine");
+    assert!(files.len() >= 5);
+    for (_, data) in files {
+        wsrpc_core::fuzz::engine(&data, origin);
+    }
+}

@@ -129,6 +129,14 @@ impl BodyReader {
         }
     }
 
+    /// Whether the body is complete (a `Content-Length: 0` body is complete at once).
+    pub fn is_complete(&self) -> bool {
+        match &self.mode {
+            Mode::Length(len) => self.body.len() == *len,
+            Mode::Chunked(state) => *state == Chunked::Done,
+        }
+    }
+
     /// The complete body.
     pub fn into_body(self) -> Vec<u8> {
         self.body

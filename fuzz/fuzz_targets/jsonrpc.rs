@@ -1,0 +1,7 @@
+#![no_main]
+use std::sync::LazyLock;
+use std::time::Instant;
+
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wsrpc_core::fuzz::jsonrpc(data, *ORIGIN));
