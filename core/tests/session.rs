@@ -489,3 +489,32 @@ fn message_rate_and_abuse_close() {
     assert!(closed);
     let _ = MethodClass::Default;
 }
+
+#[test]
+fn signed_messages_when_signing_is_on() {
+    use wsrpc_core::auth::MessageSigner;
+    let signer = MessageSigner::new("shared key");
+    let mut config = ServiceConfig::default();
+    config.signing = Some(signer.clone());
+    let mut r = Router::new();
+    r.method("add", |(a, b): (i64, i64), _| Ok(a + b));
+    let mut h = Harness::new(config, r);
+    let mut s = h.session(None, Principal::anonymous());
+    let sig = signer.sign_request("add", "7", "[1,2]");
+    let msg = format!(r#"{{"jsonrpc":"2.0","method":"add","params":[1,2],"id":7,"sig":"{sig}"}}"#);
+    s.handle_message(h.now, msg.as_bytes());
+    let Some(SessionOutput::Message(m)) = s.poll_output() else { panic!() };
+    let v: Value = serde_json::from_slice(&m).unwrap();
+    assert_eq!(v["result"], 3);
+    signer.verify_response("7", "3", v["sig"].as_str().unwrap()).expect("the response is signed");
+    // Unsigned or tampered requests are refused with -32004.
+    for bad in [
+        r#"{"jsonrpc":"2.0","method":"add","params":[1,2],"id":8}"#.to_owned(),
+        msg.replace("[1,2]", "[1,3]").replace("\"id\":7", "\"id\":9"),
+    ] {
+        s.handle_message(h.now, bad.as_bytes());
+        let Some(SessionOutput::Message(m)) = s.poll_output() else { panic!() };
+        let v: Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["error"]["code"], -32004, "{bad}");
+    }
+}
