@@ -4,6 +4,7 @@
 //! transport: the WebSocket connection of this crate, an async-tungstenite stream, stdin
 //! lines or an IPC pipe.
 
+pub mod client;
 pub mod error;
 pub mod message;
 pub mod router;

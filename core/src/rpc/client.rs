@@ -1,0 +1,845 @@
+//! The client side of JSON-RPC as a sans-IO session: request ids, pending calls with
+//! timeouts, a bound on calls in flight, batches, subscriptions that survive reconnects
+//! (resubscribed with `since`, deduplicated by sequence number), and the reconnect backoff.
+//!
+//! Adapters own the transport: they send what [`ClientSession::poll_message`] returns, feed
+//! received text with [`ClientSession::handle_message`], report
+//! [`ClientSession::handle_connected`] / [`ClientSession::handle_disconnected`], and hand
+//! [`ClientEvent`]s to the waiting callers.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::RpcError;
+use super::message::write_request;
+use crate::entropy::Entropy;
+use crate::hub::SubscriptionMethods;
+
+/// Identifies a call (or a batch entry) of this client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallToken(pub u64);
+
+/// Identifies a subscription of this client; stable across reconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionToken(pub u64);
+
+/// Why a call failed on the client side.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error.
+    Rpc(RpcError),
+    /// No answer within the call timeout.
+    Timeout,
+    /// The connection dropped before the answer arrived (the call may or may not have run).
+    Disconnected,
+    /// The client was shut down.
+    Closed,
+    /// The result did not deserialize into the expected type.
+    Decode(String),
+    /// Connecting failed (after the configured attempts, when reconnecting is off).
+    Connect(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rpc(e) => write!(f, "server error: {e}"),
+            Self::Timeout => f.write_str("call timed out"),
+            Self::Disconnected => f.write_str("connection lost before the response arrived"),
+            Self::Closed => f.write_str("client closed"),
+            Self::Decode(e) => write!(f, "unexpected result: {e}"),
+            Self::Connect(e) => write!(f, "cannot connect: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Exponential backoff with jitter for reconnecting (DESIGN.md: 1 s doubling to 30 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(1), max: Duration::from_secs(30) }
+    }
+}
+
+/// Delays between reconnect attempts: the `n`th is `min(initial · 2ⁿ, max)`, of which a random
+/// half is jitter (so many clients dropped at once do not reconnect in lockstep).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    config: BackoffConfig,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new(config: BackoffConfig) -> Self {
+        Self { config, attempt: 0 }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self, entropy: &mut dyn Entropy) -> Duration {
+        let base =
+            self.config.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.config.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let mut r = [0u8; 8];
+        entropy.fill(&mut r);
+        let fraction = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
+        base / 2 + base.mul_f64(fraction / 2.0)
+    }
+
+    /// Starts over after a successful connection.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Client configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Calls sent and not yet answered; more wait in a queue [64].
+    pub max_in_flight: usize,
+    /// Time a call may wait for its answer, queueing included [30 s].
+    pub call_timeout: Duration,
+    /// Method names of the server's subscription protocol.
+    pub methods: SubscriptionMethods,
+    /// Reconnect delays; `None` disables reconnecting [1 s doubling to 30 s].
+    pub reconnect: Option<BackoffConfig>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            call_timeout: Duration::from_secs(30),
+            methods: SubscriptionMethods::default(),
+            reconnect: Some(BackoffConfig::default()),
+        }
+    }
+}
+
+/// What the session reports to its callers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The answer to a call.
+    Response {
+        /// Which call.
+        call: CallToken,
+        /// Its result, raw.
+        result: Result<Box<RawValue>, ClientError>,
+    },
+    /// A published value for a subscription, in sequence order, each at most once.
+    Notification {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+        /// The topic.
+        topic: Arc<str>,
+        /// The per-topic sequence number.
+        seq: u64,
+        /// The value.
+        value: Box<RawValue>,
+    },
+    /// Values `from..=to` of a subscription's topic will never arrive: the client read too
+    /// slowly (`lagged`), or was away longer than the server's replay buffer covers.
+    Gap {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+        /// First missed sequence number.
+        from: u64,
+        /// Last missed sequence number.
+        to: u64,
+        /// True for a slow-consumer drop, false for a replay that could not reach back.
+        lagged: bool,
+    },
+    /// The server accepted (or re-accepted after a reconnect) a subscription.
+    Subscribed {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+    },
+    /// The server refused a subscription; it is dropped.
+    SubscribeFailed {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+        /// Why.
+        error: ClientError,
+    },
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    Call(CallToken),
+    Subscribe(SubscriptionToken),
+    Unsubscribe,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: PendingKind,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Queued {
+    message: Vec<u8>,
+    ids: Vec<u64>,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    topic: Arc<str>,
+    server_id: Option<Arc<str>>,
+    last_seq: Option<u64>,
+    epoch: Option<u64>,
+}
+
+/// The sans-IO client session. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    connected: bool,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    in_flight: usize,
+    queued: VecDeque<Queued>,
+    out: VecDeque<Vec<u8>>,
+    events: VecDeque<ClientEvent>,
+    subscriptions: HashMap<SubscriptionToken, Subscription>,
+    by_server_id: HashMap<Arc<str>, SubscriptionToken>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<WireError<'a>>,
+    #[serde(borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireError<'a> {
+    code: i64,
+    #[serde(borrow)]
+    message: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct NotificationParams<'a> {
+    #[serde(borrow)]
+    subscription: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    missed_from: Option<u64>,
+    #[serde(default)]
+    missed_to: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeResult {
+    subscription: String,
+    #[serde(default)]
+    epoch: Option<u64>,
+}
+
+impl ClientSession {
+    /// A session, disconnected until [`handle_connected`](Self::handle_connected).
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            connected: false,
+            next_id: 1,
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            in_flight: 0,
+            queued: VecDeque::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            subscriptions: HashMap::new(),
+            by_server_id: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Calls waiting for an answer or for a slot.
+    pub fn pending_calls(&self) -> usize {
+        self.pending.values().filter(|p| matches!(p.kind, PendingKind::Call(_))).count()
+            + self.queued.len()
+    }
+
+    /// Whether the transport is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Starts a call; its answer comes as [`ClientEvent::Response`].
+    pub fn call(&mut self, now: Instant, method: &str, params: Option<&RawValue>) -> CallToken {
+        let id = self.new_id();
+        let mut message = Vec::new();
+        write_request(&mut message, method, params, Some(id));
+        let token = CallToken(id);
+        self.enqueue(Queued {
+            token,
+            message,
+            ids: vec![id],
+            deadline: now + self.config.call_timeout,
+        });
+        token
+    }
+
+    /// Sends a notification (no answer). Dropped while disconnected.
+    pub fn notify(&mut self, method: &str, params: Option<&RawValue>) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let mut message = Vec::new();
+        write_request(&mut message, method, params, None);
+        self.out.push_back(message);
+        true
+    }
+
+    /// Sends calls as one batch message; each answer comes as its own
+    /// [`ClientEvent::Response`]. The batch takes one in-flight slot per call.
+    pub fn batch(&mut self, now: Instant, calls: &[(&str, Option<&RawValue>)]) -> Vec<CallToken> {
+        let mut message = vec![b'['];
+        let mut ids = Vec::with_capacity(calls.len());
+        for (i, (method, params)) in calls.iter().enumerate() {
+            if i > 0 {
+                message.push(b',');
+            }
+            let id = self.new_id();
+            write_request(&mut message, method, *params, Some(id));
+            ids.push(id);
+        }
+        message.push(b']');
+        let tokens = ids.iter().map(|&i| CallToken(i)).collect();
+        self.enqueue(Queued { message, ids, deadline: now + self.config.call_timeout });
+        tokens
+    }
+
+    fn enqueue(&mut self, q: Queued) {
+        self.queued.push_back(q);
+        self.send_queued();
+    }
+
+    fn send_queued(&mut self) {
+        while self.connected && self.in_flight < self.config.max_in_flight {
+            let Some(q) = self.queued.pop_front() else { break };
+            for &id in &q.ids {
+                self.pending.insert(
+                    id,
+                    Pending { kind: PendingKind::Call(CallToken(id)), deadline: q.deadline },
+                );
+                self.deadlines.insert((q.deadline, id));
+            }
+            self.in_flight += q.ids.len();
+            self.out.push_back(q.message);
+        }
+    }
+
+    /// Subscribes to `topic`; notifications come as [`ClientEvent::Notification`], also
+    /// across reconnects (resubscribed with the last sequence number seen).
+    pub fn subscribe(&mut self, now: Instant, topic: &str) -> SubscriptionToken {
+        let token = SubscriptionToken(self.new_id());
+        self.subscriptions.insert(
+            token,
+            Subscription { topic: topic.into(), server_id: None, last_seq: None, epoch: None },
+        );
+        if self.connected {
+            self.send_subscribe(now, token);
+        }
+        token
+    }
+
+    /// Ends a subscription.
+    pub fn unsubscribe(&mut self, now: Instant, token: SubscriptionToken) {
+        let Some(sub) = self.subscriptions.remove(&token) else { return };
+        if let (Some(server_id), true) = (sub.server_id, self.connected) {
+            self.by_server_id.remove(&server_id);
+            let id = self.new_id();
+            let params =
+                serde_json::value::to_raw_value(&[&*server_id]).expect("strings serialize");
+            let mut message = Vec::new();
+            write_request(&mut message, &self.config.methods.unsubscribe, Some(&params), Some(id));
+            let deadline = now + self.config.call_timeout;
+            self.pending.insert(id, Pending { kind: PendingKind::Unsubscribe, deadline });
+            self.deadlines.insert((deadline, id));
+            self.out.push_back(message);
+        }
+    }
+
+    fn send_subscribe(&mut self, now: Instant, token: SubscriptionToken) {
+        let Some(sub) = self.subscriptions.get(&token) else { return };
+        let params = if self.config.methods.eth_style {
+            serde_json::json!([&*sub.topic])
+        } else {
+            match (sub.last_seq, sub.epoch) {
+                (Some(seq), Some(epoch)) => {
+                    serde_json::json!({"topic": &*sub.topic, "since": seq, "epoch": epoch})
+                }
+                (Some(seq), None) => serde_json::json!({"topic": &*sub.topic, "since": seq}),
+                // A first subscription asks for the whole replay window only after a reconnect.
+                _ => serde_json::json!({"topic": &*sub.topic}),
+            }
+        };
+        let params = serde_json::value::to_raw_value(&params).expect("JSON values serialize");
+        let id = self.new_id();
+        let mut message = Vec::new();
+        write_request(&mut message, &self.config.methods.subscribe, Some(&params), Some(id));
+        let deadline = now + self.config.call_timeout;
+        self.pending.insert(id, Pending { kind: PendingKind::Subscribe(token), deadline });
+        self.deadlines.insert((deadline, id));
+        self.out.push_back(message);
+    }
+
+    /// The transport is up: queued calls go out and every subscription is (re)made.
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.connected = true;
+        let tokens: Vec<SubscriptionToken> = self.subscriptions.keys().copied().collect();
+        for t in tokens {
+            self.send_subscribe(now, t);
+        }
+        self.send_queued();
+    }
+
+    /// The transport went down: calls in flight fail with [`ClientError::Disconnected`];
+    /// queued calls wait for the next connection; subscriptions are kept for resubscribing.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        let _ = now;
+        self.connected = false;
+        self.out.clear();
+        let mut failed: Vec<u64> = Vec::new();
+        for (id, p) in self.pending.drain() {
+            if let PendingKind::Call(token) = p.kind {
+                failed.push(token.0);
+            }
+            self.deadlines.remove(&(p.deadline, id));
+        }
+        failed.sort_unstable();
+        for id in failed {
+            self.events.push_back(ClientEvent::Response {
+                call: CallToken(id),
+                result: Err(ClientError::Disconnected),
+            });
+        }
+        self.in_flight = 0;
+        self.by_server_id.clear();
+        for sub in self.subscriptions.values_mut() {
+            sub.server_id = None;
+        }
+    }
+
+    /// Fails every call and drops everything: the client is shutting down.
+    pub fn close(&mut self) {
+        self.handle_disconnected_with(ClientError::Closed);
+    }
+
+    fn handle_disconnected_with(&mut self, error: ClientError) {
+        self.connected = false;
+        self.out.clear();
+        let mut ids: Vec<u64> = self
+            .pending
+            .drain()
+            .filter_map(|(_, p)| match p.kind {
+                PendingKind::Call(t) => Some(t.0),
+                _ => None,
+            })
+            .collect();
+        ids.extend(self.queued.drain(..).flat_map(|q| q.ids));
+        ids.sort_unstable();
+        for id in ids {
+            self.events.push_back(ClientEvent::Response {
+                call: CallToken(id),
+                result: Err(error.clone()),
+            });
+        }
+        self.deadlines.clear();
+        self.in_flight = 0;
+    }
+
+    /// Fails calls whose timeout passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(p) = self.pending.remove(&id) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                match p.kind {
+                    PendingKind::Call(token) => self.events.push_back(ClientEvent::Response {
+                        call: token,
+                        result: Err(ClientError::Timeout),
+                    }),
+                    PendingKind::Subscribe(token) => {
+                        self.events.push_back(ClientEvent::SubscribeFailed {
+                            subscription: token,
+                            error: ClientError::Timeout,
+                        })
+                    }
+                    PendingKind::Unsubscribe => {}
+                }
+            }
+        }
+        while self.queued.front().is_some_and(|q| q.deadline <= now) {
+            let q = self.queued.pop_front().expect("checked");
+            for id in q.ids {
+                self.events.push_back(ClientEvent::Response {
+                    call: CallToken(id),
+                    result: Err(ClientError::Timeout),
+                });
+            }
+        }
+        self.send_queued();
+    }
+
+    /// The next deadline.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pending = self.deadlines.first().map(|&(d, _)| d);
+        let queued = self.queued.front().map(|q| q.deadline);
+        [pending, queued].into_iter().flatten().min()
+    }
+
+    /// The next text message to send.
+    #[must_use]
+    pub fn poll_message(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// The next event for callers.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Handles a received text message (a response, a batch of them, or a notification).
+    /// Returns false when it is not JSON-RPC.
+    pub fn handle_message(&mut self, now: Instant, text: &[u8]) -> bool {
+        let first = text.iter().copied().find(|b| !b.is_ascii_whitespace());
+        if first == Some(b'[') {
+            let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(text) else { return false };
+            let mut ok = true;
+            for item in items {
+                ok &= self.handle_one(now, item.get().as_bytes());
+            }
+            return ok;
+        }
+        self.handle_one(now, text)
+    }
+
+    fn handle_one(&mut self, now: Instant, text: &[u8]) -> bool {
+        let Ok(msg) = serde_json::from_slice::<Incoming<'_>>(text) else { return false };
+        if let Some(method) = msg.method {
+            self.handle_notification(&method, msg.params);
+            return true;
+        }
+        let Some(id) = msg.id.and_then(|i| i.get().parse::<u64>().ok()) else { return false };
+        let Some(p) = self.pending.remove(&id) else { return true };
+        self.deadlines.remove(&(p.deadline, id));
+        let result = match (msg.result, msg.error) {
+            (_, Some(e)) => Err(RpcError {
+                code: e.code,
+                message: e.message.into_owned().into(),
+                data: e.data.map(|d| d.to_owned()),
+            }),
+            (Some(r), None) => Ok(r.to_owned()),
+            (None, None) => Err(RpcError::invalid_request("response without result or error")),
+        };
+        match p.kind {
+            PendingKind::Call(token) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.events.push_back(ClientEvent::Response {
+                    call: token,
+                    result: result.map_err(ClientError::Rpc),
+                });
+                self.send_queued();
+            }
+            PendingKind::Subscribe(token) => self.handle_subscribed(now, token, result),
+            PendingKind::Unsubscribe => {}
+        }
+        true
+    }
+
+    fn handle_subscribed(
+        &mut self,
+        now: Instant,
+        token: SubscriptionToken,
+        result: Result<Box<RawValue>, RpcError>,
+    ) {
+        let _ = now;
+        let eth = self.config.methods.eth_style;
+        let Some(sub) = self.subscriptions.get_mut(&token) else { return };
+        let parsed = result.map_err(ClientError::Rpc).and_then(|raw| {
+            if eth {
+                serde_json::from_str::<String>(raw.get()).map(|s| (s, None))
+            } else {
+                serde_json::from_str::<SubscribeResult>(raw.get())
+                    .map(|r| (r.subscription, r.epoch))
+            }
+            .map_err(|e| ClientError::Decode(e.to_string()))
+        });
+        match parsed {
+            Ok((server_id, epoch)) => {
+                if epoch.is_some() && sub.epoch.is_some() && epoch != sub.epoch {
+                    // The server restarted: its sequence numbers started over.
+                    sub.last_seq = None;
+                }
+                sub.epoch = epoch.or(sub.epoch);
+                let server_id: Arc<str> = server_id.into();
+                sub.server_id = Some(server_id.clone());
+                self.by_server_id.insert(server_id, token);
+                self.events.push_back(ClientEvent::Subscribed { subscription: token });
+            }
+            Err(error) => {
+                self.subscriptions.remove(&token);
+                self.events.push_back(ClientEvent::SubscribeFailed { subscription: token, error });
+            }
+        }
+    }
+
+    fn handle_notification(&mut self, method: &str, params: Option<&RawValue>) {
+        let methods = &self.config.methods;
+        let kind = if method == methods.notification {
+            0
+        } else if method == methods.lagged {
+            1
+        } else if method == methods.gap {
+            2
+        } else {
+            return;
+        };
+        let Some(params) =
+            params.and_then(|p| serde_json::from_str::<NotificationParams<'_>>(p.get()).ok())
+        else {
+            return;
+        };
+        let Some(&token) = self.by_server_id.get(&*params.subscription) else { return };
+        let Some(sub) = self.subscriptions.get_mut(&token) else { return };
+        match kind {
+            0 => {
+                let Some(value) = params.result else { return };
+                if let Some(seq) = params.seq {
+                    if sub.last_seq.is_some_and(|last| seq <= last) {
+                        return; // already delivered (a replay overlapping what we saw)
+                    }
+                    sub.last_seq = Some(seq);
+                }
+                self.events.push_back(ClientEvent::Notification {
+                    subscription: token,
+                    topic: sub.topic.clone(),
+                    seq: params.seq.unwrap_or(0),
+                    value: value.to_owned(),
+                });
+            }
+            _ => {
+                let (Some(from), Some(to)) = (params.missed_from, params.missed_to) else { return };
+                if kind == 1 {
+                    sub.last_seq = Some(sub.last_seq.map_or(to, |l| l.max(to)));
+                }
+                self.events.push_back(ClientEvent::Gap {
+                    subscription: token,
+                    from,
+                    to,
+                    lagged: kind == 1,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the tests take one real Instant as their origin
+mod tests {
+    use super::*;
+    use crate::Xoshiro256;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(BackoffConfig::default());
+        let mut e = Xoshiro256::from_seed(1);
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay(&mut e)).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = Duration::from_secs(1 << i.min(5)).min(Duration::from_secs(30));
+            assert!(*d >= base / 2 && *d <= base, "{i}: {d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay(&mut e) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn calls_queue_beyond_max_in_flight_and_time_out() {
+        let now = Instant::now();
+        let mut s =
+            ClientSession::new(ClientConfig { max_in_flight: 2, ..ClientConfig::default() });
+        s.handle_connected(now);
+        let t: Vec<CallToken> = (0..3).map(|_| s.call(now, "m", None)).collect();
+        assert!(s.poll_message().is_some() && s.poll_message().is_some());
+        assert!(s.poll_message().is_none(), "the third waits for a slot");
+        assert!(s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":1,"id":{}}}"#, t[0].0).as_bytes()
+        ));
+        assert!(
+            matches!(s.poll_event(), Some(ClientEvent::Response { call, result: Ok(_) }) if call == t[0])
+        );
+        assert!(s.poll_message().is_some(), "a slot freed up");
+        s.handle_timeout(now + Duration::from_secs(31));
+        let mut timed_out = Vec::new();
+        while let Some(ClientEvent::Response { call, result: Err(ClientError::Timeout) }) =
+            s.poll_event()
+        {
+            timed_out.push(call);
+        }
+        assert_eq!(timed_out, vec![t[1], t[2]]);
+    }
+
+    #[test]
+    fn disconnect_fails_in_flight_calls_and_reconnect_resubscribes_with_since() {
+        let now = Instant::now();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let sub = s.subscribe(now, "prices");
+        let req: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        assert_eq!(req["params"], serde_json::json!({"topic": "prices"}));
+        let id = req["id"].as_u64().unwrap();
+        s.handle_message(now, format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","seq":0,"epoch":7}},"id":{id}}}"#).as_bytes());
+        assert!(matches!(s.poll_event(), Some(ClientEvent::Subscribed { .. })));
+        for seq in 1..=3 {
+            let n = format!(
+                r#"{{"jsonrpc":"2.0","method":"subscription","params":{{"subscription":"0x1","topic":"prices","seq":{seq},"result":{seq}}}}}"#
+            );
+            s.handle_message(now, n.as_bytes());
+        }
+        let seqs: Vec<u64> = std::iter::from_fn(|| match s.poll_event() {
+            Some(ClientEvent::Notification { seq, .. }) => Some(seq),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let call = s.call(now, "m", Some(&raw("[1]")));
+        let _ = s.poll_message();
+        s.handle_disconnected(now);
+        assert!(
+            matches!(s.poll_event(), Some(ClientEvent::Response { call: c, result: Err(ClientError::Disconnected) }) if c == call)
+        );
+        s.handle_connected(now);
+        let req: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        assert_eq!(req["params"], serde_json::json!({"topic": "prices", "since": 3, "epoch": 7}));
+        let id = req["id"].as_u64().unwrap();
+        s.handle_message(now, format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x9","seq":5,"epoch":7}},"id":{id}}}"#).as_bytes());
+        let _ = s.poll_event();
+        // Replayed overlap is dropped; new ones pass.
+        for seq in [3, 4, 5] {
+            let n = format!(
+                r#"{{"jsonrpc":"2.0","method":"subscription","params":{{"subscription":"0x9","topic":"prices","seq":{seq},"result":{seq}}}}}"#
+            );
+            s.handle_message(now, n.as_bytes());
+        }
+        let seqs: Vec<u64> = std::iter::from_fn(|| match s.poll_event() {
+            Some(ClientEvent::Notification { seq, subscription, .. }) if subscription == sub => {
+                Some(seq)
+            }
+            _ => None,
+        })
+        .collect();
+        assert_eq!(seqs, [4, 5]);
+    }
+
+    #[test]
+    fn a_new_epoch_resets_the_sequence() {
+        let now = Instant::now();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        s.subscribe(now, "t");
+        let id =
+            serde_json::from_slice::<serde_json::Value>(&s.poll_message().unwrap()).unwrap()["id"]
+                .as_u64()
+                .unwrap();
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":1}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":9,"result":0}}"#);
+        s.handle_disconnected(now);
+        s.handle_connected(now);
+        let id =
+            serde_json::from_slice::<serde_json::Value>(&s.poll_message().unwrap()).unwrap()["id"]
+                .as_u64()
+                .unwrap();
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":2}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":1,"result":0}}"#);
+        let seqs: Vec<u64> = std::iter::from_fn(|| s.poll_event())
+            .filter_map(|e| {
+                if let ClientEvent::Notification { seq, .. } = e { Some(seq) } else { None }
+            })
+            .collect();
+        assert_eq!(seqs, [9, 1]);
+    }
+
+    #[test]
+    fn batches_answer_each_call() {
+        let now = Instant::now();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let p = raw("[1,2]");
+        let tokens = s.batch(now, &[("add", Some(&p)), ("add", Some(&p))]);
+        let msg: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        assert_eq!(msg.as_array().unwrap().len(), 2);
+        let resp = format!(
+            r#"[{{"jsonrpc":"2.0","result":3,"id":{}}},{{"jsonrpc":"2.0","error":{{"code":-32601,"message":"Method not found"}},"id":{}}}]"#,
+            tokens[1].0, tokens[0].0
+        );
+        assert!(s.handle_message(now, resp.as_bytes()));
+        let mut got = Vec::new();
+        while let Some(ClientEvent::Response { call, result }) = s.poll_event() {
+            got.push((call, result.is_ok()));
+        }
+        assert_eq!(got, vec![(tokens[1], true), (tokens[0], false)]);
+    }
+}
