@@ -313,14 +313,8 @@ impl ClientSession {
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, method, params, Some(id));
-        let token = CallToken(id);
-        self.enqueue(Queued {
-            token,
-            message,
-            ids: vec![id],
-            deadline: now + self.config.call_timeout,
-        });
-        token
+        self.enqueue(Queued { message, ids: vec![id], deadline: now + self.config.call_timeout });
+        CallToken(id)
     }
 
     /// Sends a notification (no answer). Dropped while disconnected.
