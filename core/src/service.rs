@@ -267,9 +267,14 @@ impl Service {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Admits a connection: a fresh id, or `None` at the connection limit.
+    /// A fresh connection id, for sessions over transports the caller runs itself.
+    pub fn connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Admits a connection: a fresh id, and whether it is within the connection limit.
     pub(crate) fn admit(&self) -> (ConnectionId, bool) {
-        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let id = self.connection_id();
         let admitted = self
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -285,5 +290,209 @@ impl Service {
     pub(crate) fn release(&self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connection_closed();
+    }
+}
+
+/// Where a server listens (pure data; adapters do the binding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// Exactly this address (port 0 picks a free port).
+    Addr(core::net::SocketAddr),
+    /// The first port of `ports` on `ip` that is free, tried in order.
+    Range {
+        /// The interface.
+        ip: core::net::IpAddr,
+        /// Ports to try.
+        ports: std::ops::RangeInclusive<u16>,
+    },
+}
+
+impl Default for Bind {
+    /// DESIGN.md: 127.0.0.1, ports 8766..=8800.
+    fn default() -> Self {
+        Self::Range {
+            ip: core::net::IpAddr::V4(core::net::Ipv4Addr::LOCALHOST),
+            ports: 8766..=8800,
+        }
+    }
+}
+
+impl Bind {
+    /// Calls `try_bind` on each candidate address in order until one succeeds; an address
+    /// in use moves on to the next port, any other error stops.
+    pub fn first_available<T>(
+        &self,
+        mut try_bind: impl FnMut(core::net::SocketAddr) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        match self {
+            Self::Addr(addr) => try_bind(*addr),
+            Self::Range { ip, ports } => {
+                let mut last =
+                    std::io::Error::new(std::io::ErrorKind::AddrInUse, "empty port range");
+                for port in ports.clone() {
+                    match try_bind(core::net::SocketAddr::new(*ip, port)) {
+                        Ok(bound) => return Ok(bound),
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                            log::debug!(target: "wsrpc::http", "port {port} in use; trying the next");
+                            last = e;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+}
+
+/// How an adapter starts a server from a [`ServerBuilder`].
+pub trait Launch: Sized {
+    /// What starting gives: a running server, or why it could not start.
+    type Output;
+    /// Binds and starts serving.
+    fn launch(builder: ServerBuilder<Self>) -> Self::Output;
+}
+
+/// Everything a server is made of: router, configuration and where to listen. The same
+/// builder shape serves every adapter (`wsrpc_smol::Server::builder()`, …); the adapter's
+/// [`Launch`] gives [`start`](Self::start) its meaning.
+pub struct ServerBuilder<L> {
+    /// The methods.
+    pub router: Router,
+    /// Limits, timeouts, policies.
+    pub config: ServiceConfig,
+    /// Where to listen [127.0.0.1, 8766..=8800].
+    pub bind: Bind,
+    /// Measure synchronous handlers with the adapter's clock [yes].
+    pub measure_handlers: bool,
+    launcher: std::marker::PhantomData<fn() -> L>,
+}
+
+impl<L> std::fmt::Debug for ServerBuilder<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("router", &self.router)
+            .field("config", &self.config)
+            .field("bind", &self.bind)
+            .finish()
+    }
+}
+
+impl<L> Default for ServerBuilder<L> {
+    fn default() -> Self {
+        Self {
+            router: Router::new(),
+            config: ServiceConfig::default(),
+            bind: Bind::default(),
+            measure_handlers: true,
+            launcher: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<L: Launch> ServerBuilder<L> {
+    /// Binds and starts the server.
+    pub fn start(self) -> L::Output {
+        L::launch(self)
+    }
+}
+
+impl<L> ServerBuilder<L> {
+    /// A builder with defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The methods to serve.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// The whole configuration at once.
+    pub fn config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Listen on exactly `addr` (port 0: any free port).
+    pub fn bind(mut self, addr: core::net::SocketAddr) -> Self {
+        self.bind = Bind::Addr(addr);
+        self
+    }
+
+    /// Listen on the first free port of `ports` on `ip`.
+    pub fn bind_range(
+        mut self,
+        ip: core::net::IpAddr,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> Self {
+        self.bind = Bind::Range { ip, ports };
+        self
+    }
+
+    /// Which origins may connect.
+    pub fn origin_policy(mut self, policy: crate::auth::OriginPolicy) -> Self {
+        self.config.auth.origin = policy;
+        self
+    }
+
+    /// Who is calling.
+    pub fn authenticator(mut self, authenticator: impl crate::auth::Authenticator) -> Self {
+        self.config.auth.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Refuse anonymous connections with 401.
+    pub fn require_auth(mut self, required: bool) -> Self {
+        self.config.auth.require_auth = required;
+        self
+    }
+
+    /// Rate tokens.
+    pub fn limits(mut self, limits: LimitConfig) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Pub/sub options.
+    pub fn hub(mut self, hub: HubConfig) -> Self {
+        self.config.hub = hub;
+        self
+    }
+
+    /// WebSocket limits and timers.
+    pub fn websocket(mut self, ws: ws::Config) -> Self {
+        self.config.ws = ws;
+        self
+    }
+
+    /// JSON-RPC limits.
+    pub fn rpc(mut self, rpc: RpcConfig) -> Self {
+        self.config.rpc = rpc;
+        self
+    }
+
+    /// Most concurrent connections (503 beyond).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// HMAC-SHA256 message signing.
+    pub fn signing(mut self, signer: MessageSigner) -> Self {
+        self.config.signing = Some(signer);
+        self
+    }
+
+    /// Builds the service (for adapters): started at `start`, wall clock `unix_at_start`.
+    pub fn into_service(
+        self,
+        start: Instant,
+        unix_at_start: Duration,
+        clock: Option<Box<dyn Clock>>,
+    ) -> (Arc<Service>, Bind) {
+        let clock = if self.measure_handlers { clock } else { None };
+        (Service::with_clock(self.config, self.router, start, unix_at_start, clock), self.bind)
     }
 }

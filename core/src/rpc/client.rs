@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::error::RpcError;
 use super::message::write_request;
 use crate::entropy::Entropy;
 use crate::hub::SubscriptionMethods;
+use crate::ws::{self, ClientRequest};
 
 /// Identifies a call (or a batch entry) of this client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,6 +131,100 @@ impl Default for ClientConfig {
             methods: SubscriptionMethods::default(),
             reconnect: Some(BackoffConfig::default()),
         }
+    }
+}
+
+/// How to reach the server and behave.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Calls in flight, timeouts, subscription method names, reconnect backoff.
+    pub config: ClientConfig,
+    /// WebSocket limits and timers of the client connection.
+    pub ws: ws::Config,
+    /// Extra handshake headers (an `Origin`, for instance).
+    pub headers: Vec<(String, String)>,
+    /// A bearer token, sent as `Authorization: Bearer …`.
+    pub token: Option<String>,
+    /// Subprotocols to offer.
+    pub protocols: Vec<String>,
+}
+
+/// A subscription's events, in order.
+#[derive(Clone, Debug)]
+pub enum SubscriptionEvent {
+    /// A published value with its per-topic sequence number.
+    Notification {
+        /// The sequence number.
+        seq: u64,
+        /// The value, as JSON.
+        value: Box<RawValue>,
+    },
+    /// Values `from..=to` will not arrive (the client was too slow, or away longer than the
+    /// server's replay window).
+    Gap {
+        /// First missed sequence number.
+        from: u64,
+        /// Last missed sequence number.
+        to: u64,
+        /// Dropped because this client read too slowly (else: replay could not reach back).
+        lagged: bool,
+    },
+    /// The server refused the subscription after a reconnect; no more events follow.
+    Ended(ClientError),
+}
+
+impl SubscriptionEvent {
+    /// The value deserialized, for a notification.
+    pub fn value<T: DeserializeOwned>(&self) -> Option<Result<T, ClientError>> {
+        match self {
+            Self::Notification { value, .. } => Some(
+                serde_json::from_str(value.get()).map_err(|e| ClientError::Decode(e.to_string())),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Splits `ws://host:port/path?query` into authority and target.
+pub fn parse_ws_url(url: &str) -> Result<(String, String), ClientError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::Connect(format!("only ws:// URLs are supported: {url}")))?;
+    let (authority, target) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    if authority.is_empty() {
+        return Err(ClientError::Connect(format!("no host in {url}")));
+    }
+    let authority =
+        if authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            && !authority.ends_with(']')
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+    Ok((authority, target))
+}
+
+impl ClientOptions {
+    /// The authority (`host:port`) to connect to and the handshake request for `url`.
+    pub fn request(&self, url: &str) -> Result<(String, ClientRequest), ClientError> {
+        let (authority, target) = parse_ws_url(url)?;
+        let mut request = ClientRequest::new(authority.clone(), target);
+        for (k, v) in &self.headers {
+            request = request.header(k.clone(), v.clone());
+        }
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        for p in &self.protocols {
+            request = request.protocol(p.clone());
+        }
+        Ok((authority, request))
     }
 }
 
@@ -310,10 +406,21 @@ impl ClientSession {
 
     /// Starts a call; its answer comes as [`ClientEvent::Response`].
     pub fn call(&mut self, now: Instant, method: &str, params: Option<&RawValue>) -> CallToken {
+        self.call_with_timeout(now, method, params, self.config.call_timeout)
+    }
+
+    /// [`call`](Self::call) with its own timeout.
+    pub fn call_with_timeout(
+        &mut self,
+        now: Instant,
+        method: &str,
+        params: Option<&RawValue>,
+        timeout: Duration,
+    ) -> CallToken {
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, method, params, Some(id));
-        self.enqueue(Queued { message, ids: vec![id], deadline: now + self.config.call_timeout });
+        self.enqueue(Queued { message, ids: vec![id], deadline: now + timeout });
         CallToken(id)
     }
 
@@ -686,6 +793,21 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn ws_urls() {
+        assert_eq!(
+            parse_ws_url("ws://127.0.0.1:9/rpc?x=1").unwrap(),
+            ("127.0.0.1:9".into(), "/rpc?x=1".into())
+        );
+        assert_eq!(
+            parse_ws_url("ws://host?token=a").unwrap(),
+            ("host:80".into(), "/?token=a".into())
+        );
+        assert_eq!(parse_ws_url("ws://[::1]:8766").unwrap(), ("[::1]:8766".into(), "/".into()));
+        assert!(parse_ws_url("wss://secure").is_err());
+        assert!(parse_ws_url("ws:///path").is_err());
     }
 
     #[test]

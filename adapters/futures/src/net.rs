@@ -1,0 +1,156 @@
+//! TCP on the async-io reactor, shared by `wsrpc-smol` and `wsrpc-async-std`: the listener
+//! (an address, or the first free port of a range), the accept loop, and the client
+//! connector.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_io::Async;
+use atomic_waker::AtomicWaker;
+use wsrpc_core::service::{Bind, Service};
+
+use crate::server::{Registry, ServerHandle, serve_connection};
+use crate::{BoxFuture, Runtime};
+
+/// Binds per `bind` and serves `service` on `rt` until the handle shuts it down.
+pub fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<ServerHandle> {
+    let listener = bind.first_available(TcpListener::bind)?;
+    let local_addr = listener.local_addr()?;
+    let listener = Async::new(listener)?;
+    service.set_port(local_addr.port());
+    let registry = Registry::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = Arc::new(AtomicWaker::new());
+    log::info!(target: "wsrpc::http", "listening addr={local_addr}");
+    rt.spawn(Box::pin(accept_loop(
+        rt.clone(),
+        service.clone(),
+        listener,
+        registry.clone(),
+        stop.clone(),
+        waker.clone(),
+    )));
+    Ok(ServerHandle::new(service, local_addr, registry, stop, waker))
+}
+
+async fn accept_loop(
+    rt: impl Runtime,
+    service: Arc<Service>,
+    listener: Async<TcpListener>,
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<AtomicWaker>,
+) {
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            waker.register(cx.waker());
+            if stop.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            loop {
+                match listener.get_ref().accept() {
+                    Ok((stream, _)) => return Poll::Ready(Some(Ok(stream))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+                match listener.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                match Async::new(stream) {
+                    Ok(stream) => rt.spawn(Box::pin(serve_connection(
+                        rt.clone(),
+                        service.clone(),
+                        TcpConn(stream),
+                        registry.clone(),
+                    ))),
+                    Err(e) => log::warn!(target: "wsrpc::http", "cannot register connection: {e}"),
+                }
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::warn!(target: "wsrpc::http", "accept failed: {e}");
+                rt.timer(rt.now() + Duration::from_millis(50)).await;
+            }
+        }
+    }
+    log::info!(target: "wsrpc::http", "stopped accepting");
+}
+
+/// Connects over TCP to `authority` (`host:port`), trying each resolved address.
+pub fn connect(authority: String) -> BoxFuture<io::Result<TcpConn>> {
+    Box::pin(async move {
+        let addrs: Vec<SocketAddr> = authority.to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match Async::<TcpStream>::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.get_ref().set_nodelay(true);
+                    return Ok(TcpConn(s));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })
+}
+
+/// A TCP stream on async-io whose `poll_close` half-closes (FIN after the last byte), which
+/// the drive loop relies on for its lingering close. (`Async<TcpStream>` itself only
+/// flushes on close.)
+#[derive(Debug)]
+pub struct TcpConn(pub Async<TcpStream>);
+
+impl futures_io::AsyncRead for TcpConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl futures_io::AsyncWrite for TcpConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests: one interface over the three adapters.
