@@ -251,7 +251,7 @@ enum Link<S> {
     /// Transport up; WebSocket handshake in progress or open.
     Up {
         stream: S,
-        ws: ws::Connection,
+        ws: Box<ws::Connection>,
         open: bool,
         eof: bool,
     },
