@@ -1,0 +1,2 @@
+//! wsrpc without async (work in progress).
+#![forbid(unsafe_code)]
