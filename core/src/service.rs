@@ -254,7 +254,10 @@ impl Service {
 
     /// The metrics snapshot served as `rpc.metrics` and `GET /metrics`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        self.metrics.snapshot(now)
+        let mut snapshot = self.metrics.snapshot(now);
+        // Drops happen in the hub, on the publisher's thread, when an outbox overflows.
+        snapshot.lagged_drops = self.hub.stats().dropped;
+        snapshot
     }
 
     /// Records the port the server is bound to, for the snapshot.

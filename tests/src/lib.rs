@@ -1,1 +1,227 @@
-//! Helpers shared by the integration tests: one interface over the three adapters.
+//! One blocking facade over the three adapters, so every integration test runs against each
+//! of them (see the `adapter_tests!` macro in `tests/adapters.rs`).
+#![allow(missing_docs, clippy::missing_errors_doc)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use wsrpc_core::metrics::Snapshot;
+use wsrpc_core::rpc::Router;
+use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
+use wsrpc_core::service::{Bind, ServerBuilder, ServiceConfig};
+
+pub mod raw;
+
+/// A running server of some adapter.
+pub trait TestServer: Send + Sync {
+    fn addr(&self) -> SocketAddr;
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr())
+    }
+    fn publish(&self, topic: &str, value: &Value) -> u64;
+    fn metrics(&self) -> Snapshot;
+    fn connections(&self) -> usize;
+    fn shutdown(self: Box<Self>, deadline: Duration);
+}
+
+/// A client of some adapter, used blockingly.
+pub trait TestClient: Send + Sync {
+    fn call(&self, method: &str, params: Value) -> Result<Value, ClientError>;
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError>;
+    fn notify(&self, method: &str, params: Value) -> Result<(), ClientError>;
+    fn batch(
+        &self,
+        calls: Vec<(&str, Value)>,
+    ) -> Result<Vec<Result<Value, ClientError>>, ClientError>;
+    fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError>;
+    fn close(self: Box<Self>);
+}
+
+pub trait TestSubscription: Send {
+    /// The next event within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Option<SubscriptionEvent>;
+}
+
+/// An adapter under test.
+pub trait Adapter: 'static {
+    const NAME: &'static str;
+    fn start(
+        config: ServiceConfig,
+        router: Router,
+        bind: Bind,
+    ) -> std::io::Result<Box<dyn TestServer>>;
+    fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError>;
+}
+
+// Takes the box by value to fit `Result::map` over the adapters' raw results.
+#[allow(clippy::boxed_local)]
+fn raw_to_value(raw: Box<serde_json::value::RawValue>) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
+fn configure<L>(
+    b: ServerBuilder<L>,
+    config: ServiceConfig,
+    router: Router,
+    bind: Bind,
+) -> ServerBuilder<L> {
+    let mut b = b.config(config).router(router);
+    b.bind = bind;
+    b
+}
+
+macro_rules! async_adapter {
+    ($name:ident, $label:expr, $krate:ident, $block_on:path, $timeout:expr) => {
+        #[derive(Debug)]
+        pub struct $name;
+
+        struct Server(Option<$krate::Server>);
+
+        impl TestServer for Server {
+            fn addr(&self) -> SocketAddr {
+                self.0.as_ref().expect("running").local_addr()
+            }
+            fn publish(&self, topic: &str, value: &Value) -> u64 {
+                self.0.as_ref().expect("running").publish(topic, value).expect("valid topic").seq
+            }
+            fn metrics(&self) -> Snapshot {
+                self.0.as_ref().expect("running").metrics()
+            }
+            fn connections(&self) -> usize {
+                self.0.as_ref().expect("running").connections()
+            }
+            fn shutdown(mut self: Box<Self>, deadline: Duration) {
+                if let Some(s) = self.0.take() {
+                    $block_on(s.shutdown(deadline));
+                }
+            }
+        }
+
+        impl Drop for Server {
+            fn drop(&mut self) {
+                if let Some(s) = self.0.take() {
+                    $block_on(s.shutdown(Duration::from_millis(200)));
+                }
+            }
+        }
+
+        struct Client($krate::Client);
+
+        impl TestClient for Client {
+            fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+                $block_on(self.0.call(method, params))
+            }
+            fn call_with_timeout(
+                &self,
+                method: &str,
+                params: Value,
+                timeout: Duration,
+            ) -> Result<Value, ClientError> {
+                $block_on(self.0.call_with_timeout(method, params, timeout))
+            }
+            fn notify(&self, method: &str, params: Value) -> Result<(), ClientError> {
+                self.0.notify(method, params)
+            }
+            fn batch(
+                &self,
+                calls: Vec<(&str, Value)>,
+            ) -> Result<Vec<Result<Value, ClientError>>, ClientError> {
+                let results = $block_on(self.0.batch(calls))?;
+                Ok(results.into_iter().map(|r| r.map(raw_to_value)).collect())
+            }
+            fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError> {
+                Ok(Box::new(Subscription($block_on(self.0.subscribe(topic))?)))
+            }
+            fn close(self: Box<Self>) {
+                $block_on(self.0.close());
+            }
+        }
+
+        struct Subscription($krate::Subscription);
+
+        impl TestSubscription for Subscription {
+            fn next(&mut self, timeout: Duration) -> Option<SubscriptionEvent> {
+                let sub = &mut self.0;
+                $block_on(async move {
+                    let next = std::pin::pin!(sub.next());
+                    let timer = std::pin::pin!($timeout(timeout));
+                    match futures_lite_select(next, timer).await {
+                        Either::Left(ev) => ev,
+                        Either::Right(()) => None,
+                    }
+                })
+            }
+        }
+
+        impl Adapter for $name {
+            const NAME: &'static str = $label;
+            fn start(
+                config: ServiceConfig,
+                router: Router,
+                bind: Bind,
+            ) -> std::io::Result<Box<dyn TestServer>> {
+                let server = configure($krate::Server::builder(), config, router, bind).start()?;
+                Ok(Box::new(Server(Some(server))))
+            }
+            fn connect(
+                url: &str,
+                options: ClientOptions,
+            ) -> Result<Box<dyn TestClient>, ClientError> {
+                Ok(Box::new(Client($block_on($krate::connect(url, options))?)))
+            }
+        }
+    };
+}
+
+#[derive(Debug)]
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Completes with whichever of two futures finishes first.
+pub async fn futures_lite_select<A: std::future::Future + Unpin, B: std::future::Future + Unpin>(
+    mut a: A,
+    mut b: B,
+) -> Either<A::Output, B::Output> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut a).poll(cx) {
+            return std::task::Poll::Ready(Either::Left(v));
+        }
+        std::pin::Pin::new(&mut b).poll(cx).map(Either::Right)
+    })
+    .await
+}
+
+async fn smol_sleep(d: Duration) {
+    smol::Timer::after(d).await;
+}
+
+async fn async_std_sleep(d: Duration) {
+    async_std::task::sleep(d).await;
+}
+
+pub mod smol_adapter {
+    use super::*;
+    async_adapter!(Smol, "smol", wsrpc_smol, smol::block_on, smol_sleep);
+}
+
+pub mod async_std_adapter {
+    use super::*;
+    async_adapter!(
+        AsyncStd,
+        "async-std",
+        wsrpc_async_std,
+        async_std::task::block_on,
+        async_std_sleep
+    );
+}
+
+pub use async_std_adapter::AsyncStd;
+pub use smol_adapter::Smol;

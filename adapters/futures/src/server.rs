@@ -176,10 +176,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // An AtomicWaker gives its waker up when woken: register on every poll (cheap).
+        this.completions.waker.register(cx.waker());
+        this.slot.waker.register(cx.waker());
         if this.registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+            // The outbox keeps its waker until replaced; it takes a lock, so only on change.
             this.conn.register_waker(cx.waker());
-            this.completions.waker.register(cx.waker());
-            this.slot.waker.register(cx.waker());
             this.registered = Some(cx.waker().clone());
         }
         for _ in 0..ROUNDS_PER_POLL {

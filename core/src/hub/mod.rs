@@ -156,6 +156,8 @@ pub struct HubStats {
     pub published: u64,
     /// Notifications queued into outboxes.
     pub deliveries: u64,
+    /// Notifications dropped from slow consumers' outboxes.
+    pub dropped: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,7 @@ pub struct Hub {
     subscriptions_total: AtomicU64,
     published: AtomicU64,
     deliveries: AtomicU64,
+    dropped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,6 +202,7 @@ impl Hub {
             subscriptions_total: AtomicU64::new(0),
             published: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -244,8 +248,14 @@ impl Hub {
             let frame =
                 SharedFrame::new(MessageKind::Text, &self.notification(&t.key, t.seq, json));
             let delivery = Delivery { topic: t.key.clone(), seq: t.seq, frame };
+            let mut dropped = 0;
             for outbox in &t.subscribers {
-                wakers.extend(outbox.push(delivery.clone()));
+                let (waker, n) = outbox.push(delivery.clone());
+                wakers.extend(waker);
+                dropped += n;
+            }
+            if dropped > 0 {
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
             }
             if self.config.replay_capacity > 0 {
                 if t.replay.len() == self.config.replay_capacity {
@@ -355,7 +365,9 @@ impl Hub {
                     wakers.extend(outbox.push_gap(t.key.clone(), since + 1, oldest - 1));
                 }
                 for d in t.replay.iter().filter(|d| d.seq > since) {
-                    wakers.extend(outbox.push(d.clone()));
+                    let (waker, dropped) = outbox.push(d.clone());
+                    wakers.extend(waker);
+                    self.dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
             }
             Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch }
@@ -401,6 +413,7 @@ impl Hub {
             subscriptions_total: self.subscriptions_total.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             deliveries: self.deliveries.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -145,8 +145,15 @@ impl Outbox {
     }
 
     /// Queues a delivery; returns the waker to wake (after the caller drops its own locks)
-    /// when the connection should look.
-    pub(crate) fn push(&self, delivery: Delivery) -> Option<Waker> {
+    /// when the connection should look, and how many notifications were dropped for a slow
+    /// consumer to make room.
+    pub(crate) fn push(&self, delivery: Delivery) -> (Option<Waker>, u64) {
+        let mut dropped = 0;
+        let waker = self.push_counting(delivery, &mut dropped);
+        (waker, dropped)
+    }
+
+    fn push_counting(&self, delivery: Delivery, dropped: &mut u64) -> Option<Waker> {
         let mut inner = self.lock();
         if inner.closed || inner.overflowed {
             return None;
@@ -159,6 +166,7 @@ impl Outbox {
         if full(&inner) {
             match self.limits.slow_consumer {
                 SlowConsumer::Close => {
+                    *dropped += inner.queue.len() as u64 + 1;
                     inner.overflowed = true;
                     inner.queue.clear();
                     inner.bytes = 0;
@@ -169,6 +177,7 @@ impl Outbox {
                     while full(&inner) {
                         match inner.queue.pop_front() {
                             Some(Queued::Delivery(old)) => {
+                                *dropped += 1;
                                 inner.bytes -= old.size();
                                 note_lag(&mut inner.lagged, &old.topic, old.seq, old.seq);
                             }
@@ -180,6 +189,7 @@ impl Outbox {
                     }
                     if full(&inner) {
                         // Larger than the whole outbox: it can never be delivered.
+                        *dropped += 1;
                         note_lag(&mut inner.lagged, &delivery.topic, delivery.seq, delivery.seq);
                         return was_empty.then(|| inner.waker.clone()).flatten();
                     }
@@ -314,13 +324,13 @@ mod tests {
         o.set_waker(&Waker::from(counter.clone()));
         let t = key("t");
         for seq in 1..=3 {
-            if let Some(w) = o.push(delivery(&t, seq, 10)) {
+            if let (Some(w), _) = o.push(delivery(&t, seq, 10)) {
                 w.wake();
             }
         }
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert_eq!(drain(&o).len(), 3);
-        if let Some(w) = o.push(delivery(&t, 4, 10)) {
+        if let (Some(w), _) = o.push(delivery(&t, 4, 10)) {
             w.wake();
         }
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
@@ -407,7 +417,7 @@ mod tests {
         let t = key("t");
         let _ = o.push(delivery(&t, 1, 10));
         o.close();
-        assert!(o.push(delivery(&t, 2, 10)).is_none());
+        assert!(o.push(delivery(&t, 2, 10)).0.is_none());
         assert!(!o.has_pending());
     }
 }

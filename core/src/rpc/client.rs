@@ -211,6 +211,30 @@ pub fn parse_ws_url(url: &str) -> Result<(String, String), ClientError> {
 }
 
 impl ClientOptions {
+    /// Sets the session configuration (in flight, timeouts, method names, reconnect).
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` with the handshake.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Adds a handshake header (an `Origin`, for instance).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the WebSocket limits and timers.
+    pub fn websocket(mut self, ws: ws::Config) -> Self {
+        self.ws = ws;
+        self
+    }
+
     /// The authority (`host:port`) to connect to and the handshake request for `url`.
     pub fn request(&self, url: &str) -> Result<(String, ClientRequest), ClientError> {
         let (authority, target) = parse_ws_url(url)?;

@@ -300,7 +300,6 @@ impl RpcSession {
                     }
                 }
                 OutboxItem::Lagged { topic, from, to } => {
-                    self.service.metrics().notifications_dropped(to - from + 1);
                     let mut out = Vec::new();
                     hub.write_notice(&mut out, true, &topic, from, to);
                     return Some(SessionOutput::Message(out));
@@ -312,7 +311,6 @@ impl RpcSession {
                 }
                 OutboxItem::Overflowed => {
                     self.closing = true;
-                    self.service.metrics().notifications_dropped(1);
                     return Some(SessionOutput::Close(
                         CloseCode::POLICY_VIOLATION,
                         "slow consumer",
