@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Interop check with Python `websockets`: calls, a batch and a subscription.
+
+usage: client.py WS_URL  (the server publishes to "interop" when asked with the `publish` call)
+Prints one line per check and exits non-zero on the first failure.
+"""
+import asyncio
+import json
+import sys
+
+import websockets
+
+
+async def main(url):
+    async with websockets.connect(url, max_size=2**24) as ws:
+        async def call(method, params, id_):
+            await ws.send(json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": id_}))
+            while True:
+                msg = json.loads(await ws.recv())
+                if isinstance(msg, dict) and msg.get("id") == id_:
+                    return msg
+
+        r = await call("add", [2, 3], 1)
+        assert r == {"jsonrpc": "2.0", "result": 5, "id": 1}, r
+        print("python: call ok")
+
+        await ws.send(json.dumps([
+            {"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": "a"},
+            {"jsonrpc": "2.0", "method": "add", "params": [2, 2]},
+            {"jsonrpc": "2.0", "method": "nope", "id": "b"},
+        ]))
+        batch = json.loads(await ws.recv())
+        assert isinstance(batch, list) and len(batch) == 2, batch
+        by_id = {r["id"]: r for r in batch}
+        assert by_id["a"]["result"] == 2 and by_id["b"]["error"]["code"] == -32601, batch
+        print("python: batch ok")
+
+        r = await call("subscribe", ["interop"], 2)
+        sub = r["result"]["subscription"]
+        r = await call("publish", ["interop", 3], 3)
+        assert r["result"] == 3, r
+        seqs = []
+        while len(seqs) < 3:
+            msg = json.loads(await ws.recv())
+            if msg.get("method") == "subscription":
+                assert msg["params"]["subscription"] == sub, msg
+                seqs.append(msg["params"]["seq"])
+        assert seqs == [1, 2, 3], seqs
+        print("python: subscription ok")
+        await ws.close()
+
+
+asyncio.run(main(sys.argv[1]))

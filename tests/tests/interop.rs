@@ -1,0 +1,240 @@
+//! Interop with independent peers against every adapter's server: async-tungstenite (a Rust
+//! client that shares no code with wsrpc), Python `websockets` and Node `ws` (installed on first
+//! use by `tests/interop/setup.sh`). Also the JSON-RPC session driven over an async-tungstenite
+//! server stream the application owns (`wsrpc_futures::serve_messages`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::Message;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use wsrpc_core::auth::Principal;
+use wsrpc_core::rpc::Router;
+use wsrpc_core::service::{Bind, Service, ServiceConfig};
+use wsrpc_tests::{Adapter, TestServer};
+
+type Publisher = Arc<OnceLock<Box<dyn Fn(&str, u64) + Send + Sync>>>;
+
+/// `add`, and `publish(topic, n)` which publishes 1..=n to `topic` (so a client can trigger it).
+fn router(publisher: &Publisher) -> Router {
+    let p = publisher.clone();
+    let mut r = Router::new();
+    r.method("add", |(a, b): (i64, i64), _| Ok(a + b)).method(
+        "publish",
+        move |(topic, n): (String, u64), _| {
+            let publish = p.get().expect("publisher set after start");
+            for i in 1..=n {
+                publish(&topic, i);
+            }
+            Ok(n)
+        },
+    );
+    r
+}
+
+fn start_with_publisher<A: Adapter>() -> (Arc<dyn TestServer>, Publisher) {
+    let publisher: Publisher = Arc::new(OnceLock::new());
+    let server: Arc<dyn TestServer> = Arc::from(
+        A::start(
+            ServiceConfig::default(),
+            router(&publisher),
+            Bind::Addr("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap(),
+    );
+    let s = server.clone();
+    let _ = publisher.set(Box::new(move |topic: &str, i: u64| {
+        s.publish(topic, &json!({ "n": i }));
+    }));
+    (server, publisher)
+}
+
+fn peers_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/setup.sh");
+        let out = Command::new("bash").arg(&script).output().expect("run interop/setup.sh");
+        assert!(
+            out.status.success(),
+            "interop setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn run_peer(program: PathBuf, script: &str, url: &str, env_node_path: bool) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop").join(script);
+    let mut cmd = Command::new(program);
+    cmd.arg(script).arg(url);
+    if env_node_path {
+        cmd.env("NODE_PATH", peers_dir().join("node/node_modules"));
+    }
+    let out = cmd.output().expect("peer runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "peer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub fn python_websockets<A: Adapter>() {
+    let (server, _p) = start_with_publisher::<A>();
+    let out = run_peer(peers_dir().join("venv/bin/python"), "client.py", &server.url(), false);
+    for check in ["python: call ok", "python: batch ok", "python: subscription ok"] {
+        assert!(out.contains(check), "{out}");
+    }
+}
+
+pub fn node_ws<A: Adapter>() {
+    let (server, _p) = start_with_publisher::<A>();
+    let out = run_peer("node".into(), "client.js", &server.url(), true);
+    for check in ["node: call ok", "node: batch ok", "node: subscription ok"] {
+        assert!(out.contains(check), "{out}");
+    }
+}
+
+pub fn async_tungstenite_client<A: Adapter>() {
+    let (server, _p) = start_with_publisher::<A>();
+    let addr = server.addr();
+    smol::block_on(async move {
+        let tcp = smol::net::TcpStream::connect(addr).await.unwrap();
+        let (mut ws, resp) =
+            async_tungstenite::client_async(format!("ws://{addr}/"), tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text(r#"{"jsonrpc":"2.0","method":"add","params":[20,22],"id":1}"#))
+            .await
+            .unwrap();
+        let reply = read_json(&mut ws).await;
+        assert_eq!(reply, json!({"jsonrpc":"2.0","result":42,"id":1}));
+        ws.send(Message::text(r#"[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":2},{"jsonrpc":"2.0","method":"subscribe","params":["t"],"id":3}]"#))
+            .await
+            .unwrap();
+        let batch = read_json(&mut ws).await;
+        assert_eq!(batch[0]["result"], 3);
+        assert!(batch[1]["result"]["subscription"].is_string());
+        ws.send(Message::text(r#"{"jsonrpc":"2.0","method":"publish","params":["t",2],"id":4}"#))
+            .await
+            .unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 2 {
+            let m = read_json(&mut ws).await;
+            if m["method"] == "subscription" {
+                seqs.push(m["params"]["seq"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(seqs, [1, 2]);
+        // A binary message is refused with 1003.
+        ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1003);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+}
+
+async fn read_json<S>(ws: &mut async_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await.expect("open").expect("valid frames") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+macro_rules! interop_tests {
+    ($module:ident, $adapter:ty) => {
+        mod $module {
+            #[test]
+            fn python_websockets() {
+                super::python_websockets::<$adapter>();
+            }
+            #[test]
+            fn node_ws() {
+                super::node_ws::<$adapter>();
+            }
+            #[test]
+            fn async_tungstenite_client() {
+                super::async_tungstenite_client::<$adapter>();
+            }
+        }
+    };
+}
+
+interop_tests!(with_smol, wsrpc_tests::Smol);
+interop_tests!(with_async_std, wsrpc_tests::AsyncStd);
+
+#[test]
+fn rpc_session_over_an_async_tungstenite_server_stream() {
+    smol::block_on(async {
+        let publisher: Publisher = Arc::new(OnceLock::new());
+        let service = Service::new(
+            ServiceConfig::default(),
+            router(&publisher),
+            std::time::Instant::now(),
+            Duration::ZERO,
+        );
+        let svc = service.clone();
+        let _ = publisher.set(Box::new(move |topic: &str, i: u64| {
+            let _ = svc.publish(topic, &json!({ "n": i }));
+        }));
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = smol::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = async_tungstenite::accept_async(tcp).await.unwrap();
+            let (sink, stream) = ws.split();
+            let incoming = stream.filter_map(|m| async move {
+                match m {
+                    Ok(Message::Text(t)) => Some(Ok::<_, String>(t.as_str().as_bytes().to_vec())),
+                    Ok(Message::Close(_)) | Err(_) => Some(Err("closed".to_owned())),
+                    Ok(_) => None,
+                }
+            });
+            let outgoing = sink.with(|bytes: Vec<u8>| async move {
+                Ok::<_, async_tungstenite::tungstenite::Error>(Message::text(
+                    String::from_utf8(bytes).expect("JSON is UTF-8"),
+                ))
+            });
+            wsrpc_futures::serve_messages(
+                wsrpc_smol::SmolRuntime,
+                service,
+                None,
+                Arc::new(Principal::anonymous()),
+                Box::pin(incoming),
+                Box::pin(outgoing),
+            )
+            .await;
+        });
+        let client =
+            wsrpc_smol::connect(&format!("ws://{addr}"), Default::default()).await.unwrap();
+        assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+        let mut sub = client.subscribe("own").await.unwrap();
+        assert_eq!(client.call::<u64>("publish", ("own", 2)).await.unwrap(), 2);
+        for seq in 1..=2 {
+            match sub.next().await {
+                Some(wsrpc_smol::SubscriptionEvent::Notification { seq: s, .. }) => {
+                    assert_eq!(s, seq)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        client.close().await;
+        server.await;
+    });
+}
