@@ -1,0 +1,2 @@
+//! Load benchmarks (work in progress).
+fn main() {}
