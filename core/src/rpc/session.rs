@@ -466,23 +466,21 @@ impl RpcSession {
         match &method.handler {
             Handler::Sync(f) => {
                 let start = service.clock_now().unwrap_or(now);
-                let id = req.id;
-                let mut result_buf = Vec::new();
-                let result = f(params, &self.ctx, &mut result_buf);
+                match req.id {
+                    // The result is serialized straight into the response.
+                    Some(id) => self.write_result_of(out, id, |o| f(params, &self.ctx, o)),
+                    None => {
+                        if let Err(e) = f(params, &self.ctx, &mut Vec::new()) {
+                            metrics.record_error(ErrorKind::from_rpc_code(e.code));
+                        }
+                    }
+                }
                 let end = service.clock_now().unwrap_or(now);
                 metrics.record_call(
                     service.method_id(method.index),
                     end.saturating_duration_since(start),
                     now,
                 );
-                match (id, result) {
-                    (Some(id), Ok(())) => {
-                        self.write_success(out, id, |o| o.extend_from_slice(&result_buf))
-                    }
-                    (Some(id), Err(e)) => self.write_failure(out, Some(id), &e),
-                    (None, Err(e)) => metrics.record_error(ErrorKind::from_rpc_code(e.code)),
-                    (None, Ok(())) => {}
-                }
                 false
             }
             Handler::Async(f) => {
@@ -528,13 +526,33 @@ impl RpcSession {
     }
 
     fn write_success(&self, out: &mut Vec<u8>, id: &RawValue, write: impl FnOnce(&mut Vec<u8>)) {
+        self.write_result_of(out, id, |o| {
+            write(o);
+            Ok(())
+        });
+    }
+
+    /// Writes the response carrying what `write` produces, or the error it returns.
+    fn write_result_of(
+        &self,
+        out: &mut Vec<u8>,
+        id: &RawValue,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
+    ) {
         let start = out.len();
         let mut result_range = 0..0;
+        let mut failed = None;
         message::write_response_with(out, id, |o| {
             let s = o.len();
-            write(o);
+            if let Err(e) = write(o) {
+                failed = Some(e);
+            }
             result_range = s..o.len();
         });
+        if let Some(e) = failed {
+            out.truncate(start);
+            return self.write_failure(out, Some(id), &e);
+        }
         let max = self.service.config().rpc.max_response_size;
         if out.len() - start > max {
             out.truncate(start);
