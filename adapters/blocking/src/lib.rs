@@ -1,2 +1,84 @@
-//! wsrpc without async (work in progress).
+//! wsrpc without async: a JSON-RPC 2.0 over WebSocket server (HTTP on the same port) and a
+//! reconnecting client on `std::net`, plain threads and crossbeam-channel. There is no async
+//! runtime in this crate's tree; async handlers (`Router::async_method`) run on a small worker
+//! pool with `futures_executor::block_on`. The protocol is `wsrpc-core`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wsrpc_blocking::wsrpc_core::rpc::Router;
+//! use wsrpc_blocking::{Server, SubscriptionEvent, connect};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut router = Router::new();
+//! router.method("add", |(a, b): (i64, i64), _| Ok(a + b));
+//! let server = Server::builder().router(router).start()?;
+//!
+//! let client = connect(&format!("ws://{}", server.local_addr()), Default::default())?;
+//! let sum: i64 = client.call("add", (2, 3))?;
+//! assert_eq!(sum, 5);
+//!
+//! let news = client.subscribe("news")?;
+//! server.publish("news", "hello")?; // from any thread
+//! if let Some(SubscriptionEvent::Notification { seq, value }) = news.recv() {
+//!     println!("#{seq}: {}", value.get());
+//! }
+//!
+//! client.close();
+//! server.shutdown(Duration::from_secs(5));
+//! # Ok(()) }
+//! ```
+//!
+//! # Threads
+//!
+//! - Server: one accept thread; per connection a driver thread that owns the
+//!   [`ServerConnection`](wsrpc_core::engine::ServerConnection) and writes, and a reader thread
+//!   that does blocking reads and hands chunks over a small bounded channel (so a connection
+//!   that stops reading pushes back on its peer); a shared pool of four workers runs the
+//!   futures of async handlers. A publish on any thread wakes the drivers through their
+//!   registered wakers.
+//! - Client: one driver thread owning the socket's write side, the WebSocket and the
+//!   [`ClientSession`](wsrpc_core::rpc::client::ClientSession), plus a reader thread per TCP
+//!   connection and a short-lived thread per connection attempt. [`Client`] handles talk to it
+//!   over a channel.
+//!
+//! Threads get small stacks, and an idle connection holds no read or write buffer beyond its
+//! reader's stack, so many idle connections stay cheap.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+mod client;
+mod connection;
+mod pool;
+mod registry;
+mod server;
+mod transport;
+
+pub use client::{Client, Subscription, connect};
+pub use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+pub use server::{Blocking, Server};
+pub use wsrpc_core;
+pub use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
+
+/// An entropy source seeded from the operating system, for client mask keys and jitter.
+fn os_entropy() -> wsrpc_core::Xoshiro256 {
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        // Without OS entropy fall back to the wall clock: masks stay unpredictable enough for
+        // a non-browser client.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        seed = (nanos as u64 ^ 0x9E37_79B9_7F4A_7C15).to_le_bytes();
+    }
+    wsrpc_core::Xoshiro256::from_seed(u64::from_le_bytes(seed))
+}
+
+/// The operating system's monotonic clock, for measuring handler latency.
+#[derive(Clone, Copy, Debug, Default)]
+struct SystemClock;
+
+impl wsrpc_core::service::Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
