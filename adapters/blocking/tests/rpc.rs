@@ -170,6 +170,27 @@ fn http_post_on_the_same_port_with_sync_and_async_handlers() {
 }
 
 #[test]
+fn a_peer_that_half_closes_after_its_request_still_gets_the_response() {
+    init();
+    let server = start(router(&Gate::new()));
+    let body = r#"{"jsonrpc":"2.0","method":"add","params":[20,22],"id":1}"#;
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""result":42"#), "{response}");
+}
+
+#[test]
 fn connect_fails_when_nothing_listens() {
     init();
     let addr = {

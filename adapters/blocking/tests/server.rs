@@ -107,6 +107,11 @@ fn beyond_max_connections_the_server_answers_503() {
     let response = String::from_utf8(read_to_close(&mut extra)).unwrap();
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     assert!(response.contains("Retry-After: 1"), "{response}");
+    // A client is refused at the handshake.
+    match connect(&url(server.local_addr()), no_reconnect()) {
+        Err(ClientError::Connect(e)) => assert!(e.contains("503"), "{e}"),
+        other => panic!("{other:?}"),
+    }
     // The admitted connection is unaffected.
     assert_eq!(client.call::<i64>("add", (2, 2)).unwrap(), 4);
 }
