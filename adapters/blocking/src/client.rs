@@ -579,7 +579,7 @@ impl ClientDriver {
         }
         match transport::flush(&up.stream, &mut up.ws) {
             Ok(flushed) => {
-                progress |= flushed.wrote || flushed.stalled;
+                progress |= flushed.wrote || flushed.pending;
                 if up.stall.exceeded(Instant::now(), flushed, self.stall_limit) {
                     log::debug!(target: "wsrpc::rpc", "{} stopped reading; dropping the connection", self.authority);
                     self.lost(now, ClientError::Disconnected);

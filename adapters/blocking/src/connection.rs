@@ -169,7 +169,7 @@ impl Driver {
                 }
             };
             progress |= flushed.wrote;
-            if self.eof && !self.eof_reported && self.leftover.is_empty() && !flushed.stalled {
+            if self.eof && !self.eof_reported && self.leftover.is_empty() && !flushed.pending {
                 self.eof_reported = true;
                 self.conn.handle_eof(Instant::now());
                 progress = true;
@@ -189,8 +189,8 @@ impl Driver {
                 log::debug!(target: "wsrpc::http", "peer stopped reading; dropping conn={id}");
                 return;
             }
-            // A stalled write is retried at once: the write itself is the wait.
-            if !progress && !flushed.stalled {
+            // Output left is written in the next round: the write itself is the wait.
+            if !progress && !flushed.pending {
                 self.wait();
             }
         }

@@ -18,7 +18,7 @@ const READ_CHUNK: usize = 8 * 1024;
 pub(crate) const INPUT_CHUNKS: usize = 4;
 /// Longest a single write blocks; the driver then services timers, completions and shutdown
 /// before trying again.
-pub(crate) const WRITE_SLICE: Duration = Duration::from_millis(500);
+pub(crate) const WRITE_SLICE: Duration = Duration::from_millis(200);
 /// Slices per vectored write.
 const MAX_SLICES: usize = 64;
 /// Stack of a reader thread; it only reads and sends.
@@ -102,18 +102,26 @@ impl Transmit for ws::Connection {
 pub(crate) struct Flushed {
     /// Some bytes were written.
     pub(crate) wrote: bool,
-    /// Output is left because the socket did not take it within the write timeout.
-    pub(crate) stalled: bool,
+    /// Output is left: the socket did not take it within the write timeout, or writing
+    /// used up its time slice. The caller services its other work and flushes again.
+    pub(crate) pending: bool,
 }
 
-/// Writes what `out` has queued until it has nothing left or a write times out. The socket's
-/// write timeout (set to [`WRITE_SLICE`]) bounds the wait.
+/// Writes what `out` has queued until it has nothing left, a write times out, or
+/// [`WRITE_SLICE`] has passed (a peer that reads slowly would otherwise keep the caller
+/// writing, its timers and signals unserved). The socket's write timeout (also
+/// [`WRITE_SLICE`]) bounds a single write.
 pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<Flushed> {
+    let started = Instant::now();
     let mut flushed = Flushed::default();
     loop {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let n = out.poll_slices(&mut slices);
         if n == 0 {
+            return Ok(flushed);
+        }
+        if flushed.wrote && started.elapsed() >= WRITE_SLICE {
+            flushed.pending = true;
             return Ok(flushed);
         }
         let mut writer = stream;
@@ -125,7 +133,7 @@ pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<F
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                flushed.stalled = true;
+                flushed.pending = true;
                 return Ok(flushed);
             }
             Err(e) => return Err(e),
@@ -140,12 +148,11 @@ pub(crate) struct Stall {
 }
 
 impl Stall {
-    /// Records a flush at `now`; true once the peer has taken nothing for `limit`.
+    /// Records a flush at `now`; true once the peer has taken nothing for `limit` while
+    /// output was waiting.
     pub(crate) fn exceeded(&mut self, now: Instant, flushed: Flushed, limit: Duration) -> bool {
-        if flushed.wrote || !flushed.stalled {
+        if flushed.wrote || !flushed.pending {
             self.since = None;
-        }
-        if !flushed.stalled {
             return false;
         }
         let since = *self.since.get_or_insert(now);

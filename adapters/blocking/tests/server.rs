@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::{
     Gate, PATIENCE, fast_reconnect, init, no_reconnect, raw_websocket, read_frame, read_to_close,
-    router, send_close, start, url,
+    router, send_close, send_text, start, url,
 };
+use serde_json::value::RawValue;
 use wsrpc_blocking::wsrpc_core::limit::LimitConfig;
 use wsrpc_blocking::wsrpc_core::ws;
 use wsrpc_blocking::{ClientError, Server, connect};
@@ -154,4 +155,43 @@ fn dropping_the_server_closes_its_connections() {
         Err(ClientError::Disconnected | ClientError::Closed)
     ));
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_without_holding_up_anyone() {
+    init();
+    let mut config = ws::Config::default();
+    config.ping_interval = Some(Duration::from_millis(100));
+    config.pong_timeout = Duration::from_millis(200);
+    let server = Server::builder()
+        .router(router(&Gate::new()))
+        .limits(LimitConfig::disabled())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .websocket(config)
+        .start()
+        .unwrap();
+    let mut stuck = raw_websocket(server.local_addr());
+    send_text(
+        &mut stuck,
+        r#"{"jsonrpc":"2.0","method":"subscribe","params":{"topic":"flood"},"id":1}"#,
+    );
+    let (op, response) = read_frame(&mut stuck);
+    assert_eq!(op, 0x81, "{}", String::from_utf8_lossy(&response));
+    // From now on it reads nothing: its socket buffers fill and the server's writes stall.
+    let client = connect(&url(server.local_addr()), no_reconnect()).unwrap();
+    // Raw JSON: copied as is, so the test does not spend its time escaping strings.
+    let payload = RawValue::from_string(format!("\"{}\"", "x".repeat(64 << 10))).unwrap();
+    for _ in 0..512 {
+        assert_eq!(server.publish("flood", &payload).unwrap().subscribers, 1);
+    }
+    assert_eq!(client.call::<i64>("add", (1, 2)).unwrap(), 3);
+    // Between write attempts the stalled driver runs its timers: the unanswered heartbeat
+    // drops the peer.
+    let start = std::time::Instant::now();
+    while server.connections() > 1 {
+        assert!(start.elapsed() < PATIENCE, "the stuck peer was not dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.publish("flood", &payload).unwrap().subscribers, 0);
+    assert_eq!(client.call::<i64>("add", (2, 2)).unwrap(), 4);
 }

@@ -173,6 +173,22 @@ pub(crate) fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (h[0], payload)
 }
 
+/// Sends a masked text frame.
+pub(crate) fn send_text(s: &mut TcpStream, text: &str) {
+    let mask = [9u8, 8, 7, 6];
+    let mut frame = vec![0x81];
+    match text.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+}
+
 /// Sends a masked close frame with `code`.
 pub(crate) fn send_close(s: &mut TcpStream, code: u16) {
     let mask = [1u8, 2, 3, 4];
