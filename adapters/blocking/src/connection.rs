@@ -112,7 +112,8 @@ struct Driver {
     done_tx: Sender<Completion>,
     done: Receiver<Completion>,
     jobs: Sender<Job>,
-    /// Input the connection could not take yet (backpressure); usually empty.
+    /// Input received and not yet taken by the connection (kept while it does not want to
+    /// read: backpressure).
     leftover: Vec<u8>,
     /// The reader reached end of file (or failed).
     eof: bool,

@@ -41,8 +41,18 @@
 //!   connection and a short-lived thread per connection attempt. [`Client`] handles talk to it
 //!   over a channel.
 //!
-//! Threads get small stacks, and an idle connection holds no read or write buffer beyond its
-//! reader's stack, so many idle connections stay cheap.
+//! Writes block a driver for at most 200 ms at a time, so its timers and a shutdown are still
+//! served while a peer reads slowly; a peer that takes no bytes at all for the longer of the
+//! WebSocket `pong_timeout` and `close_timeout` is dropped. An async handler occupies a
+//! worker until its future completes: with four running long, the next ones wait.
+//!
+//! Threads get small stacks and an idle connection holds no read or write buffer (its reader
+//! waits with a one-byte peek): about 32 KiB of resident memory per idle WebSocket connection
+//! in a release build on Linux x86-64, the touched pages of two thread stacks and the
+//! connection state, plus the kernel's own per-thread and per-socket memory.
+//!
+//! A blocked `accept` cannot be interrupted, so shutting a server down raises a flag and then
+//! connects to the listener once to wake the accept thread.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
