@@ -72,6 +72,8 @@ pub struct ServerConnection {
     now: Instant,
     deadline: Option<Instant>,
     shutting_down: bool,
+    /// The peer half-closed: answer what is pending, then close.
+    peer_eof: bool,
     waker: Option<Waker>,
 }
 
@@ -109,6 +111,7 @@ impl ServerConnection {
             now,
             deadline: handshake_timeout.map(|t| now + t),
             shutting_down: false,
+            peer_eof: false,
             waker: None,
         };
         if !admitted {
@@ -162,15 +165,26 @@ impl ServerConnection {
         used
     }
 
-    /// The transport reached end of file.
+    /// The transport reached end of file. A peer that half-closes after its request still
+    /// gets the response (then the connection closes).
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
+        self.peer_eof = true;
         match &mut self.phase {
             Phase::WebSocket(ws) => {
                 ws.handle_eof(now);
                 self.pump(now);
             }
-            _ => self.finish(),
+            // The response is on its way; `respond` will not keep the connection alive.
+            Phase::HttpCall { .. } => {}
+            Phase::Head { .. } | Phase::Body { .. } | Phase::Draining => {
+                if self.tx.is_empty() {
+                    self.finish();
+                } else {
+                    self.phase = Phase::Draining;
+                }
+            }
+            Phase::Closed => {}
         }
     }
 
@@ -275,6 +289,9 @@ impl ServerConnection {
         self.service.metrics().bytes_sent(n as u64);
         let own = n.min(self.tx.len());
         self.tx.advance(own);
+        if self.peer_eof && self.tx.is_empty() && matches!(self.phase, Phase::Draining) {
+            self.finish();
+        }
         n -= own;
         if n > 0 {
             if let Phase::WebSocket(ws) = &mut self.phase {
@@ -736,7 +753,7 @@ impl ServerConnection {
             all.push(("Access-Control-Allow-Origin", o));
             all.push(("Vary", "Origin"));
         }
-        let keep_alive = meta.keep_alive && !self.shutting_down;
+        let keep_alive = meta.keep_alive && !self.shutting_down && !self.peer_eof;
         let body = if meta.head_only { &b""[..] } else { body };
         self.tx.push_with(|b| write_response(b, status, &all, body, keep_alive));
         if keep_alive {

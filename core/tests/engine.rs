@@ -137,6 +137,26 @@ fn post_single_batch_notification_and_async() {
 }
 
 #[test]
+fn a_peer_that_half_closes_after_its_request_still_gets_the_response() {
+    let svc = service(ServiceConfig::default());
+    for body in [
+        r#"{"jsonrpc":"2.0","method":"later","params":[4],"id":1}"#,
+        r#"{"jsonrpc":"2.0","method":"add","params":[4,4],"id":1}"#,
+    ] {
+        let mut h = Http::new(&svc);
+        let wire = post(body, "");
+        let mut at = 0;
+        while at < wire.len() {
+            at += h.conn.handle_input(h.now, &wire[at..]);
+        }
+        h.conn.handle_eof(h.now);
+        let r = parse_responses(&h.exchange(b""));
+        assert_eq!(r[0].json()["result"], 8, "{body}");
+        assert!(h.conn.is_finished(), "closed once the response is written");
+    }
+}
+
+#[test]
 fn empty_body_is_answered_without_more_input() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);

@@ -225,3 +225,90 @@ pub mod async_std_adapter {
 
 pub use async_std_adapter::AsyncStd;
 pub use smol_adapter::Smol;
+
+pub mod blocking_adapter {
+    use super::*;
+
+    #[derive(Debug)]
+    pub struct Blocking;
+
+    struct Server(Option<wsrpc_blocking::Server>);
+
+    impl TestServer for Server {
+        fn addr(&self) -> SocketAddr {
+            self.0.as_ref().expect("running").local_addr()
+        }
+        fn publish(&self, topic: &str, value: &Value) -> u64 {
+            self.0.as_ref().expect("running").publish(topic, value).expect("valid topic").seq
+        }
+        fn metrics(&self) -> Snapshot {
+            self.0.as_ref().expect("running").metrics()
+        }
+        fn connections(&self) -> usize {
+            self.0.as_ref().expect("running").connections()
+        }
+        fn shutdown(mut self: Box<Self>, deadline: Duration) {
+            if let Some(s) = self.0.take() {
+                s.shutdown(deadline);
+            }
+        }
+    }
+
+    struct Client(wsrpc_blocking::Client);
+
+    impl TestClient for Client {
+        fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+            self.0.call(method, params)
+        }
+        fn call_with_timeout(
+            &self,
+            method: &str,
+            params: Value,
+            timeout: Duration,
+        ) -> Result<Value, ClientError> {
+            self.0.call_with_timeout(method, params, timeout)
+        }
+        fn notify(&self, method: &str, params: Value) -> Result<(), ClientError> {
+            self.0.notify(method, params)
+        }
+        fn batch(
+            &self,
+            calls: Vec<(&str, Value)>,
+        ) -> Result<Vec<Result<Value, ClientError>>, ClientError> {
+            let results = self.0.batch(calls)?;
+            Ok(results.into_iter().map(|r| r.map(raw_to_value)).collect())
+        }
+        fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError> {
+            Ok(Box::new(Subscription(self.0.subscribe(topic)?)))
+        }
+        fn close(self: Box<Self>) {
+            self.0.close();
+        }
+    }
+
+    struct Subscription(wsrpc_blocking::Subscription);
+
+    impl TestSubscription for Subscription {
+        fn next(&mut self, timeout: Duration) -> Option<SubscriptionEvent> {
+            self.0.recv_timeout(timeout).ok()
+        }
+    }
+
+    impl Adapter for Blocking {
+        const NAME: &'static str = "blocking";
+        fn start(
+            config: ServiceConfig,
+            router: Router,
+            bind: Bind,
+        ) -> std::io::Result<Box<dyn TestServer>> {
+            let server =
+                configure(wsrpc_blocking::Server::builder(), config, router, bind).start()?;
+            Ok(Box::new(Server(Some(server))))
+        }
+        fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError> {
+            Ok(Box::new(Client(wsrpc_blocking::connect(url, options)?)))
+        }
+    }
+}
+
+pub use blocking_adapter::Blocking;

@@ -425,3 +425,4 @@ macro_rules! adapter_tests {
 
 adapter_tests!(smol, wsrpc_tests::Smol);
 adapter_tests!(async_std, wsrpc_tests::AsyncStd);
+adapter_tests!(blocking, wsrpc_tests::Blocking);

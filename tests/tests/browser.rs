@@ -186,3 +186,8 @@ fn smol_cross_site_hijacking_is_refused() {
 fn async_std_cross_site_hijacking_is_refused() {
     cross_site_hijacking_is_refused::<wsrpc_tests::AsyncStd>();
 }
+
+#[test]
+fn blocking_cross_site_hijacking_is_refused() {
+    cross_site_hijacking_is_refused::<wsrpc_tests::Blocking>();
+}

@@ -178,6 +178,7 @@ macro_rules! interop_tests {
 
 interop_tests!(with_smol, wsrpc_tests::Smol);
 interop_tests!(with_async_std, wsrpc_tests::AsyncStd);
+interop_tests!(with_blocking, wsrpc_tests::Blocking);
 
 #[test]
 fn rpc_session_over_an_async_tungstenite_server_stream() {

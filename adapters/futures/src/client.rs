@@ -145,6 +145,7 @@ impl Client {
             ready: Some(ready_tx),
             timer: None,
             closing: None,
+            close_started: false,
         };
         rt.spawn(Box::pin(driver));
         match ready_rx.await {
@@ -280,6 +281,7 @@ struct ClientDriver<R: Runtime, S> {
     ready: Option<oneshot::Sender<Result<(), ClientError>>>,
     timer: Option<(Instant, BoxFuture<()>)>,
     closing: Option<oneshot::Sender<()>>,
+    close_started: bool,
 }
 
 struct BatchSlots {
@@ -423,6 +425,10 @@ where
     }
 
     fn begin_close(&mut self, now: Instant) {
+        if self.close_started {
+            return;
+        }
+        self.close_started = true;
         self.backoff = None;
         match &mut self.link {
             Link::Up { ws, open: true, .. } => {
@@ -604,9 +610,10 @@ where
                     }
                 }
                 ClientEvent::SubscribeFailed { subscription, error } => {
+                    let sink = self.subscriptions.remove(&subscription);
                     if let Some(reply) = self.pending_subscribes.remove(&subscription) {
                         let _ = reply.send(Err(error));
-                    } else if let Some(mut sink) = self.subscriptions.remove(&subscription) {
+                    } else if let Some(mut sink) = sink {
                         let _ = sink.events.try_send(SubscriptionEvent::Ended(error));
                     }
                 }

@@ -48,10 +48,13 @@ pub trait Runtime: Clone + Send + Sync + Unpin + 'static {
 /// An entropy source seeded from the operating system, for client mask keys and jitter.
 pub fn os_entropy() -> Box<wsrpc_core::Xoshiro256> {
     let mut seed = [0u8; 8];
-    // Without OS entropy fall back to the clock: masks stay unpredictable enough for a
-    // non-browser client.
+    // Without OS entropy fall back to the wall clock and an address: masks stay unpredictable
+    // enough for a non-browser client.
     if getrandom::fill(&mut seed).is_err() {
-        seed = (Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15).to_le_bytes();
+        let nanos =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos()
+                as u64;
+        seed = (nanos ^ (&seed as *const _ as u64).rotate_left(32)).to_le_bytes();
     }
     Box::new(wsrpc_core::Xoshiro256::from_seed(u64::from_le_bytes(seed)))
 }

@@ -415,3 +415,13 @@ impl ServerHandle {
         }
     }
 }
+
+impl Drop for ServerHandle {
+    /// A dropped server stops accepting and closes its connections gracefully in the
+    /// background (call [`shutdown`](Self::shutdown) to wait for it).
+    fn drop(&mut self) {
+        self.stop_accepting.store(true, Ordering::Release);
+        self.accept_waker.wake();
+        self.registry.begin_shutdown();
+    }
+}

@@ -462,6 +462,10 @@ impl ClientSession {
     /// Sends calls as one batch message; each answer comes as its own
     /// [`ClientEvent::Response`]. The batch takes one in-flight slot per call.
     pub fn batch(&mut self, now: Instant, calls: &[(&str, Option<&RawValue>)]) -> Vec<CallToken> {
+        if calls.is_empty() {
+            // `[]` is an invalid request; an empty batch has nothing to ask.
+            return Vec::new();
+        }
         let mut message = vec![b'['];
         let mut ids = Vec::with_capacity(calls.len());
         for (i, (method, params)) in calls.iter().enumerate() {
@@ -517,16 +521,19 @@ impl ClientSession {
         let Some(sub) = self.subscriptions.remove(&token) else { return };
         if let (Some(server_id), true) = (sub.server_id, self.connected) {
             self.by_server_id.remove(&server_id);
-            let id = self.new_id();
-            let params =
-                serde_json::value::to_raw_value(&[&*server_id]).expect("strings serialize");
-            let mut message = Vec::new();
-            write_request(&mut message, &self.config.methods.unsubscribe, Some(&params), Some(id));
-            let deadline = now + self.config.call_timeout;
-            self.pending.insert(id, Pending { kind: PendingKind::Unsubscribe, deadline });
-            self.deadlines.insert((deadline, id));
-            self.out.push_back(message);
+            self.send_unsubscribe(now, &server_id);
         }
+    }
+
+    fn send_unsubscribe(&mut self, now: Instant, server_id: &str) {
+        let id = self.new_id();
+        let params = serde_json::value::to_raw_value(&[server_id]).expect("strings serialize");
+        let mut message = Vec::new();
+        write_request(&mut message, &self.config.methods.unsubscribe, Some(&params), Some(id));
+        let deadline = now + self.config.call_timeout;
+        self.pending.insert(id, Pending { kind: PendingKind::Unsubscribe, deadline });
+        self.deadlines.insert((deadline, id));
+        self.out.push_back(message);
     }
 
     fn send_subscribe(&mut self, now: Instant, token: SubscriptionToken) {
@@ -626,17 +633,22 @@ impl ClientSession {
             }
             self.deadlines.pop_first();
             if let Some(p) = self.pending.remove(&id) {
-                self.in_flight = self.in_flight.saturating_sub(1);
                 match p.kind {
-                    PendingKind::Call(token) => self.events.push_back(ClientEvent::Response {
-                        call: token,
-                        result: Err(ClientError::Timeout),
-                    }),
+                    PendingKind::Call(token) => {
+                        // Only calls hold an in-flight slot.
+                        self.in_flight = self.in_flight.saturating_sub(1);
+                        self.events.push_back(ClientEvent::Response {
+                            call: token,
+                            result: Err(ClientError::Timeout),
+                        });
+                    }
                     PendingKind::Subscribe(token) => {
+                        // A failed subscription is dropped, not retried on every reconnect.
+                        self.subscriptions.remove(&token);
                         self.events.push_back(ClientEvent::SubscribeFailed {
                             subscription: token,
                             error: ClientError::Timeout,
-                        })
+                        });
                     }
                     PendingKind::Unsubscribe => {}
                 }
@@ -728,9 +740,7 @@ impl ClientSession {
         token: SubscriptionToken,
         result: Result<Box<RawValue>, RpcError>,
     ) {
-        let _ = now;
         let eth = self.config.methods.eth_style;
-        let Some(sub) = self.subscriptions.get_mut(&token) else { return };
         let parsed = result.map_err(ClientError::Rpc).and_then(|raw| {
             if eth {
                 serde_json::from_str::<String>(raw.get()).map(|s| (s, None))
@@ -740,6 +750,13 @@ impl ClientSession {
             }
             .map_err(|e| ClientError::Decode(e.to_string()))
         });
+        let Some(sub) = self.subscriptions.get_mut(&token) else {
+            // Unsubscribed while the answer was on its way: end it on the server too.
+            if let Ok((server_id, _)) = parsed {
+                self.send_unsubscribe(now, &server_id);
+            }
+            return;
+        };
         match parsed {
             Ok((server_id, epoch)) => {
                 if epoch.is_some() && sub.epoch.is_some() && epoch != sub.epoch {
@@ -981,5 +998,53 @@ mod tests {
             got.push((call, result.is_ok()));
         }
         assert_eq!(got, vec![(tokens[1], true), (tokens[0], false)]);
+    }
+
+    #[test]
+    fn timed_out_subscribe_frees_no_call_slot_and_is_dropped() {
+        let now = Instant::now();
+        let mut s =
+            ClientSession::new(ClientConfig { max_in_flight: 1, ..ClientConfig::default() });
+        s.handle_connected(now);
+        let _sub = s.subscribe(now, "t");
+        let _ = s.poll_message();
+        let _call = s.call(now, "m", None);
+        assert!(s.poll_message().is_some());
+        let _ = s.call(now + Duration::from_secs(20), "m2", None);
+        s.handle_timeout(now + Duration::from_secs(31));
+        // The subscribe and the first call timed out: one slot frees, not two.
+        assert!(s.poll_message().is_some());
+        assert!(s.poll_message().is_none());
+        s.handle_disconnected(now);
+        s.handle_connected(now);
+        let resubscribed = std::iter::from_fn(|| s.poll_message())
+            .any(|m| String::from_utf8_lossy(&m).contains("\"subscribe\""));
+        assert!(!resubscribed, "a failed subscription is not renewed");
+    }
+
+    #[test]
+    fn unsubscribing_while_the_subscribe_is_pending_ends_it_on_the_server() {
+        let now = Instant::now();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let sub = s.subscribe(now, "t");
+        let req: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        s.unsubscribe(now, sub);
+        assert!(s.poll_message().is_none());
+        let id = req["id"].as_u64().unwrap();
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x7"}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        let unsub: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        assert_eq!(
+            (unsub["method"].as_str(), &unsub["params"]),
+            (Some("unsubscribe"), &serde_json::json!(["0x7"]))
+        );
+        assert!(
+            s.batch(now, &[]).is_empty() && s.poll_message().is_none(),
+            "an empty batch sends nothing"
+        );
     }
 }
