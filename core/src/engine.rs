@@ -790,7 +790,9 @@ impl ServerConnection {
                     );
                 }
                 Event::Closed(closed) => {
-                    if matches!(closed.error, Some(ws::Error::Protocol(_))) {
+                    // Protocol violations, and peers that vanish mid-stream or stop answering,
+                    // are faults worth counting; a clean close is not.
+                    if closed.error.is_some() {
                         self.service.metrics().record_error(ErrorKind::Protocol);
                     }
                     log::debug!(target: "wsrpc::ws", "closed conn={} code={} clean={}", self.id, closed.code, closed.clean);
