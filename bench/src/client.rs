@@ -1,0 +1,525 @@
+//! The load client: one thread driving every connection over nonblocking sockets and epoll
+//! (edge-triggered), with sync tungstenite for the WebSocket protocol. It depends on nothing
+//! of wsrpc, so ours and the peers face the same client.
+//!
+//! It counts only correct answers: call results are checked against the arguments and the
+//! id, echoes byte for byte, notifications for sequence continuity per subscriber.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use serde::{Deserialize, Serialize};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use crate::servers::unix_nanos;
+use crate::sys;
+
+/// What one client run does; built by the orchestrator, passed on the command line as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Spec {
+    pub(crate) scenario: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) server_pid: u32,
+    pub(crate) conns: usize,
+    /// Requests (calls) or messages (echo) in flight per connection.
+    pub(crate) depth: usize,
+    /// Echo payload size in bytes.
+    pub(crate) payload: usize,
+    pub(crate) warmup_s: f64,
+    pub(crate) window_s: f64,
+    /// The fan-out publisher's ack port.
+    pub(crate) udp_port: u16,
+}
+
+/// What one client run measured; printed as one JSON line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Report {
+    /// Correct operations completed in the window (calls, echoes, deliveries).
+    pub(crate) ops: u64,
+    pub(crate) window_s: f64,
+    pub(crate) server_cpu_s: f64,
+    pub(crate) client_cpu_s: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    /// Slowest and fastest connection's rate over the window, per second.
+    pub(crate) min_conn_rate: f64,
+    pub(crate) max_conn_rate: f64,
+    /// Wrong answers, broken connections, failed handshakes.
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    /// Fan-out: notifications missing from a subscriber's sequence, and lag notices.
+    pub(crate) gaps: u64,
+    pub(crate) lagged: u64,
+    /// Idle: server RSS before and after connecting.
+    pub(crate) rss_before_kib: u64,
+    pub(crate) rss_after_kib: u64,
+    pub(crate) conns_ok: usize,
+}
+
+impl Report {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+}
+
+/// Runs the spec; the caller prints the report.
+pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
+    sys::raise_nofile();
+    match spec.scenario.as_str() {
+        "idle" => idle(spec),
+        "calls" | "echo" | "fanout" => Load::new(spec)?.run(),
+        other => Err(io::Error::other(format!("unknown scenario {other}"))),
+    }
+}
+
+fn connect(addr: SocketAddr, read_buffer: usize) -> io::Result<WebSocket<TcpStream>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    // Sized to the messages: tungstenite zero-fills the whole read buffer before each read.
+    let config = WebSocketConfig::default().read_buffer_size(read_buffer);
+    let (ws, _) =
+        tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
+            .map_err(|e| io::Error::other(format!("handshake: {e}")))?;
+    Ok(ws)
+}
+
+fn idle(spec: &Spec) -> io::Result<Report> {
+    let mut report = Report::default();
+    std::thread::sleep(Duration::from_millis(300));
+    report.rss_before_kib = sys::rss_kib(spec.server_pid)?;
+    let mut conns = Vec::with_capacity(spec.conns);
+    for _ in 0..spec.conns {
+        match connect(spec.addr, 4096) {
+            Ok(ws) => conns.push(ws),
+            Err(e) => {
+                report.error(e);
+                break;
+            }
+        }
+    }
+    // Let the server finish whatever follows a handshake, then measure.
+    std::thread::sleep(Duration::from_millis(700));
+    report.rss_after_kib = sys::rss_kib(spec.server_pid)?;
+    // Every connection must still be open: a close would be readable now.
+    for ws in &mut conns {
+        ws.get_mut().set_nonblocking(true)?;
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                report.conns_ok += 1
+            }
+            Ok(m) => report.error(format!("unexpected message on an idle connection: {m:?}")),
+            Err(e) => report.error(e),
+        }
+    }
+    report.ops = report.conns_ok as u64;
+    Ok(report)
+}
+
+/// Per-connection state of the active scenarios.
+struct Conn {
+    ws: WebSocket<TcpStream>,
+    broken: bool,
+    /// Correct operations in the window.
+    done: u64,
+    /// Calls: (id, sent) per pipeline slot; echo: the in-flight (seq, sent) in order.
+    slots: Vec<(u64, Instant)>,
+    in_flight: VecDeque<(u64, Instant)>,
+    next_seq: u64,
+    /// Echo: the payload whose first 8 bytes are replaced by the sequence number.
+    template: Vec<u8>,
+    /// Fan-out: subscribed, and the last sequence number received.
+    subscribed: bool,
+    last_seq: u64,
+}
+
+#[derive(Deserialize)]
+struct CallResponse {
+    id: u64,
+    result: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    method: Option<&'a str>,
+    params: Option<NotificationParams>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct NotificationParams {
+    result: Option<TickIn>,
+}
+
+#[derive(Deserialize)]
+struct TickIn {
+    seq: u64,
+    ts: u64,
+}
+
+/// Slots are numbered in the low bits of a call id.
+const SLOT_BITS: u32 = 6;
+/// Fan-out ack ring (far larger than the publish window).
+const RING: usize = 4096;
+
+struct Load<'s> {
+    spec: &'s Spec,
+    epoll: rustix::fd::OwnedFd,
+    conns: Vec<Conn>,
+    report: Report,
+    in_window: bool,
+    latencies_ns: Vec<u64>,
+    // Fan-out.
+    udp: Option<UdpSocket>,
+    subscribed: usize,
+    reached: Vec<u32>,
+    acked: u64,
+    last_ack_sent: Instant,
+}
+
+impl<'s> Load<'s> {
+    fn new(spec: &'s Spec) -> io::Result<Self> {
+        let read_buffer = match spec.scenario.as_str() {
+            "echo" => (spec.payload * 2).clamp(4096, 64 * 1024),
+            "fanout" => 16 * 1024,
+            _ => 4096,
+        };
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let mut conns = Vec::with_capacity(spec.conns);
+        for i in 0..spec.conns {
+            let ws = connect(spec.addr, read_buffer)?;
+            ws.get_ref().set_nonblocking(true)?;
+            epoll::add(
+                &epoll,
+                ws.get_ref(),
+                epoll::EventData::new_u64(i as u64),
+                epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::ET,
+            )?;
+            let mut template = vec![0u8; spec.payload.max(8)];
+            for (k, b) in template.iter_mut().enumerate() {
+                *b = (k as u8).wrapping_mul(31).wrapping_add(i as u8);
+            }
+            conns.push(Conn {
+                ws,
+                broken: false,
+                done: 0,
+                slots: vec![(u64::MAX, Instant::now()); spec.depth.max(1)],
+                in_flight: VecDeque::new(),
+                next_seq: 1,
+                template,
+                subscribed: false,
+                last_seq: 0,
+            });
+        }
+        let udp = if spec.scenario == "fanout" {
+            let udp = UdpSocket::bind("127.0.0.1:0")?;
+            udp.connect(("127.0.0.1", spec.udp_port))?;
+            Some(udp)
+        } else {
+            None
+        };
+        Ok(Self {
+            spec,
+            epoll,
+            conns,
+            report: Report::default(),
+            in_window: false,
+            latencies_ns: Vec::new(),
+            udp,
+            subscribed: 0,
+            reached: vec![0; RING],
+            acked: 0,
+            last_ack_sent: Instant::now(),
+        })
+    }
+
+    fn run(mut self) -> io::Result<Report> {
+        let depth = self.spec.depth.max(1);
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            match self.spec.scenario.as_str() {
+                "calls" => {
+                    for slot in 0..depth {
+                        self.send_call(i, slot, now);
+                    }
+                }
+                "echo" => {
+                    for _ in 0..depth {
+                        self.send_echo(i, now);
+                    }
+                }
+                _ => {
+                    let sub = r#"{"jsonrpc":"2.0","method":"subscribe","params":["t"],"id":1}"#;
+                    let _ = self.conns[i].ws.write(Message::text(sub));
+                }
+            }
+            self.flush(i);
+        }
+        let fanout = self.spec.scenario == "fanout";
+        // Fan-out starts its clock when every subscriber is subscribed (bounded wait).
+        let mut start = if fanout { None } else { Some(Instant::now()) };
+        let setup_deadline = Instant::now() + Duration::from_secs(60);
+        let warmup = Duration::from_secs_f64(self.spec.warmup_s);
+        let window = Duration::from_secs_f64(self.spec.window_s);
+        let (mut cpu0, mut own0, mut t0) = (0.0, 0.0, Instant::now());
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
+        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
+        loop {
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&timeout),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready: Vec<usize> = events.iter().map(|e| e.data.u64() as usize).collect();
+            for i in ready {
+                self.service(i);
+            }
+            let now = Instant::now();
+            if fanout {
+                self.fanout_acks(now, start.is_some());
+                if start.is_none() {
+                    if self.subscribed == self.conns.len() {
+                        self.send_ack(0, now);
+                        start = Some(now);
+                    } else if now > setup_deadline {
+                        return Err(io::Error::other(format!(
+                            "only {} of {} subscribed",
+                            self.subscribed,
+                            self.conns.len()
+                        )));
+                    }
+                }
+            }
+            let Some(s) = start else { continue };
+            if !self.in_window && now >= s + warmup {
+                cpu0 = sys::cpu_seconds(self.spec.server_pid)?;
+                own0 = sys::own_cpu_seconds();
+                t0 = Instant::now();
+                self.in_window = true;
+                self.latencies_ns.clear();
+                for c in &mut self.conns {
+                    c.done = 0;
+                }
+                self.report.ops = 0;
+            } else if self.in_window && now >= t0 + window {
+                let cpu1 = sys::cpu_seconds(self.spec.server_pid)?;
+                let secs = t0.elapsed().as_secs_f64();
+                self.report.client_cpu_s = sys::own_cpu_seconds() - own0;
+                self.report.server_cpu_s = cpu1 - cpu0;
+                self.report.window_s = secs;
+                break;
+            }
+        }
+        let secs = self.report.window_s;
+        self.report.ops = self.conns.iter().map(|c| c.done).sum();
+        let rates = self.conns.iter().map(|c| c.done as f64 / secs);
+        self.report.min_conn_rate = rates.clone().fold(f64::INFINITY, f64::min);
+        self.report.max_conn_rate = rates.fold(0.0, f64::max);
+        self.report.conns_ok = self.conns.iter().filter(|c| !c.broken).count();
+        let mut lat = std::mem::take(&mut self.latencies_ns);
+        lat.sort_unstable();
+        let q = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return f64::NAN;
+            }
+            let idx = ((lat.len() - 1) as f64 * p).round() as usize;
+            lat[idx] as f64 / 1000.0
+        };
+        self.report.p50_us = q(0.50);
+        self.report.p99_us = q(0.99);
+        self.report.p999_us = q(0.999);
+        Ok(self.report)
+    }
+
+    /// Reads everything the connection has, answers it, then writes once.
+    fn service(&mut self, i: usize) {
+        if self.conns[i].broken {
+            return;
+        }
+        loop {
+            let msg = match self.conns[i].ws.read() {
+                Ok(m) => m,
+                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.fail(i, format!("connection {i}: {e}"));
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let result = match msg {
+                Message::Text(t) => match self.spec.scenario.as_str() {
+                    "calls" => self.on_call_response(i, t.as_str(), now),
+                    "fanout" => self.on_notification(i, t.as_str()),
+                    _ => Err("unexpected text".into()),
+                },
+                Message::Binary(b) if self.spec.scenario == "echo" => self.on_echo(i, &b, now),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+                other => Err(format!("unexpected message {other:?}")),
+            };
+            if let Err(e) = result {
+                self.fail(i, format!("connection {i}: {e}"));
+                return;
+            }
+        }
+        self.flush(i);
+    }
+
+    fn fail(&mut self, i: usize, e: String) {
+        self.conns[i].broken = true;
+        self.report.error(e);
+        let _ = epoll::delete(&self.epoll, self.conns[i].ws.get_ref());
+    }
+
+    fn flush(&mut self, i: usize) {
+        match self.conns[i].ws.flush() {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => self.fail(i, format!("connection {i}: write: {e}")),
+        }
+    }
+
+    fn write(&mut self, i: usize, msg: Message) {
+        match self.conns[i].ws.write(msg) {
+            Ok(()) => {}
+            // Queued; the flush continues when the socket is writable again.
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => self.fail(i, format!("connection {i}: write: {e}")),
+        }
+    }
+
+    fn send_call(&mut self, i: usize, slot: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let id = (c.next_seq << SLOT_BITS) | slot as u64;
+        c.next_seq += 1;
+        c.slots[slot] = (id, now);
+        let text = format!(r#"{{"jsonrpc":"2.0","method":"add","params":[{id},{i}],"id":{id}}}"#);
+        self.write(i, Message::text(text));
+    }
+
+    fn on_call_response(&mut self, i: usize, text: &str, now: Instant) -> Result<(), String> {
+        let r: CallResponse =
+            serde_json::from_str(text).map_err(|e| format!("bad response {text}: {e}"))?;
+        let slot = (r.id & ((1 << SLOT_BITS) - 1)) as usize;
+        let (id, sent) = *self.conns[i].slots.get(slot).ok_or("id out of range")?;
+        if id != r.id || r.result != Some(r.id as i64 + i as i64) {
+            return Err(format!("wrong answer {text} (expected id {id})"));
+        }
+        self.record(i, now - sent);
+        self.send_call(i, slot, now);
+        Ok(())
+    }
+
+    fn send_echo(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        let mut data = c.template.clone();
+        data[..8].copy_from_slice(&seq.to_le_bytes());
+        c.in_flight.push_back((seq, now));
+        self.write(i, Message::binary(data));
+    }
+
+    fn on_echo(&mut self, i: usize, data: &[u8], now: Instant) -> Result<(), String> {
+        let c = &mut self.conns[i];
+        let (seq, sent) = c.in_flight.pop_front().ok_or("echo with nothing in flight")?;
+        if data.len() != c.template.len()
+            || data[..8] != seq.to_le_bytes()
+            || data[8..] != c.template[8..]
+        {
+            return Err(format!("echo {seq} does not match what was sent"));
+        }
+        self.record(i, now - sent);
+        self.send_echo(i, now);
+        Ok(())
+    }
+
+    fn on_notification(&mut self, i: usize, text: &str) -> Result<(), String> {
+        let m: Incoming<'_> =
+            serde_json::from_str(text).map_err(|e| format!("bad message {text}: {e}"))?;
+        if m.id.is_some() {
+            if m.error.is_some() {
+                return Err(format!("subscribe failed: {text}"));
+            }
+            if !self.conns[i].subscribed {
+                self.conns[i].subscribed = true;
+                self.subscribed += 1;
+            }
+            return Ok(());
+        }
+        if m.method != Some("subscription") {
+            self.report.lagged += 1;
+            return Ok(());
+        }
+        let tick = m.params.and_then(|p| p.result).ok_or_else(|| format!("no tick in {text}"))?;
+        let delay = unix_nanos().saturating_sub(tick.ts);
+        let c = &mut self.conns[i];
+        let last = c.last_seq;
+        if tick.seq <= last {
+            return Err(format!("sequence went from {last} to {}", tick.seq));
+        }
+        if last != 0 && tick.seq != last + 1 {
+            self.report.gaps += tick.seq - last - 1;
+        }
+        c.last_seq = tick.seq;
+        // Every sequence number up to this one is now behind this subscriber.
+        let from = last.max(self.acked) + 1;
+        for s in from..=tick.seq.min(from + RING as u64 - 1) {
+            self.reached[(s % RING as u64) as usize] += 1;
+        }
+        self.record_ns(i, delay);
+        Ok(())
+    }
+
+    /// Advances the ack over every sequence number all live subscribers have passed.
+    fn fanout_acks(&mut self, now: Instant, started: bool) {
+        if !started {
+            return;
+        }
+        let live = self.conns.iter().filter(|c| !c.broken).count() as u32;
+        let before = self.acked;
+        loop {
+            let slot = ((self.acked + 1) % RING as u64) as usize;
+            if self.reached[slot] < live || live == 0 {
+                break;
+            }
+            self.reached[slot] = 0;
+            self.acked += 1;
+        }
+        // Acks are datagrams: resend now and then in case one was lost.
+        if self.acked != before || now - self.last_ack_sent > Duration::from_millis(5) {
+            self.send_ack(self.acked, now);
+        }
+    }
+
+    fn send_ack(&mut self, seq: u64, now: Instant) {
+        if let Some(udp) = &self.udp {
+            let _ = udp.send(&seq.to_le_bytes());
+        }
+        self.last_ack_sent = now;
+    }
+
+    fn record(&mut self, i: usize, latency: Duration) {
+        self.record_ns(i, latency.as_nanos() as u64);
+    }
+
+    fn record_ns(&mut self, i: usize, ns: u64) {
+        if self.in_window {
+            self.conns[i].done += 1;
+            self.latencies_ns.push(ns);
+        }
+    }
+}

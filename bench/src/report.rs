@@ -1,0 +1,325 @@
+//! Metrics from client reports, medians over rounds, the ratio rows, the table and `--json`.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::client::Report;
+use crate::runner::{Case, Options, Results, cases};
+
+/// One metric of a scenario.
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    get: fn(&Report) -> f64,
+}
+
+fn rate(r: &Report) -> f64 {
+    r.ops as f64 / r.window_s
+}
+
+fn cpu_us(r: &Report) -> f64 {
+    r.server_cpu_s * 1e6 / r.ops as f64
+}
+
+fn metrics(scenario: &str) -> Vec<Metric> {
+    let m = |name, unit, higher_is_better, get| Metric { name, unit, higher_is_better, get };
+    match scenario {
+        "echo" => vec![
+            m("messages/s", "messages/s (higher is better)", true, rate),
+            m(
+                "cpu_us/msg",
+                "server CPU µs per message (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m("p99_us", "µs round trip (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
+        ],
+        "calls" => vec![
+            m("calls/s", "calls/s (higher is better)", true, rate),
+            m(
+                "cpu_us/call",
+                "server CPU µs per call (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m("p50_us", "µs (lower is better; ratio = peer/ours)", false, |r| r.p50_us),
+            m("p99_us", "µs (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
+            m("p99.9_us", "µs (lower is better; ratio = peer/ours)", false, |r| r.p999_us),
+            m(
+                "slowest_conn/s",
+                "calls/s of the slowest connection (higher is better)",
+                true,
+                |r| r.min_conn_rate,
+            ),
+            m("fastest_conn/s", "calls/s of the fastest connection (information)", true, |r| {
+                r.max_conn_rate
+            }),
+            m("fairness", "slowest/fastest connection rate (higher is better)", true, |r| {
+                r.min_conn_rate / r.max_conn_rate
+            }),
+        ],
+        "fanout" => vec![
+            m("deliveries/s", "notifications received/s (higher is better)", true, rate),
+            m(
+                "cpu_us/delivery",
+                "server CPU µs per delivery (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m(
+                "p99_delay_ms",
+                "publish→receipt ms (lower is better; ratio = peer/ours)",
+                false,
+                |r| r.p99_us / 1000.0,
+            ),
+        ],
+        "idle" => vec![m(
+            "KiB/conn",
+            "server RSS KiB per idle connection (lower is better; ratio = peer/ours)",
+            false,
+            |r| (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64,
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let finite = v.iter().copied().filter(|x| x.is_finite());
+    (finite.clone().fold(f64::INFINITY, f64::min), finite.fold(f64::NEG_INFINITY, f64::max))
+}
+
+fn values(results: &Results, case: &str, server: &str, metric: &Metric) -> Vec<f64> {
+    results
+        .get(&(case.to_string(), server.to_string()))
+        .map(|rs| rs.iter().map(metric.get).collect())
+        .unwrap_or_default()
+}
+
+/// One comparison: ours next to a peer, medians over the rounds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    pub(crate) scenario: String,
+    pub(crate) case: String,
+    pub(crate) server: String,
+    pub(crate) peer: String,
+    pub(crate) metric: String,
+    pub(crate) value: Option<f64>,
+    pub(crate) peer_value: Option<f64>,
+    pub(crate) unit: String,
+    /// Ours/peer, inverted for lower-is-better metrics so that higher is always better.
+    pub(crate) ratio: Option<f64>,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+pub(crate) fn rows(
+    scenario: &'static str,
+    ours: &[&str],
+    peers: &[&str],
+    results: &Results,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for case in cases(scenario) {
+        for metric in metrics(scenario) {
+            for &server in ours {
+                let value = median(values(results, &case.name, server, &metric));
+                for &peer in peers {
+                    let peer_value = median(values(results, &case.name, peer, &metric));
+                    let ratio = if metric.higher_is_better {
+                        value / peer_value
+                    } else {
+                        peer_value / value
+                    };
+                    rows.push(Row {
+                        scenario: scenario.into(),
+                        case: case.name.clone(),
+                        server: server.into(),
+                        peer: peer.into(),
+                        metric: metric.name.into(),
+                        value: finite(value),
+                        peer_value: finite(peer_value),
+                        unit: metric.unit.into(),
+                        ratio: finite(ratio),
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Per-server medians with their spread and who was busy, for the second table.
+pub(crate) struct Raw {
+    scenario: &'static str,
+    case: String,
+    server: String,
+    runs: usize,
+    cells: Vec<String>,
+}
+
+pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -> Vec<Raw> {
+    let mut out = Vec::new();
+    for case in cases(scenario) {
+        for &server in servers {
+            let runs = results.get(&(case.name.clone(), server.to_string()));
+            let n = runs.map_or(0, Vec::len);
+            let mut cells = Vec::new();
+            for metric in metrics(scenario) {
+                let v = values(results, &case.name, server, &metric);
+                let (lo, hi) = spread(&v);
+                cells.push(format!("{} {} [{}–{}]", metric.name, num(median(v)), num(lo), num(hi)));
+            }
+            if let Some(rs) = runs.filter(|r| !r.is_empty()) {
+                let busy = median(rs.iter().map(|r| 100.0 * r.server_cpu_s / r.window_s).collect());
+                let client =
+                    median(rs.iter().map(|r| 100.0 * r.client_cpu_s / r.window_s).collect());
+                if scenario != "idle" {
+                    cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
+                }
+                if scenario == "fanout" {
+                    let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
+                    let lagged: u64 = rs.iter().map(|r| r.lagged).sum();
+                    cells.push(format!("gaps {gaps}, lag notices {lagged} (all rounds)"));
+                }
+            }
+            out.push(Raw {
+                scenario,
+                case: case.name.clone(),
+                server: server.into(),
+                runs: n,
+                cells,
+            });
+        }
+    }
+    out
+}
+
+/// A short line for the progress log.
+pub(crate) fn brief(case: &Case, r: &Report) -> String {
+    match case.scenario {
+        "idle" => format!(
+            "{:.1} KiB/conn ({} conns)",
+            (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64,
+            r.conns_ok
+        ),
+        _ => format!(
+            "{:.0}/s, {:.2} µs CPU/op, p99 {:.0} µs, server CPU {:.0}%, client CPU {:.0}%{}",
+            rate(r),
+            cpu_us(r),
+            r.p99_us,
+            100.0 * r.server_cpu_s / r.window_s,
+            100.0 * r.client_cpu_s / r.window_s,
+            if case.scenario == "fanout" {
+                format!(", gaps {} lagged {}", r.gaps, r.lagged)
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "FAILED".into()
+    } else if x.abs() >= 1000.0 {
+        let s = format!("{:.0}", x);
+        // Thousands separators for readability.
+        let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or_else(|| "FAILED".into(), num)
+}
+
+/// The Markdown tables: ratio rows, then per-server medians with spread.
+pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n## Ours vs peers (medians of {} rounds{}; ratio = ours/peer, inverted for lower-is-better metrics, so > 1 means ours is better)\n",
+        options.rounds,
+        if options.quick { ", --quick" } else { "" }
+    );
+    let _ =
+        writeln!(t, "| scenario | case | metric | server | value | peer | peer value | ratio |");
+    let _ = writeln!(t, "|---|---|---|---|---:|---|---:|---:|");
+    for r in rows {
+        let ratio = r.ratio.map_or_else(|| "—".into(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.case,
+            r.metric,
+            r.server,
+            opt(r.value),
+            r.peer,
+            opt(r.peer_value),
+            ratio
+        );
+    }
+    let _ = writeln!(t, "\n## Per server: median [min–max] over the rounds\n");
+    let _ = writeln!(t, "| scenario | case | server | runs | medians |");
+    let _ = writeln!(t, "|---|---|---|---:|---|");
+    for r in raw {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.case,
+            r.server,
+            r.runs,
+            r.cells.join("; ")
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nwarm-up {} s, window {} s per run; echo keeps {} messages in flight per connection; total {:.0} s",
+        options.warmup_s,
+        options.window_s,
+        crate::runner::ECHO_DEPTH,
+        elapsed
+    );
+    t
+}
+
+/// One JSON object per row, one per line.
+pub(crate) fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
+    let mut out = String::new();
+    for r in rows {
+        out.push_str(&serde_json::to_string(r).map_err(io::Error::other)?);
+        out.push('\n');
+    }
+    std::fs::write(path, out)
+}

@@ -1,0 +1,286 @@
+//! The orchestrator: starts a fresh server process per run, runs the client process against
+//! it, alternates servers round by round, and hands the reports to [`crate::report`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::client::{Report, Spec};
+use crate::report;
+
+/// Command-line options of a benchmark run.
+#[derive(Debug)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) servers: Option<Vec<String>>,
+    pub(crate) json: Option<PathBuf>,
+    pub(crate) rounds: usize,
+    pub(crate) warmup_s: f64,
+    pub(crate) window_s: f64,
+}
+
+impl Options {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Self { quick, servers: None, json: None, rounds: 3, warmup_s: 0.3, window_s: 1.0 }
+        } else {
+            Self { quick, servers: None, json: None, rounds: 5, warmup_s: 1.0, window_s: 5.0 }
+        }
+    }
+}
+
+/// One load shape of a scenario.
+#[derive(Clone, Debug)]
+pub(crate) struct Case {
+    pub(crate) scenario: &'static str,
+    pub(crate) name: String,
+    pub(crate) conns: usize,
+    pub(crate) depth: usize,
+    pub(crate) payload: usize,
+}
+
+/// Echo keeps this many messages in flight per connection (pipelining, so an efficient
+/// server is not hidden behind the one-thread client).
+pub(crate) const ECHO_DEPTH: usize = 4;
+
+pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
+    let case = |name: String, conns, depth, payload| Case { scenario, name, conns, depth, payload };
+    match scenario {
+        "echo" => vec![
+            case("100 x 20 B".into(), 100, ECHO_DEPTH, 20),
+            case("200 x 16 KiB".into(), 200, ECHO_DEPTH, 16 << 10),
+            case("10 x 1 KiB".into(), 10, ECHO_DEPTH, 1 << 10),
+        ],
+        "calls" => {
+            let mut v = Vec::new();
+            for conns in [1, 16, 256, 1024] {
+                for depth in [1, 32] {
+                    v.push(case(format!("{conns} conn x depth {depth}"), conns, depth, 0));
+                }
+            }
+            v
+        }
+        "fanout" => vec![
+            case("1,000 subscribers".into(), 1000, 0, 0),
+            case("10,000 subscribers".into(), 10_000, 0, 0),
+        ],
+        "idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
+        _ => Vec::new(),
+    }
+}
+
+/// Ours and the peers that a scenario compares.
+pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    match scenario {
+        "echo" => (vec!["wsrpc-echo"], vec!["tokio-tungstenite", "fastwebsockets"]),
+        "calls" | "fanout" => {
+            (vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"], vec!["jsonrpsee"])
+        }
+        "idle" => (
+            vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking", "wsrpc-echo"],
+            vec!["jsonrpsee", "tokio-tungstenite", "fastwebsockets"],
+        ),
+        _ => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Reports of every run: (case name, server) → one report per successful round.
+pub(crate) type Results = BTreeMap<(String, String), Vec<Report>>;
+
+pub(crate) fn run(scenarios: &[&'static str], options: &Options) -> io::Result<()> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for &scenario in scenarios {
+        let (ours, peers) = servers_for(scenario);
+        let keep = |s: &&str| options.servers.as_ref().is_none_or(|l| l.iter().any(|n| n == s));
+        let ours: Vec<&str> = ours.into_iter().filter(keep).collect();
+        let peers: Vec<&str> = peers.into_iter().filter(keep).collect();
+        let all: Vec<&str> = ours.iter().chain(&peers).copied().collect();
+        if all.is_empty() {
+            continue;
+        }
+        let mut results = Results::new();
+        for case in cases(scenario) {
+            for round in 1..=options.rounds {
+                for &server in &all {
+                    let t = Instant::now();
+                    let outcome = run_one(server, &case, options);
+                    let took = t.elapsed().as_secs_f64();
+                    let entry = results.entry((case.name.clone(), server.to_string())).or_default();
+                    match outcome {
+                        Ok(r) => {
+                            eprintln!(
+                                "[{:>5.0}s] {scenario:<6} {:<22} round {round} {server:<17} {} ({took:.1}s)",
+                                started.elapsed().as_secs_f64(),
+                                case.name,
+                                report::brief(&case, &r)
+                            );
+                            entry.push(r);
+                        }
+                        Err(e) => eprintln!(
+                            "[{:>5.0}s] {scenario:<6} {:<22} round {round} {server:<17} FAILED: {e}",
+                            started.elapsed().as_secs_f64(),
+                            case.name
+                        ),
+                    }
+                }
+            }
+        }
+        rows.extend(report::rows(scenario, &ours, &peers, &results));
+        raw.extend(report::raw(scenario, &all, &results));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let text = report::table(&rows, &raw, options, elapsed);
+    println!("{text}");
+    if let Some(path) = &options.json {
+        report::write_json(path, &rows)?;
+        eprintln!("wrote {} rows to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+/// A child process that is killed and reaped when dropped, on every path including panics.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let fanout = case.scenario == "fanout";
+    let mut cmd = Command::new(&exe);
+    cmd.arg("serve").arg(server);
+    if fanout {
+        cmd.arg("--fanout");
+    }
+    // Executors on one thread, like the peers' current-thread tokio runtimes.
+    cmd.env("SMOL_THREADS", "1").env("ASYNC_STD_THREAD_COUNT", "1");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Proc(cmd.spawn().map_err(|e| format!("spawn server: {e}"))?);
+    let pid = child.0.id();
+    // Keep the tail of the server's stderr to explain a crash.
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    if let Some(err) = child.0.stderr.take() {
+        let tail = stderr_tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == 3 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+    }
+    let result = drive(&exe, pid, &mut child, case, options);
+    result.map_err(|e| {
+        // Give the reader a moment to collect the server's last words.
+        std::thread::sleep(Duration::from_millis(50));
+        let tail = stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let tail: Vec<&str> = tail.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+        if tail.is_empty() { e } else { format!("{e}; server stderr: {}", tail.join(" / ")) }
+    })
+}
+
+fn drive(
+    exe: &std::path::Path,
+    pid: u32,
+    child: &mut Proc,
+    case: &Case,
+    options: &Options,
+) -> Result<Report, String> {
+    let stdout = child.0.stdout.take().ok_or("no server stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(|_| "server did not report READY".to_string())?;
+    let mut parts = line.split_whitespace();
+    let (Some("READY"), Some(port), Some(udp)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("server said {line:?}"));
+    };
+    let port: u16 = port.parse().map_err(|_| format!("bad port in {line:?}"))?;
+    let udp_port: u16 = udp.parse().map_err(|_| format!("bad port in {line:?}"))?;
+    let spec = Spec {
+        scenario: case.scenario.to_string(),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        server_pid: pid,
+        conns: case.conns,
+        depth: case.depth,
+        payload: case.payload,
+        warmup_s: options.warmup_s,
+        window_s: options.window_s,
+        udp_port,
+    };
+    let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+    let mut client = Proc(
+        Command::new(exe)
+            .arg("client")
+            .arg(spec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn client: {e}"))?,
+    );
+    // Bounded: setup of up to 10,000 connections plus the window.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = client.0.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Err(format!("server exited during the run ({status})"));
+        }
+        if Instant::now() > deadline {
+            return Err("client timed out".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = client.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = client.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if let Ok(Some(status)) = child.0.try_wait() {
+        return Err(format!("server exited during the run ({status})"));
+    }
+    if !status.success() {
+        return Err(format!("client failed: {}", err.trim()));
+    }
+    let report: Report = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("client printed no report: {out:?}"))?;
+    if report.errors > 0 {
+        return Err(format!(
+            "{} errors, first: {}",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if report.ops == 0 {
+        return Err("no operation completed".into());
+    }
+    Ok(report)
+}
