@@ -287,6 +287,13 @@ impl RpcSession {
         }
         loop {
             if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+                // Nothing queued: hold no buffers while idle.
+                if self.drained.capacity() > 0 {
+                    self.drained = VecDeque::new();
+                }
+                if self.out.capacity() > 0 {
+                    self.out = VecDeque::new();
+                }
                 return None;
             }
             let item = self.drained.pop_front()?;
