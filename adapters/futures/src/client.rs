@@ -489,39 +489,37 @@ where
         }
         // Read.
         if !*eof {
-            let mut buf = [0u8; 16 * 1024];
-            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    *eof = true;
-                    ws.handle_eof(now);
-                    progress = true;
-                }
-                Poll::Ready(Ok(n)) => {
-                    let session = &mut self.session;
-                    let mut became_open = false;
-                    let mut closed = false;
-                    ws.handle_all_input(now, &buf[..n], |_, event| match event {
-                        Event::Connected(_) => became_open = true,
-                        Event::Message(m) if m.kind == MessageKind::Text => {
-                            session.handle_message(now, &m.data);
-                        }
-                        Event::Closed(_) => closed = true,
-                        _ => {}
-                    });
-                    if became_open {
-                        *open = true;
-                        session.handle_connected(now);
-                        if let Some(b) = self.backoff.as_mut() {
-                            b.reset();
-                        }
-                        if let Some(tx) = self.ready.take() {
-                            let _ = tx.send(Ok(()));
-                        }
+            let session = &mut self.session;
+            let mut became_open = false;
+            let read =
+                crate::with_read_buffer(|buf| match Pin::new(&mut *stream).poll_read(cx, buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        *eof = true;
+                        ws.handle_eof(now);
+                        true
                     }
-                    let _ = closed;
-                    progress = true;
+                    Poll::Ready(Ok(n)) => {
+                        ws.handle_all_input(now, &buf[..n], |_, event| match event {
+                            Event::Connected(_) => became_open = true,
+                            Event::Message(m) if m.kind == MessageKind::Text => {
+                                session.handle_message(now, &m.data);
+                            }
+                            _ => {}
+                        });
+                        true
+                    }
+                    Poll::Pending => false,
+                });
+            progress |= read;
+            if became_open {
+                *open = true;
+                session.handle_connected(now);
+                if let Some(b) = self.backoff.as_mut() {
+                    b.reset();
                 }
-                Poll::Pending => {}
+                if let Some(tx) = self.ready.take() {
+                    let _ = tx.send(Ok(()));
+                }
             }
         }
         while let Some(event) = ws.poll_event() {

@@ -68,3 +68,25 @@ impl wsrpc_core::service::Clock for SystemClock {
         Instant::now()
     }
 }
+
+/// Bytes read per `poll_read`.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// One read buffer per executor thread, shared by every connection it drives: an idle
+    /// connection holds no read buffer, and no buffer is zeroed per read.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's read buffer (a fresh one if `f` is re-entered on this thread).
+pub(crate) fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.is_empty() {
+                buf.resize(READ_CHUNK, 0);
+            }
+            f(&mut buf)
+        }
+        Err(_) => f(&mut vec![0u8; READ_CHUNK]),
+    })
+}

@@ -73,7 +73,7 @@ async fn accept_loop(
                     Ok(stream) => rt.spawn(Box::pin(serve_connection(
                         rt.clone(),
                         service.clone(),
-                        TcpConn(stream),
+                        TcpConn::new(stream),
                         registry.clone(),
                     ))),
                     Err(e) => log::warn!(target: "wsrpc::http", "cannot register connection: {e}"),
@@ -98,7 +98,7 @@ pub fn connect(authority: String) -> BoxFuture<io::Result<TcpConn>> {
             match Async::<TcpStream>::connect(addr).await {
                 Ok(s) => {
                     let _ = s.get_ref().set_nodelay(true);
-                    return Ok(TcpConn(s));
+                    return Ok(TcpConn::new(s));
                 }
                 Err(e) => last = e,
             }
@@ -109,9 +109,25 @@ pub fn connect(authority: String) -> BoxFuture<io::Result<TcpConn>> {
 
 /// A TCP stream on async-io whose `poll_close` half-closes (FIN after the last byte), which
 /// the drive loop relies on for its lingering close. (`Async<TcpStream>` itself only
-/// flushes on close.)
+/// flushes on close.) Reads are gated by readiness: after a read that emptied the socket the
+/// next one waits for the reactor instead of making a system call that would only fail.
 #[derive(Debug)]
-pub struct TcpConn(pub Async<TcpStream>);
+pub struct TcpConn {
+    io: Async<TcpStream>,
+    drained: bool,
+}
+
+impl TcpConn {
+    /// Wraps a registered stream.
+    pub fn new(io: Async<TcpStream>) -> Self {
+        Self { io, drained: false }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &TcpStream {
+        self.io.get_ref()
+    }
+}
 
 impl futures_io::AsyncRead for TcpConn {
     fn poll_read(
@@ -119,7 +135,27 @@ impl futures_io::AsyncRead for TcpConn {
         cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        use std::io::Read as _;
+        let this = self.get_mut();
+        loop {
+            if this.drained {
+                match this.io.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => this.drained = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match (&mut this.io.get_ref()).read(buf) {
+                Ok(n) => {
+                    // A short read usually means the socket is empty now.
+                    this.drained = n < buf.len();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.drained = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -129,7 +165,7 @@ impl futures_io::AsyncWrite for TcpConn {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -137,20 +173,20 @@ impl futures_io::AsyncWrite for TcpConn {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_close(
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }

@@ -21,9 +21,6 @@ use wsrpc_core::service::Service;
 use crate::completions::Completions;
 use crate::{BoxFuture, Runtime};
 
-/// Bytes read per `poll_read`. The buffer lives on the stack only while a read is being
-/// handled, so an idle connection holds no read buffer at all.
-const READ_CHUNK: usize = 16 * 1024;
 /// Rounds of read/write per poll before yielding, so one busy connection cannot starve the
 /// others on the same executor thread.
 const ROUNDS_PER_POLL: usize = 16;
@@ -274,8 +271,7 @@ where
         if self.eof || !self.conn.wants_read() {
             return false;
         }
-        let mut buf = [0u8; READ_CHUNK];
-        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+        crate::with_read_buffer(|buf| match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                 self.eof = true;
                 self.conn.handle_eof(now);
@@ -286,7 +282,7 @@ where
                 true
             }
             Poll::Pending => false,
-        }
+        })
     }
 
     fn timers(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
