@@ -385,6 +385,9 @@ impl Hub {
             let mut t = lock(&t);
             let before = t.subscribers.len();
             t.subscribers.retain(|o| o.id() != outbox.id());
+            // No publish reaches this outbox any more (the topic lock orders them); drop what
+            // is still queued so it is never delivered after the unsubscribe.
+            outbox.purge(&t.key);
             (t.subscribers.len() < before, t.subscribers.is_empty() && t.replay.is_empty())
         };
         if removed {

@@ -254,6 +254,24 @@ impl Outbox {
         (inner.queue.len(), inner.bytes)
     }
 
+    /// Drops everything queued for `topic` (its subscription ended), so the connection never
+    /// has to check each notification against its subscriptions.
+    pub fn purge(&self, topic: &Arc<TopicKey>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut freed = 0;
+        inner.queue.retain(|q| match q {
+            Queued::Delivery(d) if Arc::ptr_eq(&d.topic, topic) => {
+                freed += d.size();
+                false
+            }
+            Queued::Gap { topic: t, .. } => !Arc::ptr_eq(t, topic),
+            Queued::Delivery(_) => true,
+        });
+        inner.bytes -= freed;
+        inner.lagged.retain(|(t, ..)| !Arc::ptr_eq(t, topic));
+    }
+
     /// Refuses further deliveries and releases what is queued (the connection is gone).
     pub fn close(&self) {
         let mut inner = self.lock();
@@ -408,6 +426,30 @@ mod tests {
             let _ = o.push(delivery(&t, seq, 10));
         }
         assert!(matches!(drain(&o)[..], [OutboxItem::Overflowed]));
+        assert_eq!(o.usage(), (0, 0));
+    }
+
+    #[test]
+    fn purge_drops_one_topic_only() {
+        let o = Outbox::new(
+            1,
+            OutboxLimits {
+                max_messages: 4,
+                max_bytes: 1 << 20,
+                slow_consumer: SlowConsumer::DropOldest,
+            },
+        );
+        let (a, b) = (key("a"), key("b"));
+        for seq in 1..=6 {
+            let _ = o.push(delivery(&a, seq, 10));
+        }
+        let _ = o.push(delivery(&b, 1, 10));
+        o.purge(&a);
+        let items = drain(&o);
+        assert!(
+            matches!(&items[..], [OutboxItem::Notification(d)] if Arc::ptr_eq(&d.topic, &b)),
+            "{items:?}"
+        );
         assert_eq!(o.usage(), (0, 0));
     }
 

@@ -301,11 +301,10 @@ impl RpcSession {
             let hub = self.service.hub();
             match item {
                 OutboxItem::Notification(d) => {
-                    // Notifications queued before an unsubscribe are not delivered after it.
-                    if self.subscriptions.contains_key(&d.topic.subscription) {
-                        self.service.metrics().message_sent();
-                        return Some(SessionOutput::Notification(d.frame));
-                    }
+                    // Unsubscribing purges the outbox and `drained`, so everything here is
+                    // for a live subscription.
+                    self.service.metrics().message_sent();
+                    return Some(SessionOutput::Notification(d.frame));
                 }
                 OutboxItem::Lagged { topic, from, to } => {
                     let mut out = Vec::new();
@@ -667,6 +666,13 @@ impl RpcSession {
         let removed = match self.subscriptions.remove(id.as_str()) {
             Some(key) => {
                 self.service.hub().unsubscribe(&self.outbox, &key.name);
+                self.drained.retain(|item| match item {
+                    OutboxItem::Notification(d) => !Arc::ptr_eq(&d.topic, &key),
+                    OutboxItem::Lagged { topic, .. } | OutboxItem::Gap { topic, .. } => {
+                        !Arc::ptr_eq(topic, &key)
+                    }
+                    OutboxItem::Overflowed => true,
+                });
                 self.service.metrics().subscriptions_closed(1);
                 let kind = topic_kind(&key.name);
                 if let Some(n) = self.kind_counts.get_mut(kind) {
