@@ -285,46 +285,40 @@ impl RpcSession {
         if self.closing || !notifications {
             return None;
         }
-        loop {
-            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
-                // Nothing queued: an idle connection keeps no grown buffers (small ones stay,
-                // so a steady call rate does not allocate per call).
-                if self.drained.capacity() > 8 {
-                    self.drained = VecDeque::new();
-                }
-                if self.out.capacity() > 8 {
-                    self.out = VecDeque::new();
-                }
-                return None;
+        if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+            // Nothing queued: an idle connection keeps no grown buffers (small ones stay, so a
+            // steady call rate does not allocate per call).
+            if self.drained.capacity() > 8 {
+                self.drained = VecDeque::new();
             }
-            let item = self.drained.pop_front()?;
-            let hub = self.service.hub();
-            match item {
-                OutboxItem::Notification(d) => {
-                    // Unsubscribing purges the outbox and `drained`, so everything here is
-                    // for a live subscription.
-                    self.service.metrics().message_sent();
-                    return Some(SessionOutput::Notification(d.frame));
-                }
-                OutboxItem::Lagged { topic, from, to } => {
-                    let mut out = Vec::new();
-                    hub.write_notice(&mut out, true, &topic, from, to);
-                    return Some(SessionOutput::Message(out));
-                }
-                OutboxItem::Gap { topic, from, to } => {
-                    let mut out = Vec::new();
-                    hub.write_notice(&mut out, false, &topic, from, to);
-                    return Some(SessionOutput::Message(out));
-                }
-                OutboxItem::Overflowed => {
-                    self.closing = true;
-                    return Some(SessionOutput::Close(
-                        CloseCode::POLICY_VIOLATION,
-                        "slow consumer",
-                    ));
-                }
+            if self.out.capacity() > 8 {
+                self.out = VecDeque::new();
             }
+            return None;
         }
+        let hub = self.service.hub();
+        Some(match self.drained.pop_front()? {
+            // Unsubscribing purges the outbox and `drained`: everything here is for a live
+            // subscription.
+            OutboxItem::Notification(d) => {
+                self.service.metrics().message_sent();
+                SessionOutput::Notification(d.frame)
+            }
+            OutboxItem::Lagged { topic, from, to } => {
+                let mut out = Vec::new();
+                hub.write_notice(&mut out, true, &topic, from, to);
+                SessionOutput::Message(out)
+            }
+            OutboxItem::Gap { topic, from, to } => {
+                let mut out = Vec::new();
+                hub.write_notice(&mut out, false, &topic, from, to);
+                SessionOutput::Message(out)
+            }
+            OutboxItem::Overflowed => {
+                self.closing = true;
+                SessionOutput::Close(CloseCode::POLICY_VIOLATION, "slow consumer")
+            }
+        })
     }
 
     /// Whether [`poll_output`](Self::poll_output) has something (cheap; locks the outbox).
