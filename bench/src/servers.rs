@@ -8,7 +8,7 @@
 //! drop path).
 
 use std::io::{self, IoSlice, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -186,7 +186,6 @@ mod core_echo {
     use futures_io::{AsyncRead, AsyncWrite};
     use wsrpc_core::ws::{Config, Connection, Event};
 
-    const READ_CHUNK: usize = 64 * 1024;
     const ROUNDS_PER_POLL: usize = 16;
     /// Stop reading while this much is queued for the peer.
     const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -208,7 +207,7 @@ mod core_echo {
                 let config = config.clone();
                 ex.spawn(async move {
                     let mut conn = Connection::server(config, Instant::now());
-                    let mut stream = stream;
+                    let mut stream = wsrpc_futures::net::TcpConn::new(stream);
                     let mut write_closed = false;
                     std::future::poll_fn(|cx| drive(&mut conn, &mut stream, &mut write_closed, cx))
                         .await;
@@ -220,7 +219,7 @@ mod core_echo {
 
     fn drive(
         conn: &mut Connection,
-        stream: &mut Async<TcpStream>,
+        stream: &mut wsrpc_futures::net::TcpConn,
         write_closed: &mut bool,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
@@ -228,22 +227,25 @@ mod core_echo {
             let mut progress = false;
             let now = Instant::now();
             if conn.transmit_len() <= WRITE_HIGH_WATER {
-                let mut buf = [0u8; READ_CHUNK];
-                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        conn.handle_eof(now);
-                        progress = true;
+                // The executor thread's read buffer (not zeroed per read), and reads gated by
+                // readiness: the same read path as wsrpc's adapters.
+                wsrpc_futures::with_read_buffer(|buf| {
+                    match Pin::new(&mut *stream).poll_read(cx, buf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            conn.handle_eof(now);
+                            progress = true;
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            conn.handle_all_input(now, &buf[..n], |conn, event| {
+                                if let Event::Message(msg) = event {
+                                    let _ = conn.send(now, msg);
+                                }
+                            });
+                            progress = true;
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Ok(n)) => {
-                        conn.handle_all_input(now, &buf[..n], |conn, event| {
-                            if let Event::Message(msg) = event {
-                                let _ = conn.send(now, msg);
-                            }
-                        });
-                        progress = true;
-                    }
-                    Poll::Pending => {}
-                }
+                });
             }
             loop {
                 let mut slices = [IoSlice::new(&[]); 32];

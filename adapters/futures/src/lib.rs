@@ -69,8 +69,8 @@ impl wsrpc_core::service::Clock for SystemClock {
     }
 }
 
-/// Bytes read per `poll_read`.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read per `poll_read`: one buffer per executor thread, so it can be generous.
+const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     /// One read buffer per executor thread, shared by every connection it drives: an idle
@@ -78,8 +78,10 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with the thread's read buffer (a fresh one if `f` is re-entered on this thread).
-pub(crate) fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+/// Runs `f` with this thread's read buffer (64 KiB; a fresh one if `f` is re-entered on this
+/// thread). Drive loops read into it and feed the bytes on at once, so idle connections hold
+/// no read buffer and no buffer is zeroed per read.
+pub fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.is_empty() {
