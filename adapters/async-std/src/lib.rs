@@ -23,15 +23,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::io;
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use wsrpc_core;
-use wsrpc_core::service::{Launch, ServerBuilder};
-use wsrpc_futures::server::ServerHandle;
-use wsrpc_futures::{BoxFuture, Runtime, SystemClock, net};
+use wsrpc_futures::{BoxFuture, Runtime, net};
 pub use wsrpc_futures::{Client, ClientError, ClientOptions, Subscription, SubscriptionEvent};
 
 /// The async-std runtime: `async_std::task::spawn` and the async-io timer it runs on.
@@ -50,47 +45,14 @@ impl Runtime for AsyncStdRuntime {
     }
 }
 
-/// Starts servers on async-std (the [`Launch`] of [`Server::builder`]).
-#[derive(Debug)]
-pub struct AsyncStd;
+/// A running server on async-std: `Server::builder()…start()`, then `local_addr`, `publish`,
+/// `metrics` and `shutdown(deadline).await`.
+pub type Server = net::Server<AsyncStdRuntime>;
 
-impl Launch for AsyncStd {
-    type Output = io::Result<Server>;
-
-    fn launch(builder: ServerBuilder<Self>) -> io::Result<Server> {
-        let rt = AsyncStdRuntime;
-        let (service, bind) =
-            builder.into_service(rt.now(), rt.unix_time(), Some(Box::new(SystemClock)));
-        net::start(rt, service, &bind).map(Server)
-    }
-}
-
-/// A running server. Derefs to [`ServerHandle`] for `local_addr`, `publish`, `metrics`.
-#[derive(Debug)]
-pub struct Server(ServerHandle);
-
-impl Server {
-    /// A builder: router, configuration, where to listen; then `.start()`.
-    pub fn builder() -> ServerBuilder<AsyncStd> {
-        ServerBuilder::new()
-    }
-
-    /// Graceful shutdown: stop accepting, answer in-flight calls, close every WebSocket with
-    /// 1001, drop what is left after `deadline`.
-    pub async fn shutdown(self, deadline: Duration) {
-        self.0.shutdown(&AsyncStdRuntime, deadline).await;
-    }
-}
-
-impl Deref for Server {
-    type Target = ServerHandle;
-
-    fn deref(&self) -> &ServerHandle {
-        &self.0
-    }
-}
+/// Starts servers on async-std (the `Launch` of [`Server::builder`]).
+pub type AsyncStd = net::Launcher<AsyncStdRuntime>;
 
 /// Connects a client to `url` (`ws://host:port/path`).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-    Client::connect(AsyncStdRuntime, Arc::new(net::connect), url, options).await
+    net::connect_client::<AsyncStdRuntime>(url, options).await
 }

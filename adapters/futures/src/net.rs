@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_io::Async;
 use atomic_waker::AtomicWaker;
-use wsrpc_core::service::{Bind, Service};
+use wsrpc_core::service::{Bind, Launch, ServerBuilder, Service};
 
 use crate::server::{Registry, ServerHandle, serve_connection};
 use crate::{BoxFuture, Runtime};
@@ -189,4 +189,57 @@ impl futures_io::AsyncWrite for TcpConn {
     ) -> Poll<io::Result<()>> {
         Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
+}
+
+/// A running server on runtime `R` (what `wsrpc_smol::Server` and `wsrpc_async_std::Server`
+/// are). Derefs to [`ServerHandle`] for `local_addr`, `publish`, `metrics`, `connections`.
+#[derive(Debug)]
+pub struct Server<R: Runtime> {
+    handle: ServerHandle,
+    rt: R,
+}
+
+impl<R: Runtime + Default> Server<R> {
+    /// A builder: router, configuration, where to listen; then `.start()`.
+    pub fn builder() -> ServerBuilder<Launcher<R>> {
+        ServerBuilder::new()
+    }
+
+    /// Graceful shutdown: stop accepting, answer in-flight calls, close every WebSocket with
+    /// 1001, drop what is left after `deadline`.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.handle.shutdown(&self.rt, deadline).await;
+    }
+}
+
+impl<R: Runtime> std::ops::Deref for Server<R> {
+    type Target = ServerHandle;
+
+    fn deref(&self) -> &ServerHandle {
+        &self.handle
+    }
+}
+
+/// Starts servers on runtime `R` with the async-io listener (the [`Launch`] of
+/// [`Server::builder`]).
+#[derive(Debug)]
+pub struct Launcher<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R: Runtime + Default> Launch for Launcher<R> {
+    type Output = io::Result<Server<R>>;
+
+    fn launch(builder: ServerBuilder<Self>) -> io::Result<Server<R>> {
+        let rt = R::default();
+        let (service, bind) =
+            builder.into_service(rt.now(), rt.unix_time(), Some(Box::new(crate::SystemClock)));
+        start(rt.clone(), service, &bind).map(|handle| Server { handle, rt })
+    }
+}
+
+/// Connects a client on runtime `R` over async-io TCP to `url` (`ws://host:port/path`).
+pub async fn connect_client<R: Runtime + Default>(
+    url: &str,
+    options: wsrpc_core::rpc::client::ClientOptions,
+) -> Result<crate::Client, wsrpc_core::rpc::client::ClientError> {
+    crate::Client::connect(R::default(), std::sync::Arc::new(connect), url, options).await
 }

@@ -1,6 +1,6 @@
 //! wsrpc on [smol](https://docs.rs/smol): a JSON-RPC 2.0 over WebSocket server (HTTP on the
 //! same port) and a reconnecting client. This crate only supplies spawning and timers; the
-//! drive loop is `wsrpc-futures`, the protocol is `wsrpc-core`.
+//! drive loop and the async-io listener are `wsrpc-futures`, the protocol is `wsrpc-core`.
 //!
 //! ```no_run
 //! use wsrpc_smol::{Server, connect};
@@ -20,15 +20,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::io;
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use wsrpc_core;
-use wsrpc_core::service::{Launch, ServerBuilder};
-use wsrpc_futures::server::ServerHandle;
-use wsrpc_futures::{BoxFuture, Runtime, SystemClock, net};
+use wsrpc_futures::{BoxFuture, Runtime, net};
 pub use wsrpc_futures::{Client, ClientError, ClientOptions, Subscription, SubscriptionEvent};
 
 /// The smol runtime: `smol::spawn` and `smol::Timer`.
@@ -47,47 +42,14 @@ impl Runtime for SmolRuntime {
     }
 }
 
-/// Starts servers on smol (the [`Launch`] of [`Server::builder`]).
-#[derive(Debug)]
-pub struct Smol;
+/// A running server on smol: `Server::builder()…start()`, then `local_addr`, `publish`,
+/// `metrics` and `shutdown(deadline).await`.
+pub type Server = net::Server<SmolRuntime>;
 
-impl Launch for Smol {
-    type Output = io::Result<Server>;
-
-    fn launch(builder: ServerBuilder<Self>) -> io::Result<Server> {
-        let rt = SmolRuntime;
-        let (service, bind) =
-            builder.into_service(rt.now(), rt.unix_time(), Some(Box::new(SystemClock)));
-        net::start(rt, service, &bind).map(Server)
-    }
-}
-
-/// A running server. Derefs to [`ServerHandle`] for `local_addr`, `publish`, `metrics`.
-#[derive(Debug)]
-pub struct Server(ServerHandle);
-
-impl Server {
-    /// A builder: router, configuration, where to listen; then `.start()`.
-    pub fn builder() -> ServerBuilder<Smol> {
-        ServerBuilder::new()
-    }
-
-    /// Graceful shutdown: stop accepting, answer in-flight calls, close every WebSocket with
-    /// 1001, drop what is left after `deadline`.
-    pub async fn shutdown(self, deadline: Duration) {
-        self.0.shutdown(&SmolRuntime, deadline).await;
-    }
-}
-
-impl Deref for Server {
-    type Target = ServerHandle;
-
-    fn deref(&self) -> &ServerHandle {
-        &self.0
-    }
-}
+/// Starts servers on smol (the `Launch` of [`Server::builder`]).
+pub type Smol = net::Launcher<SmolRuntime>;
 
 /// Connects a client to `url` (`ws://host:port/path`).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-    Client::connect(SmolRuntime, Arc::new(net::connect), url, options).await
+    net::connect_client::<SmolRuntime>(url, options).await
 }
