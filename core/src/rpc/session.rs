@@ -241,14 +241,9 @@ impl RpcSession {
             );
         }
         let mut out = Vec::new();
-        if let Some(id) = &p.id {
-            match result {
-                Ok(value) => self
-                    .write_success(&mut out, id, |o| o.extend_from_slice(value.get().as_bytes())),
-                Err(e) => self.write_failure(&mut out, Some(id), &e),
-            }
-        } else if let Err(e) = result {
-            self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
+        match (&p.id, result) {
+            (None, Err(e)) => self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code)),
+            (id, result) => self.answer(&mut out, id.as_deref(), result),
         }
         match p.slot {
             Slot::Single => {
@@ -410,14 +405,7 @@ impl RpcSession {
             } else {
                 self.unsubscribe(Params(req.params))
             };
-            if let Some(id) = req.id {
-                match result {
-                    Ok(value) => {
-                        self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
-                    }
-                    Err(e) => self.write_failure(out, Some(id), &e),
-                }
-            }
+            self.answer(out, req.id, result);
             return false;
         }
         if let Some(builtin) = req.method.strip_prefix("rpc.") {
@@ -428,14 +416,7 @@ impl RpcSession {
                     .map_err(RpcError::internal),
                 _ => Err(RpcError::method_not_found()),
             };
-            if let Some(id) = req.id {
-                match result {
-                    Ok(value) => {
-                        self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
-                    }
-                    Err(e) => self.write_failure(out, Some(id), &e),
-                }
-            }
+            self.answer(out, req.id, result);
             return false;
         }
         let Some(method) = service.router().get(&req.method) else {
@@ -523,6 +504,22 @@ impl RpcSession {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the response to a request (nothing for a notification).
+    fn answer(
+        &self,
+        out: &mut Vec<u8>,
+        id: Option<&RawValue>,
+        result: Result<Box<RawValue>, RpcError>,
+    ) {
+        let Some(id) = id else { return };
+        match result {
+            Ok(value) => {
+                self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
+            }
+            Err(e) => self.write_failure(out, Some(id), &e),
         }
     }
 
