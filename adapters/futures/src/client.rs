@@ -4,7 +4,6 @@
 //! One background task per client owns the socket, a [`ws::Connection`] and a
 //! [`ClientSession`]; the [`Client`] handle talks to it through a channel.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -20,8 +19,10 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use wsrpc_core::Entropy;
 use wsrpc_core::rpc::client::{
-    Backoff, CallToken, ClientError, ClientEvent, ClientOptions, ClientSession, SubscriptionEvent,
-    SubscriptionToken,
+    Backoff, ClientError, ClientOptions, ClientSession, SubscriptionEvent, SubscriptionToken,
+};
+use wsrpc_core::rpc::dispatch::{
+    CallResult, Channels, ClientDispatch, EventSink, OneShot, SinkError,
 };
 use wsrpc_core::ws::{self, ClientRequest, CloseCode, Event, MessageKind};
 
@@ -70,15 +71,12 @@ impl Drop for Subscription {
     }
 }
 
-type CallResult = Result<Box<RawValue>, ClientError>;
-type Reply = oneshot::Sender<CallResult>;
-
 enum Command {
     Call {
         method: String,
         params: Option<Box<RawValue>>,
         timeout: Option<Duration>,
-        reply: Reply,
+        reply: oneshot::Sender<CallResult>,
     },
     Batch {
         calls: Vec<(String, Option<Box<RawValue>>)>,
@@ -134,14 +132,10 @@ impl Client {
             request,
             ws_config: Arc::new(options.ws),
             backoff: options.config.reconnect.map(Backoff::new),
-            session: ClientSession::new(options.config),
+            dispatch: ClientDispatch::new(ClientSession::new(options.config)),
             entropy: crate::os_entropy(),
             commands: rx,
             link: Link::Idle,
-            calls: HashMap::new(),
-            batches: HashMap::new(),
-            subscriptions: HashMap::new(),
-            pending_subscribes: HashMap::new(),
             ready: Some(ready_tx),
             timer: None,
             closing: None,
@@ -269,30 +263,44 @@ struct ClientDriver<R: Runtime, S> {
     request: ClientRequest,
     ws_config: Arc<ws::Config>,
     backoff: Option<Backoff>,
-    session: ClientSession,
+    dispatch: ClientDispatch<FuturesChannels>,
     entropy: Box<wsrpc_core::Xoshiro256>,
     commands: mpsc::UnboundedReceiver<Command>,
     link: Link<S>,
-    calls: HashMap<CallToken, Reply>,
-    batches: HashMap<CallToken, (usize, Arc<std::sync::Mutex<BatchSlots>>)>,
-    subscriptions: HashMap<SubscriptionToken, SubSink>,
-    pending_subscribes:
-        HashMap<SubscriptionToken, oneshot::Sender<Result<SubscriptionToken, ClientError>>>,
     ready: Option<oneshot::Sender<Result<(), ClientError>>>,
     timer: Option<(Instant, BoxFuture<()>)>,
     closing: Option<oneshot::Sender<()>>,
     close_started: bool,
 }
 
-struct BatchSlots {
-    results: Vec<Option<CallResult>>,
-    reply: Option<oneshot::Sender<Vec<CallResult>>>,
+/// futures-channel as the dispatcher's channels.
+struct FuturesChannels;
+
+/// A oneshot sender as the dispatcher's reply.
+struct Reply<T>(oneshot::Sender<T>);
+
+impl<T> OneShot<T> for Reply<T> {
+    fn send(self, value: T) {
+        let _ = self.0.send(value);
+    }
 }
 
-struct SubSink {
-    events: mpsc::Sender<SubscriptionEvent>,
-    /// Values dropped because the subscriber did not keep up, reported as a gap.
-    dropped: Option<(u64, u64)>,
+/// A bounded mpsc sender as a subscription's event sink.
+struct Events(mpsc::Sender<SubscriptionEvent>);
+
+impl EventSink for Events {
+    fn try_send(&mut self, event: SubscriptionEvent) -> Result<(), SinkError> {
+        self.0
+            .try_send(event)
+            .map_err(|e| if e.is_full() { SinkError::Full } else { SinkError::Gone })
+    }
+}
+
+impl Channels for FuturesChannels {
+    type Call = Reply<CallResult>;
+    type Batch = Reply<Vec<CallResult>>;
+    type Subscribe = Reply<Result<SubscriptionToken, ClientError>>;
+    type Events = Events;
 }
 
 impl<R: Runtime, S> Future for ClientDriver<R, S>
@@ -346,7 +354,7 @@ where
                 }
             }
         }
-        progress |= self.dispatch_events();
+        progress |= self.dispatch.dispatch();
         progress
     }
 
@@ -355,11 +363,11 @@ where
             Link::Up { ws, .. } => ws.poll_timeout(),
             _ => None,
         };
-        [self.session.poll_timeout(), ws].into_iter().flatten().min()
+        [self.dispatch.session().poll_timeout(), ws].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
+        self.dispatch.session_mut().handle_timeout(now);
         if let Link::Up { ws, .. } = &mut self.link {
             ws.handle_timeout(now);
         }
@@ -388,35 +396,18 @@ where
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Call { method, params, timeout, reply } => {
-                let timeout = timeout.unwrap_or(self.session.config().call_timeout);
-                let token =
-                    self.session.call_with_timeout(now, &method, params.as_deref(), timeout);
-                self.calls.insert(token, reply);
+                self.dispatch.call(now, &method, params.as_deref(), timeout, Reply(reply));
             }
             Command::Batch { calls, reply } => {
                 let refs: Vec<(&str, Option<&RawValue>)> =
                     calls.iter().map(|(m, p)| (m.as_str(), p.as_deref())).collect();
-                let tokens = self.session.batch(now, &refs);
-                let slots = Arc::new(std::sync::Mutex::new(BatchSlots {
-                    results: vec![None; tokens.len()],
-                    reply: Some(reply),
-                }));
-                for (i, t) in tokens.into_iter().enumerate() {
-                    self.batches.insert(t, (i, slots.clone()));
-                }
+                self.dispatch.batch(now, &refs, Reply(reply));
             }
-            Command::Notify { method, params } => {
-                self.session.notify(&method, params.as_deref());
-            }
+            Command::Notify { method, params } => self.dispatch.notify(&method, params.as_deref()),
             Command::Subscribe { topic, events, reply } => {
-                let token = self.session.subscribe(now, &topic);
-                self.subscriptions.insert(token, SubSink { events, dropped: None });
-                self.pending_subscribes.insert(token, reply);
+                self.dispatch.subscribe(now, &topic, Events(events), Reply(reply));
             }
-            Command::Unsubscribe(token) => {
-                self.subscriptions.remove(&token);
-                self.session.unsubscribe(now, token);
-            }
+            Command::Unsubscribe(token) => self.dispatch.unsubscribe(now, token),
             Command::Close(done) => {
                 self.closing = Some(done);
                 self.begin_close(now);
@@ -436,7 +427,7 @@ where
             }
             _ => self.link = Link::Closed,
         }
-        self.session.close();
+        self.dispatch.session_mut().close();
     }
 
     /// Advances the connection; true when something happened.
@@ -482,14 +473,14 @@ where
         let mut progress = false;
         // Session output onto the WebSocket.
         if *open {
-            while let Some(msg) = self.session.poll_message() {
+            while let Some(msg) = self.dispatch.session_mut().poll_message() {
                 let _ = ws.send(now, ws::Message { kind: MessageKind::Text, data: msg });
                 progress = true;
             }
         }
         // Read.
         if !*eof {
-            let session = &mut self.session;
+            let session = self.dispatch.session_mut();
             let mut became_open = false;
             let read =
                 crate::with_read_buffer(|buf| match Pin::new(&mut *stream).poll_read(cx, buf) {
@@ -561,7 +552,7 @@ where
 
     /// The connection is gone: fail calls in flight, then wait and reconnect (or stop).
     fn lost(&mut self, now: Instant, error: ClientError) {
-        self.session.handle_disconnected(now);
+        self.dispatch.session_mut().handle_disconnected(now);
         if self.closing.is_some() {
             self.link = Link::Closed;
             return;
@@ -582,84 +573,10 @@ where
         }
     }
 
-    fn dispatch_events(&mut self) -> bool {
-        let mut progress = false;
-        while let Some(event) = self.session.poll_event() {
-            progress = true;
-            match event {
-                ClientEvent::Response { call, result } => {
-                    if let Some(reply) = self.calls.remove(&call) {
-                        let _ = reply.send(result);
-                    } else if let Some((index, slots)) = self.batches.remove(&call) {
-                        let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-                        slots.results[index] = Some(result);
-                        if slots.results.iter().all(Option::is_some) {
-                            let results =
-                                slots.results.drain(..).map(|r| r.expect("all set")).collect();
-                            if let Some(reply) = slots.reply.take() {
-                                let _ = reply.send(results);
-                            }
-                        }
-                    }
-                }
-                ClientEvent::Subscribed { subscription } => {
-                    if let Some(reply) = self.pending_subscribes.remove(&subscription) {
-                        let _ = reply.send(Ok(subscription));
-                    }
-                }
-                ClientEvent::SubscribeFailed { subscription, error } => {
-                    let sink = self.subscriptions.remove(&subscription);
-                    if let Some(reply) = self.pending_subscribes.remove(&subscription) {
-                        let _ = reply.send(Err(error));
-                    } else if let Some(mut sink) = sink {
-                        let _ = sink.events.try_send(SubscriptionEvent::Ended(error));
-                    }
-                }
-                ClientEvent::Notification { subscription, seq, value, .. } => {
-                    self.deliver(subscription, SubscriptionEvent::Notification { seq, value }, seq);
-                }
-                ClientEvent::Gap { subscription, from, to, lagged } => {
-                    self.deliver(subscription, SubscriptionEvent::Gap { from, to, lagged }, to);
-                }
-                _ => {}
-            }
-        }
-        progress
-    }
-
-    /// Hands an event to its subscription; a subscriber that does not keep up loses values
-    /// (reported as a gap) instead of growing memory without bound.
-    fn deliver(&mut self, token: SubscriptionToken, event: SubscriptionEvent, seq: u64) {
-        let Some(sink) = self.subscriptions.get_mut(&token) else { return };
-        if let Some((from, to)) = sink.dropped {
-            match sink.events.try_send(SubscriptionEvent::Gap { from, to, lagged: true }) {
-                Ok(()) => sink.dropped = None,
-                Err(e) if e.is_disconnected() => return,
-                Err(_) => {
-                    sink.dropped = Some((from, to.max(seq)));
-                    return;
-                }
-            }
-        }
-        match sink.events.try_send(event) {
-            Ok(()) => {}
-            Err(e) if e.is_full() => sink.dropped = Some((seq, seq)),
-            Err(_) => {}
-        }
-    }
-
     fn fail_everything(&mut self) {
-        self.session.close();
-        self.dispatch_events();
-        for (_, reply) in self.calls.drain() {
-            let _ = reply.send(Err(ClientError::Closed));
-        }
-        for (_, reply) in self.pending_subscribes.drain() {
-            let _ = reply.send(Err(ClientError::Closed));
-        }
+        self.dispatch.fail_all(ClientError::Closed);
         if let Some(tx) = self.ready.take() {
             let _ = tx.send(Err(ClientError::Closed));
         }
-        self.subscriptions.clear();
     }
 }

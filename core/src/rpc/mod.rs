@@ -5,6 +5,7 @@
 //! lines or an IPC pipe.
 
 pub mod client;
+pub mod dispatch;
 pub mod error;
 pub mod message;
 pub mod router;
