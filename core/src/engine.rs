@@ -178,6 +178,11 @@ impl ServerConnection {
             // The response is on its way; `respond` will not keep the connection alive.
             Phase::HttpCall { .. } => {}
             Phase::Head { .. } | Phase::Body { .. } | Phase::Draining => {
+                // A request (or upgrade) cut off half way is a fault; a keep-alive connection
+                // closed between requests is not.
+                if matches!(self.phase, Phase::Head { started: true, .. } | Phase::Body { .. }) {
+                    self.service.metrics().record_error(ErrorKind::Handshake);
+                }
                 if self.tx.is_empty() {
                     self.finish();
                 } else {

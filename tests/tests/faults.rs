@@ -69,9 +69,8 @@ fn killed<A: Adapter>(kind: Option<&str>, n: u64, kill: impl Fn(&dyn TestServer)
 }
 
 pub fn client_killed_mid_handshake<A: Adapter>() {
-    // Not counted yet: the server ends a connection at end of file inside a request head
-    // without recording an error; once it counts them, pass `Some("handshake")`.
-    killed::<A>(None, 10, |server| {
+    // End of file inside a request head is counted as a handshake fault.
+    killed::<A>(Some("handshake"), 10, |server| {
         let mut s = raw::connect(server.addr());
         let request = raw::upgrade_request("/", "");
         s.write_all(&request.as_bytes()[..request.len() / 2]).unwrap();
