@@ -377,7 +377,10 @@ impl ServerConnection {
             self.deadline = self.service.config().ws.handshake_timeout.map(|t| now + t);
         }
         let meta = || HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
-        match head.push(data, limits.max_size) {
+        match head.push(data, limits.max_size).and_then(|done| match done {
+            None => head.check_request_prefix().map(|()| None),
+            some => Ok(some),
+        }) {
             Ok(None) => data.len(),
             Err(e) => {
                 self.respond_error(e.status(), &e.to_string(), meta());

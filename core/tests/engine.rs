@@ -224,6 +224,16 @@ fn http_errors_have_their_status() {
 }
 
 #[test]
+fn a_tls_hello_on_the_plain_port_gets_400_at_once() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    // The start of a TLS ClientHello: no blank line will ever come.
+    let r = h.request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x11");
+    assert_eq!(r[0].status, 400);
+    assert!(h.conn.wants_shutdown_write());
+}
+
+#[test]
 fn chunked_bodies_and_expect_continue() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);

@@ -81,12 +81,29 @@ impl HeadBuffer {
         self.buf.is_empty()
     }
 
+    /// Fails early when the bytes so far cannot begin a request head (binary garbage, a TLS
+    /// hello on a plain port), instead of waiting for a blank line that never comes. Only the
+    /// first bytes are checked, so byte-at-a-time input costs little.
+    pub fn check_request_prefix(&self) -> Result<(), HandshakeError> {
+        if self.buf.is_empty() || self.buf.len() > PREFIX_CHECKED {
+            return Ok(());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 0];
+        match httparse::Request::new(&mut headers).parse(&self.buf) {
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
+            Err(e) => Err(HandshakeError::Malformed(e.to_string())),
+        }
+    }
+
     /// Hands over the complete head's bytes, leaving the buffer empty.
     pub fn take(&mut self) -> Vec<u8> {
         self.line_state = 0;
         std::mem::take(&mut self.buf)
     }
 }
+
+/// How many leading bytes of a head [`HeadBuffer::check_request_prefix`] looks at.
+const PREFIX_CHECKED: usize = 256;
 
 /// Header lines of a parsed head: the raw bytes and the offsets of each name and value.
 #[derive(Clone, Debug, Default)]
@@ -371,6 +388,18 @@ mod tests {
         raw.extend_from_slice(b"\r\n");
         let err = RequestHead::parse(raw, HeadLimits::default()).unwrap_err();
         assert_eq!((err.clone(), err.status()), (HandshakeError::HeadersTooLarge, 431));
+    }
+
+    #[test]
+    fn garbage_fails_before_the_blank_line() {
+        let mut hb = HeadBuffer::new();
+        hb.push(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 8192).unwrap();
+        assert!(hb.check_request_prefix().is_err(), "a TLS hello is refused at once");
+        let mut ok = HeadBuffer::new();
+        for b in b"GET /chat HTTP/1.1\r\nHost: exa" {
+            ok.push(std::slice::from_ref(b), 8192).unwrap();
+            assert!(ok.check_request_prefix().is_ok(), "a valid prefix is never refused");
+        }
     }
 
     #[test]

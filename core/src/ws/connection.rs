@@ -721,10 +721,15 @@ impl Connection {
     fn handle_handshake_input(&mut self, now: Instant, data: &[u8]) -> usize {
         let limits = self.config.head_limits;
         let hs = self.handshake.as_mut().expect("a handshaking connection has handshake state");
-        let head = match &mut **hs {
-            Handshake::Server { head } | Handshake::Client { head, .. } => head,
+        let (head, server) = match &mut **hs {
+            Handshake::Server { head } => (head, true),
+            Handshake::Client { head, .. } => (head, false),
         };
-        let used = match head.push(data, limits.max_size) {
+        let pushed = head.push(data, limits.max_size).and_then(|done| match done {
+            None if server => head.check_request_prefix().map(|()| None),
+            other => Ok(other),
+        });
+        let used = match pushed {
             Ok(Some(used)) => used,
             Ok(None) => return data.len(),
             Err(e) => {
