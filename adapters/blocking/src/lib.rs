@@ -30,39 +30,53 @@
 //!
 //! # Threads
 //!
-//! - Server: one accept thread; per connection a driver thread that owns the
-//!   [`ServerConnection`](wsrpc_core::engine::ServerConnection) and writes, and a reader thread
-//!   that does blocking reads and hands chunks over a small bounded channel (so a connection
-//!   that stops reading pushes back on its peer); a shared pool of four workers runs the
-//!   futures of async handlers. A publish on any thread wakes the drivers through their
-//!   registered wakers.
+//! - Server: one accept thread; one thread per connection that owns its nonblocking socket:
+//!   it waits with `poll` on that one descriptor (input, and output the socket did not take)
+//!   until the connection's next deadline, then reads, runs the
+//!   [`ServerConnection`](wsrpc_core::engine::ServerConnection) (synchronous handlers run
+//!   here) and writes, so a request costs one wake-up of one thread. A shared pool of four
+//!   workers runs the futures of async handlers. One notifier thread serves what starts on
+//!   other threads (a publish, a finished async call, a shutdown): the connection's state is
+//!   behind a mutex, the notifier locks it, runs the core and writes without blocking, and
+//!   watches the sockets that did not take everything (slow consumers) itself, so a
+//!   sleeping connection thread needs no second descriptor to be woken.
 //! - Client: one driver thread owning the socket's write side, the WebSocket and the
 //!   [`ClientSession`](wsrpc_core::rpc::client::ClientSession), plus a reader thread per TCP
 //!   connection and a short-lived thread per connection attempt. [`Client`] handles talk to it
 //!   over a channel.
 //!
-//! Writes block a driver for at most 200 ms at a time, so its timers and a shutdown are still
-//! served while a peer reads slowly; a peer that takes no bytes at all for the longer of the
-//! WebSocket `pong_timeout` and `close_timeout` is dropped. An async handler occupies a
-//! worker until its future completes: with four running long, the next ones wait.
+//! A connection thread writes for at most 200 ms per round, so its timers and a shutdown are
+//! still served while a peer reads quickly but endlessly; a peer that takes no bytes at all
+//! for the longer of the WebSocket `pong_timeout` and `close_timeout` while output waits is
+//! dropped. With more than 64 connections per CPU, a thread woken by input yields once before
+//! its round, so that the kernel serves woken connections in turn (fairness). An async
+//! handler occupies a worker until its future completes: with four running long, the next
+//! ones wait.
 //!
-//! Threads get small stacks and an idle connection holds no read or write buffer (its reader
-//! waits with a one-byte peek): about 32 KiB of resident memory per idle WebSocket connection
-//! in a release build on Linux x86-64, the touched pages of two thread stacks and the
-//! connection state, plus the kernel's own per-thread and per-socket memory.
+//! Connection threads get small stacks (512 KiB reserved, of which only touched pages count)
+//! and an idle connection holds no read or write buffer (a thread takes a read buffer from a
+//! small shared pool when its socket is readable and gives it back before it sleeps): about
+//! 16 KiB of resident memory per idle WebSocket connection in a release build on Linux
+//! x86-64, three stack pages and the connection state, plus the kernel's own per-thread and
+//! per-socket memory. One thread per connection costs four memory mappings (stack, guard
+//! page, signal stack and its guard), so Linux's default `vm.max_map_count` (65,530) allows
+//! some 15,000 connections; the process also needs a file descriptor per connection.
 //!
 //! A blocked `accept` cannot be interrupted, so shutting a server down raises a flag and then
 //! connects to the listener once to wake the accept thread.
-#![forbid(unsafe_code)]
+// Only `sys` (the `poll` system call) allows unsafe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 mod client;
 mod connection;
+mod notifier;
 mod pool;
 mod registry;
 mod server;
+mod sys;
 mod transport;
 
 pub use client::{Client, Subscription, connect};

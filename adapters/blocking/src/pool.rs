@@ -2,12 +2,15 @@
 //! `futures_executor::block_on` and reports the result to the connection that handed it out.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Weak;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use serde_json::value::RawValue;
 use wsrpc_core::rpc::{CallId, HandlerFuture, RpcError};
+
+use crate::connection::Conn;
 
 /// An async call's outcome, for `ServerConnection::complete`.
 pub(crate) type Completion = (CallId, Result<Box<RawValue>, RpcError>);
@@ -19,8 +22,8 @@ const WORKER_STACK: usize = 2 << 20;
 pub(crate) struct Job {
     pub(crate) call: CallId,
     pub(crate) future: HandlerFuture,
-    /// The connection's completion channel (its driver selects on it).
-    pub(crate) done: Sender<Completion>,
+    /// The connection that handed it out (gone: nobody waits for the answer).
+    pub(crate) conn: Weak<Conn>,
 }
 
 /// A fixed set of worker threads fed by one channel.
@@ -59,7 +62,7 @@ impl WorkerPool {
     }
 
     /// Stops taking jobs and joins the workers once the queue is drained and every sender
-    /// (one per connection) is gone; workers still busy at `deadline` are left to finish on
+    /// (one per live connection) is gone; workers still busy at `deadline` are left to finish on
     /// their own.
     pub(crate) fn stop(self, deadline: Instant) {
         let Self { jobs, alive, threads } = self;
@@ -79,13 +82,14 @@ impl WorkerPool {
 
 fn work(queue: &Receiver<Job>) {
     for job in queue.iter() {
-        let Job { call, future, done } = job;
+        let Job { call, future, conn } = job;
         let result = catch_unwind(AssertUnwindSafe(|| futures_executor::block_on(future)))
             .unwrap_or_else(|_| {
                 log::error!(target: "wsrpc::rpc", "async handler panicked call={}", call.0);
                 Err(RpcError::internal("handler panicked"))
             });
-        // The connection may be gone; then nobody waits for the answer.
-        let _ = done.send((call, result));
+        if let Some(conn) = conn.upgrade() {
+            conn.complete_later((call, result));
+        }
     }
 }

@@ -1,47 +1,46 @@
-//! The live connections of a server, so a shutdown can reach every driver thread.
+//! The live connections of a server, so a shutdown can reach every connection.
 
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
+use crate::connection::Conn;
 
-/// Live connections and the shutdown flags their drivers watch.
+/// Live connections and the shutdown flags their threads watch.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     next: AtomicU64,
-    slots: Mutex<HashMap<u64, Slot>>,
+    slots: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// `slots.len()`, readable without the lock.
+    live: AtomicUsize,
     /// Signalled when the last connection leaves.
     idle: Condvar,
     shutting_down: AtomicBool,
     force: AtomicBool,
 }
 
-#[derive(Debug)]
-struct Slot {
-    /// Shared with the driver and reader, to cut the connection after the deadline.
-    stream: Arc<TcpStream>,
-    /// The driver's wake channel (bounded to one: wakes coalesce).
-    wake: Sender<()>,
-}
-
 impl Registry {
-    fn slots(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
+    fn slots(&self) -> MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a connection; its driver calls [`leave`](Self::leave) when it ends.
-    pub(crate) fn enter(&self, stream: Arc<TcpStream>, wake: Sender<()>) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.slots().insert(id, Slot { stream, wake });
-        id
+    /// A key for the next connection.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection; its thread calls [`leave`](Self::leave) when it ends.
+    pub(crate) fn enter(&self, id: u64, conn: Arc<Conn>) {
+        let mut slots = self.slots();
+        slots.insert(id, conn);
+        self.live.store(slots.len(), Ordering::Relaxed);
     }
 
     pub(crate) fn leave(&self, id: u64) {
         let mut slots = self.slots();
         slots.remove(&id);
+        self.live.store(slots.len(), Ordering::Relaxed);
         if slots.is_empty() {
             self.idle.notify_all();
         }
@@ -49,7 +48,7 @@ impl Registry {
 
     /// Connections being served.
     pub(crate) fn live(&self) -> usize {
-        self.slots().len()
+        self.live.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -60,22 +59,21 @@ impl Registry {
         self.force.load(Ordering::Acquire)
     }
 
-    /// Asks every driver to begin a graceful shutdown (drivers also check the flag when they
-    /// start, so a connection accepted meanwhile is not missed).
+    /// Asks every connection to begin a graceful shutdown, through the notifier (a connection
+    /// also checks the flag in each round, so one accepted meanwhile is not missed).
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        for slot in self.slots().values() {
-            let _ = slot.wake.try_send(());
+        for conn in self.slots().values() {
+            conn.notify();
         }
     }
 
-    /// Cuts every connection still open: the sockets are shut down, which also ends a write
-    /// or read blocked on them.
+    /// Cuts every connection still open: the sockets are shut down, which wakes a thread
+    /// waiting in `poll`, and parked threads are unparked.
     pub(crate) fn force_close(&self) {
         self.force.store(true, Ordering::Release);
-        for slot in self.slots().values() {
-            let _ = slot.stream.shutdown(Shutdown::Both);
-            let _ = slot.wake.try_send(());
+        for conn in self.slots().values() {
+            conn.cut();
         }
     }
 

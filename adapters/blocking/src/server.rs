@@ -13,9 +13,11 @@ use wsrpc_core::metrics::Snapshot;
 use wsrpc_core::service::{Launch, ServerBuilder, Service};
 
 use crate::SystemClock;
-use crate::connection;
+use crate::connection::{self, CROWD_PER_CPU, Context};
+use crate::notifier::{Notifier, NotifierThread};
 use crate::pool::{Job, WorkerPool};
 use crate::registry::Registry;
+use crate::transport;
 
 /// Threads running async handlers, shared by all connections of a server.
 const WORKERS: usize = 4;
@@ -48,15 +50,18 @@ impl Launch for Blocking {
         service.set_port(local_addr.port());
         let registry = Arc::new(Registry::default());
         let pool = WorkerPool::start(WORKERS)?;
+        let (notifier, notifier_thread) = Notifier::start()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (exit_tx, exited) = bounded::<()>(0);
-        let accept = AcceptLoop {
-            listener,
+        let context = Arc::new(Context {
+            stall_limit: transport::stall_limit(&service.config().ws),
             service: service.clone(),
             registry: registry.clone(),
-            jobs: pool.jobs(),
-            stop: stop.clone(),
-        };
+            notifier,
+            buffers: Default::default(),
+            crowd: CROWD_PER_CPU * thread::available_parallelism().map_or(1, |n| n.get()),
+        });
+        let accept = AcceptLoop { listener, context, jobs: pool.jobs(), stop: stop.clone() };
         let thread = thread::Builder::new()
             .name("wsrpc-accept".into())
             .stack_size(ACCEPT_STACK)
@@ -71,6 +76,7 @@ impl Launch for Blocking {
             registry,
             acceptor: Some(Acceptor { stop, exited, thread }),
             pool: Some(pool),
+            notifier: Some(notifier_thread),
         })
     }
 }
@@ -85,6 +91,7 @@ pub struct Server {
     registry: Arc<Registry>,
     acceptor: Option<Acceptor>,
     pool: Option<WorkerPool>,
+    notifier: Option<NotifierThread>,
 }
 
 impl std::fmt::Debug for Server {
@@ -151,6 +158,10 @@ impl Server {
                 log::warn!(target: "wsrpc::ws", "{} connection threads did not stop; leaving them", self.registry.live());
             }
         }
+        // Before the pool: what it holds of ended connections keeps no worker queue alive.
+        if let Some(notifier) = self.notifier.take() {
+            notifier.stop();
+        }
         if let Some(pool) = self.pool.take() {
             pool.stop(end.max(Instant::now() + POOL_WAIT));
         }
@@ -199,8 +210,7 @@ impl Acceptor {
 
 struct AcceptLoop {
     listener: TcpListener,
-    service: Arc<Service>,
-    registry: Arc<Registry>,
+    context: Arc<Context>,
     jobs: Sender<Job>,
     stop: Arc<AtomicBool>,
 }
@@ -212,7 +222,7 @@ impl AcceptLoop {
                 break;
             }
             match next {
-                Ok(stream) => connection::start(stream, &self.service, &self.registry, &self.jobs),
+                Ok(stream) => connection::start(stream, &self.context, &self.jobs),
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -1,5 +1,7 @@
-//! What the server and client drivers share about a TCP stream: the reader thread that turns
-//! blocking reads into channel messages, and writing queued output with a bounded wait.
+//! What the server and client share about a TCP stream: writing queued output with a bounded
+//! wait, and the stall rule. The client also uses the reader thread that turns blocking reads
+//! into channel messages (the server's connection threads read nonblocking sockets
+//! themselves).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
@@ -16,8 +18,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Chunks read ahead of the driver; when they are not taken the reader blocks, the kernel
 /// buffers fill and TCP pushes back on the peer.
 pub(crate) const INPUT_CHUNKS: usize = 4;
-/// Longest a single write blocks; the driver then services timers, completions and shutdown
-/// before trying again.
+/// Longest a single write blocks (a blocking socket's write timeout), and longest a driver
+/// keeps writing in one round; it then services timers, completions and shutdown before
+/// trying again.
 pub(crate) const WRITE_SLICE: Duration = Duration::from_millis(200);
 /// Slices per vectored write.
 const MAX_SLICES: usize = 64;
@@ -105,6 +108,8 @@ pub(crate) struct Flushed {
     /// Output is left: the socket did not take it within the write timeout, or writing
     /// used up its time slice. The caller services its other work and flushes again.
     pub(crate) pending: bool,
+    /// The socket took no more: the write would block (nonblocking) or timed out.
+    pub(crate) blocked: bool,
 }
 
 /// Writes what `out` has queued until it has nothing left, a write times out, or
@@ -112,6 +117,15 @@ pub(crate) struct Flushed {
 /// writing, its timers and signals unserved). The socket's write timeout (also
 /// [`WRITE_SLICE`]) bounds a single write.
 pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<Flushed> {
+    flush_for(stream, out, WRITE_SLICE)
+}
+
+/// [`flush`] for at most `slice` (on a nonblocking socket: until it would block).
+pub(crate) fn flush_for(
+    stream: &TcpStream,
+    out: &mut impl Transmit,
+    slice: Duration,
+) -> io::Result<Flushed> {
     let started = Instant::now();
     let mut flushed = Flushed::default();
     loop {
@@ -120,7 +134,7 @@ pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<F
         if n == 0 {
             return Ok(flushed);
         }
-        if flushed.wrote && started.elapsed() >= WRITE_SLICE {
+        if flushed.wrote && started.elapsed() >= slice {
             flushed.pending = true;
             return Ok(flushed);
         }
@@ -134,6 +148,7 @@ pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<F
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 flushed.pending = true;
+                flushed.blocked = true;
                 return Ok(flushed);
             }
             Err(e) => return Err(e),
@@ -144,19 +159,29 @@ pub(crate) fn flush(stream: &TcpStream, out: &mut impl Transmit) -> io::Result<F
 /// How long writes have made no progress.
 #[derive(Debug, Default)]
 pub(crate) struct Stall {
+    /// Output has been waiting since then with no byte taken.
     since: Option<Instant>,
 }
 
 impl Stall {
     /// Records a flush at `now`; true once the peer has taken nothing for `limit` while
-    /// output was waiting.
+    /// output was waiting. A flush that wrote some bytes but not all restarts the clock.
     pub(crate) fn exceeded(&mut self, now: Instant, flushed: Flushed, limit: Duration) -> bool {
-        if flushed.wrote || !flushed.pending {
+        if !flushed.pending {
             self.since = None;
+            return false;
+        }
+        if flushed.wrote {
+            self.since = Some(now);
             return false;
         }
         let since = *self.since.get_or_insert(now);
         now.saturating_duration_since(since) >= limit
+    }
+
+    /// When the stall under way, if any, reaches `limit`.
+    pub(crate) fn deadline(&self, limit: Duration) -> Option<Instant> {
+        self.since.map(|s| s + limit)
     }
 }
 
