@@ -252,6 +252,14 @@ impl ServerConnection {
         }
     }
 
+    /// The waker fired (notifications arrived from another thread): moves them onto the wire
+    /// with the current time, so they count as activity for the idle timer. Calling it
+    /// spuriously is harmless.
+    pub fn handle_wakeup(&mut self, now: Instant) {
+        self.now = now;
+        self.pump(now);
+    }
+
     /// Wakes `waker` when notifications arrive from other threads.
     pub fn register_waker(&mut self, waker: &Waker) {
         if let Some(s) = &self.session {

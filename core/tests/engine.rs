@@ -511,3 +511,30 @@ fn websocket_handshake_on_any_path_with_subprotocol() {
     assert!(p.server.is_websocket());
     assert_eq!(p.call("add", json!([1, 1]))["result"], 2);
 }
+
+#[test]
+fn notifications_delivered_on_wakeup_keep_an_idle_timer_away() {
+    let mut config = ServiceConfig::default();
+    config.ws.idle_timeout = Some(Duration::from_secs(60));
+    config.ws.ping_interval = None;
+    let svc = service(config);
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    p.call("subscribe", json!(["ticks"]));
+    // A publish every 40 s for four minutes, delivered on the waker alone (no other input):
+    // the connection only receives, yet the notifications count as activity.
+    for i in 0..6 {
+        p.now += Duration::from_secs(40);
+        svc.publish("ticks", &i).unwrap();
+        p.server.handle_wakeup(p.now);
+        p.drive();
+    }
+    p.server.handle_timeout(p.now);
+    p.drive();
+    assert!(p.closed.is_none(), "closed as idle: {:?}", p.closed);
+    assert_eq!(p.received.iter().filter(|v| v["method"] == "subscription").count(), 6);
+    // Then silence: the idle timer closes it with 1001.
+    p.now += Duration::from_secs(61);
+    p.server.handle_timeout(p.now);
+    p.drive();
+    assert_eq!(p.closed, Some(CloseCode::GOING_AWAY));
+}

@@ -211,6 +211,8 @@ where
     fn round(&mut self, cx: &mut Context<'_>) -> Round {
         let mut progress = false;
         let now = self.rt.now();
+        // Whatever woke us, notifications queued meanwhile go out stamped with `now`.
+        self.conn.handle_wakeup(now);
         if self.registry.is_shutting_down() && !self.shutdown_begun {
             self.shutdown_begun = true;
             self.conn.begin_shutdown(now);
