@@ -4,7 +4,6 @@
 //! One driver thread per client owns the socket's write side, a [`ws::Connection`] and the
 //! [`ClientSession`]; [`Client`] handles send it commands and wait on per-call channels.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -19,8 +18,10 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use wsrpc_core::Xoshiro256;
 use wsrpc_core::rpc::client::{
-    Backoff, CallToken, ClientError, ClientEvent, ClientOptions, ClientSession, SubscriptionEvent,
-    SubscriptionToken,
+    Backoff, ClientError, ClientOptions, ClientSession, SubscriptionEvent, SubscriptionToken,
+};
+use wsrpc_core::rpc::dispatch::{
+    CallResult, Channels, ClientDispatch, EventSink, OneShot, SinkError,
 };
 use wsrpc_core::ws::{self, ClientRequest, CloseCode, Event, MessageKind};
 
@@ -37,8 +38,6 @@ const DRIVER_STACK: usize = 256 * 1024;
 const CONNECTOR_STACK: usize = 256 * 1024;
 /// Connect timeout when the WebSocket configuration has no handshake timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type CallResult = Result<Box<RawValue>, ClientError>;
 
 /// The events of one subscription, in order: a blocking receiver and an iterator. It ends
 /// (`recv` returns `None`) when the client closes or the server refuses the subscription
@@ -147,18 +146,12 @@ pub fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError>
         stall_limit: transport::stall_limit(&options.ws),
         ws_config: Arc::new(options.ws),
         backoff: options.config.reconnect.map(Backoff::new),
-        session: ClientSession::new(options.config),
+        dispatch: ClientDispatch::new(ClientSession::new(options.config)),
         entropy: crate::os_entropy(),
         commands: rx,
         commands_open: true,
         closing: false,
         link: Link::Idle,
-        calls: HashMap::new(),
-        batch_entries: HashMap::new(),
-        batches: HashMap::new(),
-        next_batch: 0,
-        subscriptions: HashMap::new(),
-        pending_subscribes: HashMap::new(),
         ready: Some(ready_tx),
         close_waiters: Vec::new(),
     };
@@ -300,17 +293,6 @@ impl Drop for Up {
     }
 }
 
-struct BatchSlots {
-    results: Vec<Option<CallResult>>,
-    reply: Sender<Vec<CallResult>>,
-}
-
-struct SubSink {
-    events: Sender<SubscriptionEvent>,
-    /// Values dropped because the subscriber did not keep up, reported as a gap.
-    dropped: Option<(u64, u64)>,
-}
-
 struct ClientDriver {
     authority: String,
     request: ClientRequest,
@@ -318,20 +300,13 @@ struct ClientDriver {
     connect_timeout: Duration,
     stall_limit: Duration,
     backoff: Option<Backoff>,
-    session: ClientSession,
+    dispatch: ClientDispatch<CrossbeamChannels>,
     entropy: Xoshiro256,
     commands: Receiver<Command>,
     /// False once every handle is gone.
     commands_open: bool,
     closing: bool,
     link: Link,
-    calls: HashMap<CallToken, Sender<CallResult>>,
-    /// Batch entry → (batch, index in it).
-    batch_entries: HashMap<CallToken, (u64, usize)>,
-    batches: HashMap<u64, BatchSlots>,
-    next_batch: u64,
-    subscriptions: HashMap<SubscriptionToken, SubSink>,
-    pending_subscribes: HashMap<SubscriptionToken, Sender<Result<SubscriptionToken, ClientError>>>,
     ready: Option<Sender<Result<(), ClientError>>>,
     /// `close()` callers, released when the thread ends.
     close_waiters: Vec<Sender<()>>,
@@ -347,7 +322,7 @@ impl ClientDriver {
                 self.fire_timers(now);
                 progress = true;
             }
-            progress |= self.dispatch_events();
+            progress |= self.dispatch.dispatch();
             if matches!(self.link, Link::Closed) {
                 break;
             }
@@ -401,34 +376,18 @@ impl ClientDriver {
         }
         match cmd {
             Command::Call { method, params, timeout, reply } => {
-                let timeout = timeout.unwrap_or(self.session.config().call_timeout);
-                let token =
-                    self.session.call_with_timeout(now, &method, params.as_deref(), timeout);
-                self.calls.insert(token, reply);
+                self.dispatch.call(now, &method, params.as_deref(), timeout, Reply(reply));
             }
             Command::Batch { calls, reply } => {
                 let refs: Vec<(&str, Option<&RawValue>)> =
                     calls.iter().map(|(m, p)| (m.as_str(), p.as_deref())).collect();
-                let tokens = self.session.batch(now, &refs);
-                let batch = self.next_batch;
-                self.next_batch += 1;
-                for (i, t) in tokens.iter().enumerate() {
-                    self.batch_entries.insert(*t, (batch, i));
-                }
-                self.batches.insert(batch, BatchSlots { results: vec![None; tokens.len()], reply });
+                self.dispatch.batch(now, &refs, Reply(reply));
             }
-            Command::Notify { method, params } => {
-                self.session.notify(&method, params.as_deref());
-            }
+            Command::Notify { method, params } => self.dispatch.notify(&method, params.as_deref()),
             Command::Subscribe { topic, events, reply } => {
-                let token = self.session.subscribe(now, &topic);
-                self.subscriptions.insert(token, SubSink { events, dropped: None });
-                self.pending_subscribes.insert(token, reply);
+                self.dispatch.subscribe(now, &topic, Events(events), Reply(reply));
             }
-            Command::Unsubscribe(token) => {
-                self.subscriptions.remove(&token);
-                self.session.unsubscribe(now, token);
-            }
+            Command::Unsubscribe(token) => self.dispatch.unsubscribe(now, token),
             Command::Close(done) => {
                 self.close_waiters.push(done);
                 self.begin_close(now);
@@ -447,7 +406,7 @@ impl ClientDriver {
             Link::Up(up) if !up.ws.is_handshaking() => {}
             _ => self.link = Link::Closed,
         }
-        self.session.close();
+        self.dispatch.session_mut().close();
     }
 
     /// Advances the connection; true when something happened.
@@ -535,7 +494,7 @@ impl ClientDriver {
 
     fn drive_up(&mut self, now: Instant) -> bool {
         let Link::Up(up) = &mut self.link else { return false };
-        let session = &mut self.session;
+        let session = self.dispatch.session_mut();
         let mut progress = false;
         let mut became_open = false;
         for _ in 0..INPUT_CHUNKS {
@@ -608,7 +567,7 @@ impl ClientDriver {
     fn lost(&mut self, now: Instant, error: ClientError) {
         // Dropping the link shuts the socket down.
         self.link = Link::Idle;
-        self.session.handle_disconnected(now);
+        self.dispatch.session_mut().handle_disconnected(now);
         if self.closing {
             self.link = Link::Closed;
             return;
@@ -634,11 +593,11 @@ impl ClientDriver {
             Link::Up(up) => up.ws.poll_timeout(),
             _ => None,
         };
-        [self.session.poll_timeout(), ws].into_iter().flatten().min()
+        [self.dispatch.session().poll_timeout(), ws].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
+        self.dispatch.session_mut().handle_timeout(now);
         if let Link::Up(up) = &mut self.link {
             up.ws.handle_timeout(now);
         }
@@ -677,90 +636,43 @@ impl ClientDriver {
         }
     }
 
-    fn dispatch_events(&mut self) -> bool {
-        let mut progress = false;
-        while let Some(event) = self.session.poll_event() {
-            progress = true;
-            match event {
-                ClientEvent::Response { call, result } => self.respond(call, result),
-                ClientEvent::Subscribed { subscription } => {
-                    if let Some(reply) = self.pending_subscribes.remove(&subscription) {
-                        let _ = reply.send(Ok(subscription));
-                    }
-                }
-                ClientEvent::SubscribeFailed { subscription, error } => {
-                    // Also forget it in the session (a timed-out subscribe stays there).
-                    self.session.unsubscribe(Instant::now(), subscription);
-                    let sink = self.subscriptions.remove(&subscription);
-                    if let Some(reply) = self.pending_subscribes.remove(&subscription) {
-                        let _ = reply.send(Err(error));
-                    } else if let Some(sink) = sink {
-                        let _ = sink.events.try_send(SubscriptionEvent::Ended(error));
-                    }
-                }
-                ClientEvent::Notification { subscription, seq, value, .. } => {
-                    self.deliver(subscription, SubscriptionEvent::Notification { seq, value }, seq);
-                }
-                ClientEvent::Gap { subscription, from, to, lagged } => {
-                    self.deliver(subscription, SubscriptionEvent::Gap { from, to, lagged }, to);
-                }
-                _ => {}
-            }
-        }
-        progress
-    }
-
-    fn respond(&mut self, call: CallToken, result: CallResult) {
-        if let Some(reply) = self.calls.remove(&call) {
-            let _ = reply.send(result);
-            return;
-        }
-        let Some((batch, index)) = self.batch_entries.remove(&call) else { return };
-        let Some(slots) = self.batches.get_mut(&batch) else { return };
-        slots.results[index] = Some(result);
-        if slots.results.iter().all(Option::is_some) {
-            let slots = self.batches.remove(&batch).expect("looked up above");
-            let results = slots.results.into_iter().flatten().collect();
-            let _ = slots.reply.send(results);
-        }
-    }
-
-    /// Hands an event to its subscription; a subscriber that does not keep up loses values
-    /// (reported as a gap) instead of growing memory without bound.
-    fn deliver(&mut self, token: SubscriptionToken, event: SubscriptionEvent, seq: u64) {
-        let Some(sink) = self.subscriptions.get_mut(&token) else { return };
-        if let Some((from, to)) = sink.dropped {
-            match sink.events.try_send(SubscriptionEvent::Gap { from, to, lagged: true }) {
-                Ok(()) => sink.dropped = None,
-                Err(TrySendError::Disconnected(_)) => return,
-                Err(TrySendError::Full(_)) => {
-                    sink.dropped = Some((from, to.max(seq)));
-                    return;
-                }
-            }
-        }
-        if let Err(TrySendError::Full(_)) = sink.events.try_send(event) {
-            sink.dropped = Some((seq, seq));
-        }
-    }
-
     fn fail_everything(&mut self) {
-        self.session.close();
-        self.dispatch_events();
-        for (_, reply) in self.calls.drain() {
-            let _ = reply.send(Err(ClientError::Closed));
-        }
-        // Batches still incomplete drop their reply: the caller sees `Closed`.
-        self.batches.clear();
-        self.batch_entries.clear();
-        for (_, reply) in self.pending_subscribes.drain() {
-            let _ = reply.send(Err(ClientError::Closed));
-        }
+        self.dispatch.fail_all(ClientError::Closed);
         if let Some(tx) = self.ready.take() {
             let _ = tx.send(Err(ClientError::Closed));
         }
-        self.subscriptions.clear();
     }
+}
+
+/// crossbeam-channel as the dispatcher's channels.
+struct CrossbeamChannels;
+
+/// A bounded(1) sender as the dispatcher's reply.
+struct Reply<T>(Sender<T>);
+
+impl<T> OneShot<T> for Reply<T> {
+    fn send(self, value: T) {
+        let _ = self.0.send(value);
+    }
+}
+
+/// A bounded sender as a subscription's event sink.
+struct Events(Sender<SubscriptionEvent>);
+
+impl EventSink for Events {
+    fn try_send(&mut self, event: SubscriptionEvent) -> Result<(), SinkError> {
+        self.0.try_send(event).map_err(|e| match e {
+            TrySendError::Full(_) => SinkError::Full,
+            TrySendError::Disconnected(_) => SinkError::Gone,
+        })
+    }
+}
+
+impl Channels for CrossbeamChannels {
+    type Call = Reply<CallResult>;
+    type Batch = Reply<Vec<CallResult>>;
+    type Subscribe = Reply<Result<SubscriptionToken, ClientError>>;
+    type Events = Events;
 }
 
 /// Routes one WebSocket event of the client connection.
