@@ -312,3 +312,34 @@ pub mod blocking_adapter {
 }
 
 pub use blocking_adapter::Blocking;
+
+/// Generous bound for anything a test waits on.
+pub const LONG: Duration = Duration::from_secs(10);
+
+/// Defaults without rate tokens (tests call faster than the default 10/s allows; rate
+/// limiting has tests of its own).
+pub fn unlimited_config() -> ServiceConfig {
+    let mut c = ServiceConfig::default();
+    c.limits = wsrpc_core::limit::LimitConfig::disabled();
+    c
+}
+
+/// Polls `cond` every 5 ms until it holds, failing after [`LONG`].
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + LONG;
+    while !cond() {
+        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The server's error count of `kind` ("protocol", "handshake", "auth", …).
+pub fn errors(server: &dyn TestServer, kind: &str) -> u64 {
+    server.metrics().errors.get(kind).copied().unwrap_or(0)
+}
+
+/// Serialises the tests of one file that measure process-wide things (RSS, descriptors).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -15,18 +15,10 @@ use wsrpc_core::hub::{OutboxLimits, SlowConsumer};
 use wsrpc_core::rpc::client::{BackoffConfig, ClientError, ClientOptions, SubscriptionEvent};
 use wsrpc_core::rpc::{Router, RpcError};
 use wsrpc_core::service::{Bind, ServiceConfig};
+use wsrpc_tests::LONG;
 use wsrpc_tests::raw;
 use wsrpc_tests::{Adapter, TestServer};
-
-const LONG: Duration = Duration::from_secs(10);
-
-/// Defaults, without rate tokens (the tests call faster than the default 10/s allows;
-/// rate limiting has its own test).
-fn config() -> ServiceConfig {
-    let mut c = ServiceConfig::default();
-    c.limits = wsrpc_core::limit::LimitConfig::disabled();
-    c
-}
+use wsrpc_tests::{unlimited_config as config, wait_for};
 
 fn any_port() -> Bind {
     Bind::Addr("127.0.0.1:0".parse().unwrap())
@@ -57,14 +49,6 @@ fn start<A: Adapter>(config: ServiceConfig) -> (Box<dyn TestServer>, Arc<Counter
     let counters = Arc::new(Counters { notified: AtomicUsize::new(0) });
     let server = A::start(config, router(counters.clone()), any_port()).expect("server starts");
     (server, counters)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + LONG;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn rpc_code(e: &ClientError) -> Option<i64> {

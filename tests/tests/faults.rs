@@ -11,17 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wsrpc_core::rpc::Router;
 use wsrpc_core::rpc::client::{ClientConfig, ClientError, ClientOptions};
-use wsrpc_core::service::{Bind, ServiceConfig};
+use wsrpc_core::service::Bind;
+use wsrpc_tests::LONG;
 use wsrpc_tests::raw::{self, RawWs};
 use wsrpc_tests::{Adapter, TestClient, TestServer};
-
-const LONG: Duration = Duration::from_secs(10);
-
-fn config() -> ServiceConfig {
-    let mut c = ServiceConfig::default();
-    c.limits = wsrpc_core::limit::LimitConfig::disabled();
-    c
-}
+use wsrpc_tests::{errors, unlimited_config as config, wait_for};
 
 fn start<A: Adapter>() -> Box<dyn TestServer> {
     let mut r = Router::new();
@@ -33,18 +27,6 @@ fn start<A: Adapter>() -> Box<dyn TestServer> {
         },
     );
     A::start(config(), r, Bind::Addr("127.0.0.1:0".parse().unwrap())).expect("server starts")
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + LONG;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn errors(server: &dyn TestServer, kind: &str) -> u64 {
-    server.metrics().errors[kind]
 }
 
 /// Kills `n` peers with `kill`, then checks that each was counted as an error of `kind` (when

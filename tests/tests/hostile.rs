@@ -7,47 +7,25 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wsrpc_core::rpc::Router;
 use wsrpc_core::rpc::client::ClientOptions;
 use wsrpc_core::service::{Bind, ServiceConfig};
+use wsrpc_tests::LONG;
 use wsrpc_tests::raw::{self, RawWs};
 use wsrpc_tests::{Adapter, TestServer};
+use wsrpc_tests::{errors, serial, unlimited_config as config, wait_for};
 
-const LONG: Duration = Duration::from_secs(10);
 const MIB: u64 = 1024;
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn config() -> ServiceConfig {
-    let mut c = ServiceConfig::default();
-    c.limits = wsrpc_core::limit::LimitConfig::disabled();
-    c
-}
 
 fn start<A: Adapter>(config: ServiceConfig) -> Box<dyn TestServer> {
     let mut r = Router::new();
     r.method("add", |(a, b): (i64, i64), _| Ok(a + b));
     A::start(config, r, Bind::Addr("127.0.0.1:0".parse().unwrap())).expect("server starts")
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + LONG;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn errors(server: &dyn TestServer, kind: &str) -> u64 {
-    server.metrics().errors[kind]
 }
 
 /// A served client proves the server still works: a call answered within `LONG`.

@@ -6,8 +6,8 @@
 //! this file run one at a time: they measure latency and count the process's descriptors.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -15,21 +15,10 @@ use wsrpc_core::hub::{OutboxLimits, SlowConsumer};
 use wsrpc_core::rpc::Router;
 use wsrpc_core::rpc::client::{ClientOptions, SubscriptionEvent};
 use wsrpc_core::service::{Bind, Service, ServiceConfig};
+use wsrpc_tests::LONG;
 use wsrpc_tests::raw::{self, RawWs};
 use wsrpc_tests::{Adapter, TestClient, TestServer};
-
-const LONG: Duration = Duration::from_secs(10);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn config() -> ServiceConfig {
-    let mut c = ServiceConfig::default();
-    c.limits = wsrpc_core::limit::LimitConfig::disabled();
-    c
-}
+use wsrpc_tests::{serial, unlimited_config as config, wait_for};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -43,14 +32,6 @@ fn router() -> Router {
 
 fn start<A: Adapter>(config: ServiceConfig) -> Box<dyn TestServer> {
     A::start(config, router(), Bind::Addr(loopback())).expect("server starts")
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + LONG;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use wsrpc_core::auth::Hs256Jwt;
@@ -13,10 +13,10 @@ use wsrpc_core::limit::{LimitConfig, MethodClass, MethodClasses, Rate};
 use wsrpc_core::rpc::Router;
 use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
 use wsrpc_core::service::{Bind, ServiceConfig};
+use wsrpc_tests::LONG;
 use wsrpc_tests::raw;
 use wsrpc_tests::{Adapter, TestServer};
 
-const LONG: Duration = Duration::from_secs(10);
 const SECRET: &[u8] = b"a test secret of at least 32 random bytes";
 
 fn start<A: Adapter>(config: ServiceConfig) -> Box<dyn TestServer> {
