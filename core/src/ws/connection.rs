@@ -13,7 +13,7 @@ use super::frame::{
     FrameDecoder, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame,
 };
 use super::handshake::{self, ClientRequest};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, extend_unmasked};
 use super::message::{Closed, Connected, Event, Initiator, Message, MessageKind, SharedFrame};
 use super::state::{Input, State};
 use super::transmit::TransmitQueue;
@@ -904,9 +904,11 @@ impl Connection {
         }
         let msg = rx.message.as_mut().expect("a data frame in progress has a message");
         let start = msg.data.len();
-        msg.data.extend_from_slice(chunk);
-        if let Some(key) = key {
-            frame.mask_phase = apply_mask(&mut msg.data[start..], key, frame.mask_phase);
+        match key {
+            Some(key) => {
+                frame.mask_phase = extend_unmasked(&mut msg.data, chunk, key, frame.mask_phase)
+            }
+            None => msg.data.extend_from_slice(chunk),
         }
         if msg.kind == MessageKind::Text && msg.utf8.feed(&msg.data[start..]).is_err() {
             return Err(ProtocolError::InvalidUtf8);
