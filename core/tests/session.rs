@@ -518,3 +518,21 @@ fn signed_messages_when_signing_is_on() {
         assert_eq!(v["error"]["code"], -32004, "{bad}");
     }
 }
+
+#[test]
+fn topics_without_subscribers_are_evicted_beyond_the_cap() {
+    let mut config = hub_config();
+    config.hub.max_topics = 100;
+    let mut h = Harness::new(config, Router::new());
+    let mut s = h.session(None, Principal::anonymous());
+    subscribe(&h, &mut s, json!(["kept"]));
+    for i in 0..1000 {
+        h.service.publish(&format!("invented:{i}"), &i).unwrap();
+    }
+    let topics = h.service.hub().stats().topics;
+    assert!(topics <= 100, "{topics} topics kept");
+    // The subscribed topic survived every sweep and still delivers.
+    h.service.publish("kept", &1).unwrap();
+    let (outs, _) = drain(&mut s);
+    assert_eq!(json_outs(&outs)[0]["params"]["topic"], "kept");
+}

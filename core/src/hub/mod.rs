@@ -84,6 +84,9 @@ pub struct HubConfig {
     pub outbox: OutboxLimits,
     /// Longest topic name [128].
     pub max_topic_len: usize,
+    /// Topics kept; beyond it, topics without subscribers (and their replay buffers) are
+    /// dropped [10,000].
+    pub max_topics: usize,
     /// Method names.
     pub methods: SubscriptionMethods,
 }
@@ -97,6 +100,7 @@ impl Default for HubConfig {
             replay_capacity: 256,
             outbox: OutboxLimits::default(),
             max_topic_len: 128,
+            max_topics: 10_000,
             methods: SubscriptionMethods::default(),
         }
     }
@@ -316,6 +320,14 @@ impl Hub {
             return None;
         }
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if topics.len() >= self.config.max_topics && !topics.contains_key(name) {
+            // Topics nobody listens to are only kept for their replay buffers: when there are
+            // too many, drop those (a later resubscription gets a gap notice) so a publisher
+            // that invents topic names cannot grow memory without bound.
+            let before = topics.len();
+            topics.retain(|_, t| !lock(t).subscribers.is_empty());
+            log::debug!(target: "wsrpc::hub", "evicted {} unsubscribed topics", before - topics.len());
+        }
         let t = topics.entry(name.into()).or_insert_with(|| {
             let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
             Arc::new(Mutex::new(Topic {
