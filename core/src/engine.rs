@@ -441,6 +441,12 @@ impl ServerConnection {
         if request.headers.has_token("upgrade", "websocket") {
             return self.upgrade(now, request);
         }
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0, else 400.
+        let hosts = request.headers.count("host");
+        if hosts > 1 || (hosts == 0 && request.version >= 1) {
+            let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+            return self.respond_error(400, "exactly one Host header is required", meta);
+        }
         let config = self.service.config();
         let origin = request.headers.get_str("origin");
         let connection_close = request.headers.has_token("connection", "close");
@@ -770,8 +776,7 @@ impl ServerConnection {
             all.push(("Vary", "Origin"));
         }
         let keep_alive = meta.keep_alive && !self.shutting_down && !self.peer_eof;
-        let body = if meta.head_only { &b""[..] } else { body };
-        self.tx.push_with(|b| write_response(b, status, &all, body, keep_alive));
+        self.tx.push_with(|b| write_response(b, status, &all, body, keep_alive, meta.head_only));
         if keep_alive {
             self.phase = Phase::Head { head: HeadBuffer::new(), started: false };
             self.deadline = Some(self.now + self.service.config().http.keep_alive_timeout);

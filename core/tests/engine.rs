@@ -197,10 +197,33 @@ fn health_and_metrics_endpoints() {
 }
 
 #[test]
+fn head_gives_the_length_of_the_body_it_leaves_out() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let get = h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = h.exchange(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(length > 0 && length.abs_diff(get[0].body.len()) < 8, "{length} vs GET's body");
+    assert_eq!(body, "", "HEAD sends no body");
+    // The connection is still usable: the next request is answered normally.
+    assert_eq!(h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
+}
+
+#[test]
 fn http_errors_have_their_status() {
     let svc = service(ServiceConfig::default());
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
+        (b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 400),
         (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
         (b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 426),

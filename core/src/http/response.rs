@@ -5,13 +5,15 @@ use std::io::Write as _;
 use super::head::reason_phrase;
 
 /// Appends a complete response. `headers` are written as given; `Content-Length` and
-/// `Connection` are added here.
+/// `Connection` are added here. For an answer to `HEAD` (`head_only`) the body is left out
+/// but `Content-Length` still gives its size, as a `GET` would have (RFC 9110 §9.3.2).
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
     headers: &[(&str, &str)],
     body: &[u8],
     keep_alive: bool,
+    head_only: bool,
 ) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
@@ -26,7 +28,7 @@ pub fn write_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
-    if status != 204 {
+    if status != 204 && !head_only {
         out.extend_from_slice(body);
     }
 }
