@@ -231,6 +231,12 @@ fn invalid_params_name_the_param() {
         exchange(&mut s, r#"{"jsonrpc":"2.0","method":"subtract","params":[1,"two"],"id":2}"#);
     assert_eq!(got[0]["error"]["code"], -32602);
     assert!(got[0]["error"]["message"].as_str().unwrap().contains("[1]"), "{got:?}");
+    let got = exchange(&mut s, r#"{"jsonrpc":"2.0","method":"subtract","params":[1,2,3],"id":3}"#);
+    assert_eq!(got[0]["error"]["code"], -32602);
+    assert_eq!(got[0]["error"]["message"], "Invalid params: too many positional params (3 given)");
+    let got = exchange(&mut s, r#"{"jsonrpc":"2.0","method":"subtract","params":[1],"id":4}"#);
+    assert_eq!(got[0]["error"]["code"], -32602);
+    assert!(got[0]["error"]["message"].as_str().unwrap().contains("invalid length 1"), "{got:?}");
 }
 
 #[test]

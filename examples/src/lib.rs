@@ -1,6 +1,12 @@
-//! Shared bits of the examples: argument parsing and an OS-seeded entropy source.
+//! Shared bits of the examples: argument parsing, an OS-seeded entropy source, the demo
+//! service and the JSON-RPC 2.0 specification's service (`spec_server`).
 
+use std::net::SocketAddr;
+
+use serde_json::json;
 use wsrpc_core::Xoshiro256;
+use wsrpc_core::limit::{LimitConfig, MethodClass};
+use wsrpc_core::rpc::{Router, RpcError};
 
 /// The value after `--name` on the command line, if any.
 pub fn arg(name: &str) -> Option<String> {
@@ -22,9 +28,6 @@ pub fn os_seeded_entropy() -> Box<Xoshiro256> {
     getrandom::fill(&mut seed).expect("the OS entropy source is available");
     Box::new(Xoshiro256::from_seed(u64::from_le_bytes(seed)))
 }
-
-use serde_json::json;
-use wsrpc_core::rpc::{Router, RpcError};
 
 /// The small service every `*_server` example runs: arithmetic, an echo, an async method,
 /// and a `ticks` topic the example publishes to.
@@ -61,6 +64,74 @@ pub fn spec_router() -> Router {
     .method("notify_sum", |_: Vec<serde_json::Value>, _| Ok(()))
     .method("get_data", |(): (), _| Ok(json!(["hello", 5])));
     r
+}
+
+/// The rate tokens of `spec_server`: the DESIGN.md defaults, with the specification's methods
+/// (pure arithmetic and no-ops) in the read-only class (20/s, 200/min, 2,000/h per connection)
+/// rather than the default one (10/s), so a conformance client running the section 7 examples
+/// over one connection is not throttled, while a flood still is.
+pub fn spec_limits() -> LimitConfig {
+    let mut limits = LimitConfig::default();
+    for m in ["subtract", "sum", "update", "notify_hello", "notify_sum", "get_data"] {
+        limits.classes = limits.classes.with_method(m, MethodClass::ReadOnly);
+    }
+    limits
+}
+
+/// A running `spec_server` on one of the three adapters.
+#[derive(Debug)]
+pub enum SpecServer {
+    /// On `wsrpc-smol`.
+    Smol(wsrpc_smol::Server),
+    /// On `wsrpc-async-std`.
+    AsyncStd(wsrpc_async_std::Server),
+    /// On `wsrpc-blocking`.
+    Blocking(wsrpc_blocking::Server),
+}
+
+impl SpecServer {
+    /// Starts the specification's methods (`spec_router`, `spec_limits`, every other option
+    /// at its default) on `adapter` (`smol`, `async-std` or `blocking`) at `addr`.
+    pub fn start(adapter: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(match adapter {
+            "smol" => Self::Smol(
+                wsrpc_smol::Server::builder()
+                    .router(spec_router())
+                    .limits(spec_limits())
+                    .bind(addr)
+                    .start()?,
+            ),
+            "async-std" => Self::AsyncStd(
+                wsrpc_async_std::Server::builder()
+                    .router(spec_router())
+                    .limits(spec_limits())
+                    .bind(addr)
+                    .start()?,
+            ),
+            "blocking" => Self::Blocking(
+                wsrpc_blocking::Server::builder()
+                    .router(spec_router())
+                    .limits(spec_limits())
+                    .bind(addr)
+                    .start()?,
+            ),
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("unknown adapter {other:?}: use smol, async-std or blocking"),
+                ));
+            }
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Smol(s) => s.local_addr(),
+            Self::AsyncStd(s) => s.local_addr(),
+            Self::Blocking(s) => s.local_addr(),
+        }
+    }
 }
 
 /// The port from `--port`, or 0 (any free port).

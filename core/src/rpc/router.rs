@@ -101,6 +101,11 @@ fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, RpcError> {
         let inner = e.into_inner().to_string();
         // serde_json appends the position in the params text, which means nothing to a caller.
         let inner = inner.rsplit_once(" at line ").map_or(inner.as_str(), |(msg, _)| msg);
+        // An array longer than the handler takes ends in serde_json's "trailing characters".
+        if path == "." && inner == "trailing characters" && text.starts_with('[') {
+            let given = serde_json::from_str::<Vec<&RawValue>>(text).map_or(0, |v| v.len());
+            return RpcError::invalid_params(format!("too many positional params ({given} given)"));
+        }
         if path == "." {
             RpcError::invalid_params(inner)
         } else {
