@@ -536,13 +536,22 @@ impl ServerConnection {
         let te = request.headers.get_str("transfer-encoding");
         let cl = request.headers.get_str("content-length");
         let body = match (te, cl, request.headers.count("content-length")) {
+            // Both framings, or several Transfer-Encoding lines: a smuggling attempt (400).
+            (Some(_), _, _) if request.headers.count("transfer-encoding") > 1 || cl.is_some() => {
+                return self.respond_error(
+                    400,
+                    "ambiguous framing: Transfer-Encoding with Content-Length, or repeated",
+                    HttpMeta { keep_alive: false, ..meta },
+                );
+            }
             (Some(te), None, _) if te.eq_ignore_ascii_case("chunked") => {
                 Ok(BodyReader::chunked(max))
             }
+            // A coding we do not implement (RFC 9112 §6.1: 501).
             (Some(_), _, _) => {
                 return self.respond_error(
-                    400,
-                    "unsupported Transfer-Encoding",
+                    501,
+                    "unsupported Transfer-Encoding (only chunked)",
                     HttpMeta { keep_alive: false, ..meta },
                 );
             }

@@ -85,7 +85,7 @@ impl ErrorKind {
     pub const fn from_http_status(status: u16) -> Option<Self> {
         match status {
             401 | 403 => Some(Self::Auth),
-            400..=499 => Some(Self::Handshake),
+            400..=499 | 501 => Some(Self::Handshake),
             _ => None,
         }
     }
