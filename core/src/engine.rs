@@ -438,6 +438,11 @@ impl ServerConnection {
 
     fn route(&mut self, now: Instant, request: RequestHead) {
         self.service.metrics().http_request_received();
+        // One origin per request (RFC 6454 §7); two could slip a foreign one past the policy.
+        if request.headers.count("origin") > 1 {
+            let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
+            return self.respond_error(403, "more than one Origin header", meta);
+        }
         if request.headers.has_token("upgrade", "websocket") {
             return self.upgrade(now, request);
         }

@@ -223,6 +223,8 @@ fn http_errors_have_their_status() {
         (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
         (b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 400),
         (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost\r\nOrigin: https://evil.example\r\n\r\n".to_vec(), 403),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(), 403),
         (b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 400),
         (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
         (b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
