@@ -147,6 +147,9 @@ impl ServerConnection {
             return 0;
         }
         let used = match &mut self.phase {
+            // A pipelining peer that does not read its responses is held at the high-water
+            // mark like a WebSocket one, instead of having every request in a read answered.
+            Phase::Head { .. } | Phase::Body { .. } if self.tx.len() > READ_HIGH_WATER => 0,
             Phase::Head { .. } => self.read_head(now, data),
             Phase::Body { .. } => self.read_body(now, data),
             Phase::HttpCall { .. } => 0,
@@ -475,6 +478,9 @@ impl ServerConnection {
         let has_body = request.headers.get("content-length").is_some_and(|v| v != b"0")
             || request.headers.get("transfer-encoding").is_some();
         if method == "OPTIONS" {
+            // A body is never read here: close after answering, or it would be taken for the
+            // next request.
+            let meta = HttpMeta { keep_alive: meta.keep_alive && !has_body, ..meta };
             return self.preflight(&request, meta);
         }
         if path == config.http.health_path || path == config.http.metrics_path {

@@ -157,7 +157,7 @@ fn pending_events(conn: &mut Connection) -> usize {
 /// JSON, and ids must be echoed byte for byte.
 pub fn jsonrpc(data: &[u8], origin: Instant) {
     use crate::rpc::message::{Incoming, parse};
-    let entries = match parse(data) {
+    let entries = match parse(data, 100) {
         Incoming::Single(e) => vec![e],
         Incoming::Batch(v) => v,
         Incoming::Unanswerable(e) => {
@@ -175,7 +175,7 @@ pub fn jsonrpc(data: &[u8], origin: Instant) {
     session.handle_message(origin, data);
     drain_session(&mut session, origin);
     // Ids of valid requests come back exactly.
-    if let Incoming::Single(Ok(req)) = parse(data) {
+    if let Incoming::Single(Ok(req)) = parse(data, 100) {
         if let Some(id) = req.id {
             let mut s = fuzz_session(origin, crate::rpc::Transport::Messages);
             s.handle_message(origin, data);

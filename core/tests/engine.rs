@@ -84,7 +84,8 @@ impl Http {
     fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut at = 0;
         let mut out = Vec::new();
-        for _ in 0..1000 {
+        // Each round takes at least one request unless the connection is stuck.
+        for _ in 0..1000 + bytes.len() {
             if at < bytes.len() {
                 at += self.conn.handle_input(self.now, &bytes[at..]);
             }
@@ -180,6 +181,39 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn a_pipelining_peer_that_does_not_read_is_held_at_the_high_water_mark() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    let n = 5_000;
+    let wire = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+    // Feed without writing anything out, as when the peer's receive window is full.
+    let mut at = 0;
+    while at < wire.len() {
+        let used = h.conn.handle_input(h.now, &wire[at..]);
+        if used == 0 {
+            break;
+        }
+        at += used;
+    }
+    assert!(at < wire.len(), "input stops being taken while responses pile up");
+    assert!(!h.conn.wants_read());
+    let mut first = Vec::new();
+    while let Some(b) = h.conn.poll_transmit() {
+        first.extend_from_slice(b);
+        let len = b.len();
+        h.conn.advance_transmit(len);
+    }
+    let held = parse_responses(&first).len();
+    assert!(first.len() <= (1 << 20) + 64 * 1024, "{} bytes queued", first.len());
+    assert!(held < n, "{held} of {n} answered before the peer read anything");
+    // Once written out, the rest is answered: every request once, in order.
+    let rest = parse_responses(&h.exchange(&wire[at..]));
+    assert_eq!(held + rest.len(), n);
+    assert!(rest.iter().all(|r| r.status == 200));
+    assert_eq!(svc.snapshot(h.now).http_requests, n as u64);
+}
+
+#[test]
 fn health_and_metrics_endpoints() {
     let svc = service(ServiceConfig::default());
     svc.set_port(8766);
@@ -243,6 +277,12 @@ fn http_errors_have_their_status() {
         let r = h.request(&req);
         assert_eq!(r[0].status, status, "{}", String::from_utf8_lossy(&req));
     }
+    // An OPTIONS request with a body is answered, then the connection closes instead of
+    // reading the body as a request.
+    let mut h = Http::new(&svc);
+    let r = h.request(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nContent-Length: 34\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((r.len(), r[0].status), (1, 204));
+    assert_eq!(r[0].header("connection"), Some("close"));
     let mut h = Http::new(&svc);
     let r = h.request(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r[0].header("allow"), Some("GET, POST, OPTIONS"));

@@ -373,7 +373,8 @@ impl Hub {
             if let Some((since, epoch)) = since {
                 let since = if epoch.is_some_and(|e| e != self.epoch) { 0 } else { since };
                 let oldest = t.replay.front().map_or(t.seq + 1, |d| d.seq);
-                if since + 1 < oldest && since < t.seq {
+                // `since < t.seq` first: `since + 1` cannot overflow after it.
+                if since < t.seq && since + 1 < oldest {
                     wakers.extend(outbox.push_gap(t.key.clone(), since + 1, oldest - 1));
                 }
                 for d in t.replay.iter().filter(|d| d.seq > since) {

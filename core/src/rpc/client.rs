@@ -691,7 +691,11 @@ impl ClientSession {
     pub fn handle_message(&mut self, now: Instant, text: &[u8]) -> bool {
         let first = text.iter().copied().find(|b| !b.is_ascii_whitespace());
         if first == Some(b'[') {
-            let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(text) else { return false };
+            // A batch answers calls of ours: entries beyond the pending count cannot match one,
+            // so they are checked to be JSON but not kept (a hostile server's array of
+            // millions of entries costs no memory).
+            let keep = self.pending.len().max(1);
+            let Ok((items, _)) = super::message::bounded_array(text, keep) else { return false };
             let mut ok = true;
             for item in items {
                 ok &= self.handle_one(now, item.get().as_bytes());

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 
+use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -72,15 +73,62 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Parses one message: a request object or a batch.
-pub fn parse(message: &[u8]) -> Incoming<'_> {
+/// A JSON array's first `max` elements, kept raw, and how many elements it has in all; the
+/// elements past `max` are checked to be JSON but not kept, so a message of millions of tiny
+/// entries costs no memory beyond its own bytes.
+pub(crate) fn bounded_array(
+    text: &[u8],
+    max: usize,
+) -> Result<(Vec<&RawValue>, usize), serde_json::Error> {
+    struct Bounded(usize);
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = (Vec<&'de RawValue>, usize);
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = (Vec<&'de RawValue>, usize);
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            while kept.len() < self.0 {
+                match seq.next_element::<&RawValue>()? {
+                    Some(entry) => kept.push(entry),
+                    None => {
+                        let n = kept.len();
+                        return Ok((kept, n));
+                    }
+                }
+            }
+            let mut total = kept.len();
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                total += 1;
+            }
+            Ok((kept, total))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = Bounded(max).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Parses one message: a request object or a batch of at most `max_batch` entries (a longer
+/// one is refused whole, -32600, before any entry is looked at).
+pub fn parse(message: &[u8], max_batch: usize) -> Incoming<'_> {
     let first = message.iter().copied().find(|b| !b.is_ascii_whitespace());
     if first == Some(b'[') {
-        return match serde_json::from_slice::<Vec<&RawValue>>(message) {
-            Ok(entries) if entries.is_empty() => {
-                Incoming::Unanswerable(RpcError::invalid_request("empty batch"))
-            }
-            Ok(entries) => {
+        return match bounded_array(message, max_batch) {
+            Ok((_, 0)) => Incoming::Unanswerable(RpcError::invalid_request("empty batch")),
+            Ok((_, total)) if total > max_batch => Incoming::Unanswerable(
+                RpcError::invalid_request("batch too large").with_data(serde_json::json!({
+                    "limit": "batch entries", "max": max_batch, "entries": total
+                })),
+            ),
+            Ok((entries, _)) => {
                 Incoming::Batch(entries.into_iter().map(|e| parse_entry(e.get())).collect())
             }
             Err(e) if e.is_data() => Incoming::Unanswerable(RpcError::invalid_request(e)),
@@ -195,7 +243,7 @@ mod tests {
     use super::*;
 
     fn single(msg: &str) -> Result<Request<'_>, Invalid<'_>> {
-        match parse(msg.as_bytes()) {
+        match parse(msg.as_bytes(), 100) {
             Incoming::Single(r) => r,
             other => panic!("{other:?}"),
         }
@@ -241,18 +289,44 @@ mod tests {
     #[test]
     fn parse_errors_and_batches() {
         assert!(
-            matches!(parse(b"{\"jsonrpc\": \"2.0\", \"method\": \"foobar, \"params\": \"bar\", \"baz]"), Incoming::Unanswerable(e) if e.code == -32700)
+            matches!(parse(b"{\"jsonrpc\": \"2.0\", \"method\": \"foobar, \"params\": \"bar\", \"baz]", 100), Incoming::Unanswerable(e) if e.code == -32700)
         );
-        assert!(matches!(parse(b""), Incoming::Unanswerable(e) if e.code == -32700));
-        assert!(matches!(parse(b"[]"), Incoming::Unanswerable(e) if e.code == -32600));
-        assert!(matches!(parse(b" [ ] "), Incoming::Unanswerable(e) if e.code == -32600));
-        assert!(matches!(parse(b"[1"), Incoming::Unanswerable(e) if e.code == -32700));
-        match parse(b"[1,2,3]") {
+        assert!(matches!(parse(b"", 100), Incoming::Unanswerable(e) if e.code == -32700));
+        assert!(matches!(parse(b"[]", 100), Incoming::Unanswerable(e) if e.code == -32600));
+        assert!(matches!(parse(b" [ ] ", 100), Incoming::Unanswerable(e) if e.code == -32600));
+        assert!(matches!(parse(b"[1", 100), Incoming::Unanswerable(e) if e.code == -32700));
+        match parse(b"[1,2,3]", 100) {
             Incoming::Batch(v) => {
                 assert!(v.iter().all(|e| e.as_ref().is_err_and(|i| i.error.code == -32600)))
             }
             other => panic!("{other:?}"),
         }
+        // At the limit a batch is parsed; one entry more and it is refused whole, even when
+        // the entries are not requests; a long batch that is not JSON is still a parse error.
+        assert!(matches!(parse(b"[1,2,3]", 3), Incoming::Batch(v) if v.len() == 3));
+        match parse(b"[1,2,3,4]", 3) {
+            Incoming::Unanswerable(e) => {
+                assert_eq!(e.code, -32600);
+                assert_eq!(
+                    e.data.unwrap().get(),
+                    r#"{"entries":4,"limit":"batch entries","max":3}"#
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(b"[1,2,3,4,{]", 3), Incoming::Unanswerable(e) if e.code == -32700));
+    }
+
+    #[test]
+    fn a_huge_batch_keeps_no_more_than_the_limit() {
+        let mut text = b"[0".to_vec();
+        for _ in 0..100_000 {
+            text.extend_from_slice(b",0");
+        }
+        text.push(b']');
+        let (kept, total) = bounded_array(&text, 100).unwrap();
+        assert_eq!((kept.len(), total), (100, 100_001));
+        assert!(kept.capacity() <= 128, "only the first entries are kept");
     }
 
     #[test]

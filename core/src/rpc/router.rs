@@ -103,7 +103,7 @@ fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, RpcError> {
         let inner = inner.rsplit_once(" at line ").map_or(inner.as_str(), |(msg, _)| msg);
         // An array longer than the handler takes ends in serde_json's "trailing characters".
         if path == "." && inner == "trailing characters" && text.starts_with('[') {
-            let given = serde_json::from_str::<Vec<&RawValue>>(text).map_or(0, |v| v.len());
+            let given = super::message::bounded_array(text.as_bytes(), 0).map_or(0, |(_, n)| n);
             return RpcError::invalid_params(format!("too many positional params ({given} given)"));
         }
         if path == "." {

@@ -175,7 +175,7 @@ impl RpcSession {
             return self.push_error(None, &e);
         }
         let message_limited = self.limiter.check_message(now).err();
-        match message::parse(text) {
+        match message::parse(text, self.service.config().rpc.max_batch) {
             Incoming::Unanswerable(e) => {
                 metrics.record_error(ErrorKind::from_rpc_code(e.code));
                 self.push_error(None, &e);
@@ -188,13 +188,6 @@ impl RpcSession {
                 }
             }
             Incoming::Batch(entries) => {
-                let max = self.service.config().rpc.max_batch;
-                if entries.len() > max {
-                    metrics.record_error(ErrorKind::InvalidRequest);
-                    let e = RpcError::invalid_request("batch too large")
-                        .with_data(serde_json::json!({ "limit": "batch entries", "max": max, "entries": entries.len() }));
-                    return self.push_error(None, &e);
-                }
                 let batch = self.next_call;
                 self.next_call += 1;
                 let mut parts = Vec::with_capacity(entries.len());
@@ -666,8 +659,12 @@ impl RpcSession {
                 });
                 self.service.metrics().subscriptions_closed(1);
                 let kind = topic_kind(&key.name);
+                // Drop the entry at zero: topic names are the peer's, so kinds must not pile up.
                 if let Some(n) = self.kind_counts.get_mut(kind) {
                     *n -= 1;
+                    if *n == 0 {
+                        self.kind_counts.remove(kind);
+                    }
                 }
                 true
             }
@@ -717,5 +714,51 @@ fn insert_sig(out: &mut Vec<u8>, sig: &str) {
         out.extend_from_slice(b",\"sig\":\"");
         out.extend_from_slice(sig.as_bytes());
         out.extend_from_slice(b"\"}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rpc::Router;
+    use crate::service::ServiceConfig;
+
+    #[test]
+    fn subscribe_unsubscribe_cycles_on_invented_topics_keep_no_per_kind_entries() {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let config = ServiceConfig {
+            limits: crate::limit::LimitConfig::disabled(),
+            ..ServiceConfig::default()
+        };
+        let service = Service::new(config, Router::new(), now, Duration::from_secs(1_700_000_000));
+        let mut s = RpcSession::new(
+            service,
+            ConnectionId(1),
+            None,
+            Arc::new(Principal::anonymous()),
+            Transport::Messages,
+            now,
+        );
+        let call = |s: &mut RpcSession, method: &str, param: &str| {
+            let msg =
+                format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":["{param}"],"id":1}}"#);
+            s.handle_message(now, msg.as_bytes());
+            match s.poll_output() {
+                Some(SessionOutput::Message(m)) => {
+                    serde_json::from_slice::<serde_json::Value>(&m).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        for i in 0..1_000 {
+            let r = call(&mut s, "subscribe", &format!("invented{i}"));
+            let id = r["result"]["subscription"].as_str().expect("subscribed").to_owned();
+            assert_eq!(call(&mut s, "unsubscribe", &id)["result"], true);
+        }
+        assert!(s.subscriptions.is_empty());
+        assert!(s.kind_counts.is_empty(), "{} kinds kept", s.kind_counts.len());
     }
 }
