@@ -196,6 +196,8 @@ fn hub_config() -> ServiceConfig {
         (TopicPattern::new("solver:*"), TopicPolicy::Authenticated),
     ];
     config.hub.replay_capacity = 4;
+    // These tests are about the hub; rate tokens have their own below.
+    config.limits = LimitConfig::disabled();
     config
 }
 
@@ -444,6 +446,26 @@ fn rate_tokens_per_class_with_retry_after_across_tiers() {
     let (outs, _) = h.send(&mut s, call("eth_sendTransaction", json!([{}]), 31));
     assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
     assert!(h.service.snapshot(h.now).rate_limited >= 2);
+}
+
+#[test]
+fn subscriptions_and_builtins_take_rate_tokens_too() {
+    // Default tiers: the default class allows 10 calls in a burst.
+    let mut h = Harness::new(ServiceConfig::default(), Router::new());
+    let mut s = h.session(None, Principal::anonymous());
+    let codes: Vec<Value> = (0..12)
+        .map(|i| {
+            let method = ["subscribe", "rpc.metrics", "rpc.health"][i % 3];
+            let params = if i % 3 == 0 { json!([format!("t{i}")]) } else { json!([]) };
+            let (outs, _) = h.send(&mut s, call(method, params, i as u64));
+            json_outs(&outs)[0]["error"]["code"].clone()
+        })
+        .collect();
+    assert!(codes[..10].iter().all(Value::is_null), "{codes:?}");
+    assert_eq!(codes[10..], [json!(-32005), json!(-32005)], "{codes:?}");
+    // Unknown built-ins take no token: they are just not found.
+    let (outs, _) = h.send(&mut s, call("rpc.nope", json!([]), 99));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32601);
 }
 
 #[test]

@@ -333,6 +333,33 @@ impl RpcSession {
         }
     }
 
+    /// Takes a rate token for `req`'s method class (per origin and per connection); when
+    /// there is none, answers -32005 with `retry_after_ms` (a notification gets nothing) and
+    /// returns false.
+    fn take_call_token(&mut self, out: &mut Vec<u8>, req: &Request<'_>, now: Instant) -> bool {
+        let service = self.service.clone();
+        let Err(limited) = self.limiter.check_call(
+            service.origin_limiter(),
+            self.ctx.origin.as_deref(),
+            &req.method,
+            now,
+        ) else {
+            return true;
+        };
+        service.metrics().call_rate_limited();
+        log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
+        if let Some(id) = req.id {
+            let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
+            message::write_error(
+                out,
+                Some(id),
+                &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
+            );
+        }
+        self.note_limited(&limited);
+        false
+    }
+
     fn note_limited(&mut self, limited: &LimitExceeded) {
         if limited.verdict == AbuseVerdict::Close && !self.closing {
             self.closing = true;
@@ -352,7 +379,8 @@ impl RpcSession {
         slot: Slot,
         message_limited: Option<LimitExceeded>,
     ) -> bool {
-        let metrics = self.service.metrics();
+        let service = self.service.clone();
+        let metrics = service.metrics();
         let req = match entry {
             Ok(req) => req,
             Err(invalid) => {
@@ -389,9 +417,11 @@ impl RpcSession {
                 return false;
             }
         }
-        let service = self.service.clone();
         let methods = &service.config().hub.methods;
         if req.method == methods.subscribe || req.method == methods.unsubscribe {
+            if !self.take_call_token(out, &req, now) {
+                return false;
+            }
             let subscribe = req.method == methods.subscribe;
             let result = if subscribe {
                 self.subscribe(now, Params(req.params))
@@ -402,6 +432,9 @@ impl RpcSession {
             return false;
         }
         if let Some(builtin) = req.method.strip_prefix("rpc.") {
+            if matches!(builtin, "health" | "metrics") && !self.take_call_token(out, &req, now) {
+                return false;
+            }
             let result = match builtin {
                 "health" => serde_json::value::to_raw_value(&service.health(now))
                     .map_err(RpcError::internal),
@@ -419,21 +452,7 @@ impl RpcSession {
             }
             return false;
         };
-        let origin = self.ctx.origin.clone();
-        if let Err(limited) =
-            self.limiter.check_call(service.origin_limiter(), origin.as_deref(), &req.method, now)
-        {
-            metrics.call_rate_limited();
-            log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
-            if let Some(id) = req.id {
-                let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
-                message::write_error(
-                    out,
-                    Some(id),
-                    &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
-                );
-            }
-            self.note_limited(&limited);
+        if !self.take_call_token(out, &req, now) {
             return false;
         }
         self.ctx.now = now;
