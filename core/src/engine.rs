@@ -109,7 +109,7 @@ impl ServerConnection {
             session: None,
             spawns: VecDeque::new(),
             now,
-            deadline: handshake_timeout.map(|t| now + t),
+            deadline: handshake_timeout.map(|t| crate::later(now, t)),
             shutting_down: false,
             peer_eof: false,
             waker: None,
@@ -248,7 +248,7 @@ impl ServerConnection {
         match &self.phase {
             Phase::Head { .. } => {
                 self.phase = Phase::Draining;
-                self.deadline = Some(now + self.service.config().ws.close_timeout);
+                self.deadline = Some(crate::later(now, self.service.config().ws.close_timeout));
             }
             Phase::WebSocket(_) => self.pump(now),
             _ => {}
@@ -385,7 +385,8 @@ impl ServerConnection {
         };
         if !*started {
             *started = true;
-            self.deadline = self.service.config().ws.handshake_timeout.map(|t| now + t);
+            self.deadline =
+                self.service.config().ws.handshake_timeout.map(|t| crate::later(now, t));
         }
         let meta = || HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
         match head.push(data, limits.max_size).and_then(|done| match done {
@@ -799,7 +800,8 @@ impl ServerConnection {
         self.tx.push_with(|b| write_response(b, status, &all, body, keep_alive, meta.head_only));
         if keep_alive {
             self.phase = Phase::Head { head: HeadBuffer::new(), started: false };
-            self.deadline = Some(self.now + self.service.config().http.keep_alive_timeout);
+            self.deadline =
+                Some(crate::later(self.now, self.service.config().http.keep_alive_timeout));
         } else {
             self.drain();
         }
@@ -807,7 +809,7 @@ impl ServerConnection {
 
     fn drain(&mut self) {
         self.phase = Phase::Draining;
-        self.deadline = Some(self.now + self.service.config().ws.close_timeout);
+        self.deadline = Some(crate::later(self.now, self.service.config().ws.close_timeout));
         if let Some(mut s) = self.session.take() {
             s.shutdown();
         }

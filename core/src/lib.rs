@@ -67,3 +67,10 @@ pub mod service;
 pub mod ws;
 
 pub use entropy::{Entropy, Xoshiro256};
+
+/// `now + d`, with a duration too long to represent (say a configured `Duration::MAX` meant
+/// as "never") capped at a century instead of panicking on `Instant` overflow.
+pub(crate) fn later(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}

@@ -423,6 +423,30 @@ fn connection_limit_answers_503() {
     assert_eq!(d.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
 }
 
+#[test]
+fn timeouts_configured_as_duration_max_mean_never_rather_than_panic() {
+    let mut config = ServiceConfig::default();
+    config.ws.handshake_timeout = Some(Duration::MAX);
+    config.ws.ping_interval = Some(Duration::MAX);
+    config.ws.pong_timeout = Duration::MAX;
+    config.ws.idle_timeout = Some(Duration::MAX);
+    config.ws.close_timeout = Duration::MAX;
+    config.http.keep_alive_timeout = Duration::MAX;
+    let svc = service(config.clone());
+    let mut h = Http::new(&svc);
+    assert_eq!(h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
+    let deadline = h.conn.poll_timeout().expect("a keep-alive deadline");
+    assert!(deadline > h.now + Duration::from_secs(365 * 24 * 3600));
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    assert_eq!(p.call("add", json!([2, 3]))["result"], 5);
+    let far = p.server.poll_timeout().expect("timers");
+    p.server.handle_timeout(far);
+    // A client connection with the same timers starts too.
+    let req = ClientRequest::new("localhost", "/");
+    let c = Connection::client(config.ws, &req, Box::new(Xoshiro256::from_seed(1)), p.now);
+    assert!(c.poll_timeout().is_some());
+}
+
 /// A client `ws::Connection` talking to a `ServerConnection`.
 struct WsPair {
     client: Connection,

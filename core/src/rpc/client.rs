@@ -444,7 +444,7 @@ impl ClientSession {
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, method, params, Some(id));
-        self.enqueue(Queued { message, ids: vec![id], deadline: now + timeout });
+        self.enqueue(Queued { message, ids: vec![id], deadline: crate::later(now, timeout) });
         CallToken(id)
     }
 
@@ -478,7 +478,11 @@ impl ClientSession {
         }
         message.push(b']');
         let tokens = ids.iter().map(|&i| CallToken(i)).collect();
-        self.enqueue(Queued { message, ids, deadline: now + self.config.call_timeout });
+        self.enqueue(Queued {
+            message,
+            ids,
+            deadline: crate::later(now, self.config.call_timeout),
+        });
         tokens
     }
 
@@ -530,7 +534,7 @@ impl ClientSession {
         let params = serde_json::value::to_raw_value(&[server_id]).expect("strings serialize");
         let mut message = Vec::new();
         write_request(&mut message, &self.config.methods.unsubscribe, Some(&params), Some(id));
-        let deadline = now + self.config.call_timeout;
+        let deadline = crate::later(now, self.config.call_timeout);
         self.pending.insert(id, Pending { kind: PendingKind::Unsubscribe, deadline });
         self.deadlines.insert((deadline, id));
         self.out.push_back(message);
@@ -554,7 +558,7 @@ impl ClientSession {
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, &self.config.methods.subscribe, Some(&params), Some(id));
-        let deadline = now + self.config.call_timeout;
+        let deadline = crate::later(now, self.config.call_timeout);
         self.pending.insert(id, Pending { kind: PendingKind::Subscribe(token), deadline });
         self.deadlines.insert((deadline, id));
         self.out.push_back(message);

@@ -161,7 +161,7 @@ impl Connection {
     pub fn server(config: impl Into<Arc<Config>>, now: Instant) -> Self {
         let mut conn = Self::new(Role::Server, config.into(), State::Handshake, None, now);
         conn.handshake = Some(Box::new(Handshake::Server { head: HeadBuffer::new() }));
-        conn.timers.handshake = conn.config.handshake_timeout.map(|t| now + t);
+        conn.timers.handshake = conn.config.handshake_timeout.map(|t| crate::later(now, t));
         conn
     }
 
@@ -190,7 +190,7 @@ impl Connection {
             key,
             offered: request.protocols.clone(),
         }));
-        conn.timers.handshake = conn.config.handshake_timeout.map(|t| now + t);
+        conn.timers.handshake = conn.config.handshake_timeout.map(|t| crate::later(now, t));
         conn
     }
 
@@ -373,13 +373,13 @@ impl Connection {
         if expired(self.timers.ping, now) {
             self.timers.ping = None;
             if let (State::Open, Some(interval)) = (self.state, self.config.ping_interval) {
-                let due = self.last_rx + interval;
+                let due = crate::later(self.last_rx, interval);
                 if self.timers.pong.is_some() {
                     // A ping is unanswered: its pong timer decides, not a new ping.
-                    self.timers.ping = Some(now + interval);
+                    self.timers.ping = Some(crate::later(now, interval));
                 } else if due <= now {
                     self.send_heartbeat(now);
-                    self.timers.ping = Some(now + interval);
+                    self.timers.ping = Some(crate::later(now, interval));
                 } else {
                     self.timers.ping = Some(due);
                 }
@@ -388,7 +388,7 @@ impl Connection {
         if expired(self.timers.idle, now) {
             self.timers.idle = None;
             if let (State::Open, Some(idle)) = (self.state, self.config.idle_timeout) {
-                let due = self.last_message + idle;
+                let due = crate::later(self.last_message, idle);
                 if due <= now {
                     self.start_close(now, CloseCode::GOING_AWAY, "idle timeout");
                 } else {
@@ -556,7 +556,7 @@ impl Connection {
         self.sent_close = Some(CloseFrame { code: Some(code), reason: reason.to_owned() });
         self.transition(Input::LocalClose);
         self.stop_open_timers();
-        self.timers.close = Some(now + self.config.close_timeout);
+        self.timers.close = Some(crate::later(now, self.config.close_timeout));
     }
 
     fn check_can_send(&self) -> Result<(), SendError> {
@@ -631,7 +631,7 @@ impl Connection {
         self.ping_counter += 1;
         let payload = self.ping_counter.to_be_bytes();
         self.queue_frame(true, OpCode::Ping, &payload);
-        self.timers.pong = Some(now + self.config.pong_timeout);
+        self.timers.pong = Some(crate::later(now, self.config.pong_timeout));
     }
 
     fn transition(&mut self, input: Input) {
@@ -644,8 +644,8 @@ impl Connection {
 
     fn start_open_timers(&mut self, now: Instant) {
         self.timers.handshake = None;
-        self.timers.ping = self.config.ping_interval.map(|i| now + i);
-        self.timers.idle = self.config.idle_timeout.map(|i| now + i);
+        self.timers.ping = self.config.ping_interval.map(|i| crate::later(now, i));
+        self.timers.idle = self.config.idle_timeout.map(|i| crate::later(now, i));
         self.last_message = now;
     }
 
@@ -668,7 +668,7 @@ impl Connection {
         self.pending_pong = None;
         self.rx.message = None;
         self.rx.frame = None;
-        self.timers.close = Some(self.last_rx + self.config.close_timeout);
+        self.timers.close = Some(crate::later(self.last_rx, self.config.close_timeout));
     }
 
     /// Ends the connection now without a close handshake.
