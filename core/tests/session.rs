@@ -558,3 +558,42 @@ fn topics_without_subscribers_are_evicted_beyond_the_cap() {
     let (outs, _) = drain(&mut s);
     assert_eq!(json_outs(&outs)[0]["params"]["topic"], "kept");
 }
+
+#[test]
+fn when_every_kept_topic_has_subscribers_no_new_topic_is_made() {
+    let mut config = hub_config();
+    config.hub.max_topics = 10;
+    let mut h = Harness::new(config, Router::new());
+    let mut sessions: Vec<RpcSession> =
+        (0..10).map(|_| h.session(None, Principal::anonymous())).collect();
+    let mut ids = Vec::new();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let r = subscribe(&h, s, json!([format!("t{i}")]));
+        ids.push(r["result"]["subscription"].as_str().unwrap().to_owned());
+    }
+    // Full of subscribed topics: a new name is refused, and publishing to one keeps nothing.
+    let mut late = h.session(None, Principal::anonymous());
+    let r = subscribe(&h, &mut late, json!(["t10"]));
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    assert_eq!(r["error"]["data"], json!({"limit": "topics", "max": 10}));
+    assert_eq!(h.service.publish("new", &1).unwrap().subscribers, 0);
+    assert_eq!(h.service.hub().stats().topics, 10);
+    // Existing topics still work.
+    assert_eq!(h.service.publish("t3", &1).unwrap().subscribers, 1);
+    // Once one topic loses its subscriber, it makes room (here t3, which keeps a replay
+    // buffer, so it is evicted rather than dropped at the unsubscribe).
+    let (outs, _) = h.send(&mut sessions[3], call("unsubscribe", json!([ids[3]]), 1));
+    assert_eq!(json_outs(&outs).last().unwrap()["result"], true);
+    assert!(subscribe(&h, &mut late, json!(["t10"]))["result"].is_object());
+    assert_eq!(h.service.hub().stats().topics, 10);
+    // Many invented names later, the subscribed topics are all still there.
+    for i in 0..10_000 {
+        h.service.publish(&format!("invented{i}"), &i).unwrap();
+    }
+    let stats = h.service.hub().stats();
+    assert!(stats.topics <= 10, "{stats:?}");
+    for i in [0, 1, 2, 4, 5, 6, 7, 8, 9] {
+        assert_eq!(h.service.publish(&format!("t{i}"), &1).unwrap().subscribers, 1, "t{i}");
+    }
+    assert_eq!(h.service.publish("t10", &1).unwrap().subscribers, 1);
+}

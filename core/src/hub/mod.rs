@@ -11,7 +11,7 @@ mod policy;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 pub use outbox::{Delivery, Outbox, OutboxItem, OutboxLimits, SlowConsumer, TopicKey};
 pub use policy::{
@@ -84,8 +84,9 @@ pub struct HubConfig {
     pub outbox: OutboxLimits,
     /// Longest topic name [128].
     pub max_topic_len: usize,
-    /// Topics kept; beyond it, topics without subscribers (and their replay buffers) are
-    /// dropped [10,000].
+    /// Topics kept [10,000]. A new topic beyond it evicts the one without subscribers idle
+    /// longest (with its replay buffer); when every topic has subscribers, new topics are
+    /// refused (subscribing answers -32005 `{"limit":"topics"}`, publishing reaches no one).
     pub max_topics: usize,
     /// Method names.
     pub methods: SubscriptionMethods,
@@ -170,7 +171,13 @@ struct Topic {
     seq: u64,
     subscribers: Vec<Arc<Outbox>>,
     replay: VecDeque<Delivery>,
+    /// In the hub's idle queue (at most once), as an eviction candidate.
+    idle_queued: bool,
 }
+
+/// A topic that had no subscribers when queued: an eviction candidate. Stale when the map
+/// holds another topic (or none) under the name, or when it has subscribers again.
+type IdleEntry = (Arc<str>, Weak<Mutex<Topic>>);
 
 /// The pub/sub hub of a server. `Send + Sync`: publish from any thread.
 #[derive(Debug)]
@@ -178,6 +185,9 @@ pub struct Hub {
     config: HubConfig,
     epoch: u64,
     topics: RwLock<HashMap<Arc<str>, Arc<Mutex<Topic>>>>,
+    /// Topics that were without subscribers, oldest first: evicting one at `max_topics` takes
+    /// amortized O(1), never a scan of every topic under the write lock.
+    idle: Mutex<VecDeque<IdleEntry>>,
     next_topic: AtomicU64,
     next_outbox: AtomicU64,
     subscriptions_active: AtomicU64,
@@ -200,6 +210,7 @@ impl Hub {
             config,
             epoch,
             topics: RwLock::new(HashMap::new()),
+            idle: Mutex::new(VecDeque::new()),
             next_topic: AtomicU64::new(1),
             next_outbox: AtomicU64::new(1),
             subscriptions_active: AtomicU64::new(0),
@@ -244,7 +255,11 @@ impl Hub {
 
     fn publish_serialized(&self, topic: &str, json: &[u8]) -> Result<Published, PublishError> {
         validate_topic(topic, self.config.max_topic_len).map_err(PublishError::InvalidTopic)?;
-        let topic = self.topic(topic, true).expect("created on demand");
+        let Some(topic) = self.topic(topic, true) else {
+            // A new topic while every kept one has subscribers: nobody can receive it.
+            self.published.fetch_add(1, Ordering::Relaxed);
+            return Ok(Published { seq: 0, subscribers: 0 });
+        };
         let mut wakers = Vec::new();
         let published = {
             let mut t = lock(&topic);
@@ -312,6 +327,8 @@ impl Hub {
         });
     }
 
+    /// The topic named `name`; with `create`, made when missing. `None` when it is missing
+    /// and either `create` is false or `max_topics` topics exist and all have subscribers.
     fn topic(&self, name: &str, create: bool) -> Option<Arc<Mutex<Topic>>> {
         if let Some(t) = self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Some(t.clone());
@@ -320,27 +337,61 @@ impl Hub {
             return None;
         }
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        if topics.len() >= self.config.max_topics && !topics.contains_key(name) {
-            // Topics nobody listens to are only kept for their replay buffers: when there are
-            // too many, drop those (a later resubscription gets a gap notice) so a publisher
-            // that invents topic names cannot grow memory without bound.
-            let before = topics.len();
-            topics.retain(|_, t| !lock(t).subscribers.is_empty());
-            log::debug!(target: "wsrpc::hub", "evicted {} unsubscribed topics", before - topics.len());
+        if let Some(t) = topics.get(name) {
+            return Some(t.clone());
         }
-        let t = topics.entry(name.into()).or_insert_with(|| {
-            let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
-            Arc::new(Mutex::new(Topic {
-                key: Arc::new(TopicKey {
-                    name: name.into(),
-                    subscription: format!("0x{serial:x}").into(),
-                }),
-                seq: 0,
-                subscribers: Vec::new(),
-                replay: VecDeque::new(),
-            }))
-        });
-        Some(t.clone())
+        // Topics nobody listens to are only kept for their replay buffers: at the cap, the
+        // one idle longest goes (a later resubscription gets a gap notice), so names invented
+        // by publishers or clients cannot grow memory. When every topic has subscribers, no
+        // new one is made.
+        if topics.len() >= self.config.max_topics && !self.evict_one(&mut topics) {
+            log::debug!(target: "wsrpc::hub", "topic {name} refused: {} topics, all subscribed", topics.len());
+            return None;
+        }
+        let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
+        let key: Arc<str> = name.into();
+        let t = Arc::new(Mutex::new(Topic {
+            key: Arc::new(TopicKey {
+                name: key.clone(),
+                subscription: format!("0x{serial:x}").into(),
+            }),
+            seq: 0,
+            subscribers: Vec::new(),
+            replay: VecDeque::new(),
+            idle_queued: true,
+        }));
+        let mut idle = lock(&self.idle);
+        idle.push_back((key.clone(), Arc::downgrade(&t)));
+        // Entries of topics gone from the map are dropped once they outnumber the cap.
+        if idle.len() > 2 * self.config.max_topics + 64 {
+            idle.retain(|(name, weak)| {
+                topics.get(name).is_some_and(|t| std::ptr::eq(Arc::as_ptr(t), weak.as_ptr()))
+            });
+        }
+        drop(idle);
+        topics.insert(key, t.clone());
+        Some(t)
+    }
+
+    /// Removes the topic idle longest; false when every topic has subscribers.
+    fn evict_one(&self, topics: &mut HashMap<Arc<str>, Arc<Mutex<Topic>>>) -> bool {
+        loop {
+            // Popped without holding a topic lock (the order is topic, then idle queue).
+            let Some((name, weak)) = lock(&self.idle).pop_front() else { return false };
+            let Some(t) = topics.get(&name) else { continue };
+            if !std::ptr::eq(Arc::as_ptr(t), weak.as_ptr()) {
+                continue;
+            }
+            let mut g = lock(t);
+            if g.subscribers.is_empty() {
+                drop(g);
+                topics.remove(&name);
+                log::debug!(target: "wsrpc::hub", "evicted topic {name} (no subscribers)");
+                return true;
+            }
+            // Subscribed again: queued anew when its last subscriber leaves.
+            g.idle_queued = false;
+        }
     }
 
     /// Checks the name and the policy for `principal`.
@@ -360,8 +411,11 @@ impl Hub {
         outbox: &Arc<Outbox>,
         topic: &str,
         since: Option<(u64, Option<u64>)>,
-    ) -> Subscribed {
-        let t = self.topic(topic, true).expect("created on demand");
+    ) -> Result<Subscribed, SubscribeError> {
+        let t = self.topic(topic, true).ok_or_else(|| SubscribeError::TooMany {
+            limit: "topics".into(),
+            max: self.config.max_topics,
+        })?;
         let mut wakers = Vec::new();
         let subscribed = {
             let mut t = lock(&t);
@@ -388,20 +442,26 @@ impl Hub {
         for w in wakers {
             w.wake();
         }
-        subscribed
+        Ok(subscribed)
     }
 
     /// Removes `outbox`'s subscription to `topic`; false when there was none.
     pub fn unsubscribe(&self, outbox: &Outbox, topic: &str) -> bool {
-        let Some(t) = self.topic(topic, false) else { return false };
+        let Some(topic_arc) = self.topic(topic, false) else { return false };
         let (removed, unused) = {
-            let mut t = lock(&t);
+            let mut t = lock(&topic_arc);
             let before = t.subscribers.len();
             t.subscribers.retain(|o| o.id() != outbox.id());
             // No publish reaches this outbox any more (the topic lock orders them); drop what
             // is still queued so it is never delivered after the unsubscribe.
             outbox.purge(&t.key);
-            (t.subscribers.len() < before, t.subscribers.is_empty() && t.replay.is_empty())
+            let topic_idle = t.subscribers.is_empty();
+            if topic_idle && !t.idle_queued {
+                t.idle_queued = true;
+                let entry = (t.key.name.clone(), Arc::downgrade(&topic_arc));
+                lock(&self.idle).push_back(entry);
+            }
+            (t.subscribers.len() < before, topic_idle && t.replay.is_empty())
         };
         if removed {
             self.subscriptions_active.fetch_sub(1, Ordering::Relaxed);

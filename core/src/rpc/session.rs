@@ -643,7 +643,9 @@ impl RpcSession {
                         }));
                     }
                 }
-                let sub = hub.subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)));
+                let sub = hub
+                    .subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)))
+                    .map_err(subscribe_error)?;
                 *self.kind_counts.entry(kind.to_owned()).or_default() += 1;
                 service.metrics().subscription_opened();
                 self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
