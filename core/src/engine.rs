@@ -549,23 +549,35 @@ impl ServerConnection {
         let cl = request.headers.get_str("content-length");
         let body = match (te, cl, request.headers.count("content-length")) {
             // Both framings, or several Transfer-Encoding lines: a smuggling attempt (400).
-            (Some(_), _, _) if request.headers.count("transfer-encoding") > 1 || cl.is_some() => {
+            (Some(_), _, _) if cl.is_some() || request.headers.count("transfer-encoding") > 1 => {
                 return self.respond_error(
                     400,
                     "ambiguous framing: Transfer-Encoding with Content-Length, or repeated",
                     HttpMeta { keep_alive: false, ..meta },
                 );
             }
-            (Some(te), None, _) if te.eq_ignore_ascii_case("chunked") => {
-                Ok(BodyReader::chunked(max))
-            }
-            // A coding we do not implement (RFC 9112 §6.1: 501).
-            (Some(_), _, _) => {
-                return self.respond_error(
-                    501,
-                    "unsupported Transfer-Encoding (only chunked)",
-                    HttpMeta { keep_alive: false, ..meta },
-                );
+            (Some(te), _, _) => {
+                let codings: Vec<&str> = te.split(',').map(str::trim).collect();
+                let chunked = |c: &&str| c.eq_ignore_ascii_case("chunked");
+                match codings.split_last() {
+                    Some((last, [])) if chunked(last) => Ok(BodyReader::chunked(max)),
+                    // RFC 9112 §6.3: chunked must be the final coding, and only once (400).
+                    Some((last, rest)) if !chunked(last) || rest.iter().any(chunked) => {
+                        return self.respond_error(
+                            400,
+                            "Transfer-Encoding must end in chunked, once",
+                            HttpMeta { keep_alive: false, ..meta },
+                        );
+                    }
+                    // A coding before chunked that is not implemented (RFC 9112 §6.1: 501).
+                    _ => {
+                        return self.respond_error(
+                            501,
+                            "unsupported Transfer-Encoding (only chunked)",
+                            HttpMeta { keep_alive: false, ..meta },
+                        );
+                    }
+                }
             }
             (None, Some(cl), 1) => match cl.parse::<usize>() {
                 Ok(len) if cl.bytes().all(|b| b.is_ascii_digit()) => {
@@ -616,7 +628,12 @@ impl ServerConnection {
                 return self.respond_auth_error(&e, HttpMeta { keep_alive: false, ..meta });
             }
         };
-        if request.headers.get_str("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        // Never a 1xx to an HTTP/1.0 client, whose expectation is ignored (RFC 9110 §10.1.1).
+        if request.version >= 1
+            && request
+                .headers
+                .get_str("expect")
+                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
         {
             self.tx.push_with(|b| b.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"));
         }

@@ -251,6 +251,30 @@ fn head_gives_the_length_of_the_body_it_leaves_out() {
 }
 
 #[test]
+fn absolute_form_targets_and_http_1_0_expectations() {
+    let svc = service(ServiceConfig::default());
+    let body = r#"{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}"#;
+    // RFC 9112 §3.2.2: the absolute form is accepted like the origin form.
+    let mut h = Http::new(&svc);
+    let wire = post(body, "").strip_prefix(b"POST / ").unwrap().to_vec();
+    let r = h.request(&[b"POST http://127.0.0.1:8766/ ".as_slice(), &wire].concat());
+    assert_eq!((r[0].status, r[0].json()["result"].clone()), (200, json!(3)));
+    let r = h.request(b"GET HTTP://localhost/health?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].status, 200);
+    let r = h.request(b"GET http://localhost/nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].status, 404);
+    // No 1xx for an HTTP/1.0 client; its expectation is ignored (RFC 9110 §10.1.1, §15.2).
+    let mut h = Http::new(&svc);
+    let req = format!(
+        "POST / HTTP/1.0\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = String::from_utf8(h.exchange(req.as_bytes())).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+}
+
+#[test]
 fn http_errors_have_their_status() {
     let svc = service(ServiceConfig::default());
     let cases: Vec<(Vec<u8>, u16)> = vec![
@@ -267,7 +291,14 @@ fn http_errors_have_their_status() {
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n".to_vec(), 411),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n".to_vec(), 413),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked, chunked\r\n\r\n".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(), 501),
+        (format!("GET /health?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)).into_bytes(), 414),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(), 405),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello".to_vec(), 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n".to_vec(), 400),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n".to_vec(), 400),
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n".to_vec(), 400),

@@ -43,6 +43,11 @@ enum Chunked {
         in_ext: bool,
         line: usize,
     },
+    /// Whitespace after the size digits: only more of it, `;` (an extension) or CR may follow.
+    SizeBws {
+        value: usize,
+        line: usize,
+    },
     /// Expecting LF after the size line's CR.
     SizeLf {
         value: usize,
@@ -150,13 +155,15 @@ fn step(state: Chunked, b: u8, have: usize, max: usize) -> Result<Chunked, BodyE
             if line >= MAX_LINE {
                 return Err(BodyError::Malformed("chunk size line too long"));
             }
+            // RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" … ); no
+            // bare LF and nothing but whitespace before the `;`, so no two parsers can
+            // disagree on where a chunk ends.
             match b {
                 b'\r' if digits > 0 => Chunked::SizeLf { value },
-                b'\n' if digits > 0 => after_size(value),
+                b'\n' => return Err(BodyError::Malformed("chunk size line must end in CRLF")),
                 _ if in_ext => Chunked::Size { value, digits, in_ext, line: line + 1 },
-                b';' | b' ' | b'\t' if digits > 0 => {
-                    Chunked::Size { value, digits, in_ext: true, line: line + 1 }
-                }
+                b';' if digits > 0 => Chunked::Size { value, digits, in_ext: true, line: line + 1 },
+                b' ' | b'\t' if digits > 0 => Chunked::SizeBws { value, line: line + 1 },
                 _ => {
                     let d =
                         (b as char).to_digit(16).ok_or(BodyError::Malformed("bad chunk size"))?;
@@ -169,10 +176,19 @@ fn step(state: Chunked, b: u8, have: usize, max: usize) -> Result<Chunked, BodyE
                 }
             }
         }
+        Chunked::SizeBws { line, .. } if line >= MAX_LINE => {
+            return Err(BodyError::Malformed("chunk size line too long"));
+        }
+        Chunked::SizeBws { value, line } => match b {
+            b' ' | b'\t' => Chunked::SizeBws { value, line: line + 1 },
+            b';' => Chunked::Size { value, digits: 1, in_ext: true, line: line + 1 },
+            b'\r' => Chunked::SizeLf { value },
+            _ => return Err(BodyError::Malformed("bad chunk size")),
+        },
         Chunked::SizeLf { value } if b == b'\n' => after_size(value),
         Chunked::SizeLf { .. } => return Err(BodyError::Malformed("expected LF after chunk size")),
         Chunked::DataCr if b == b'\r' => Chunked::DataLf,
-        Chunked::DataCr | Chunked::DataLf if b == b'\n' => {
+        Chunked::DataLf if b == b'\n' => {
             Chunked::Size { value: 0, digits: 0, in_ext: false, line: 0 }
         }
         Chunked::DataCr | Chunked::DataLf => {
@@ -249,8 +265,15 @@ mod tests {
 
     #[test]
     fn chunked_errors() {
-        let cases: [(&[u8], u16); 5] = [
+        let cases: [(&[u8], u16); 10] = [
             (b"zz\r\n", 400),
+            // Smuggling-prone leniencies (RFC 9112 §7.1): junk after whitespace, bare LFs,
+            // digits split by whitespace.
+            (b"3 garbage\r\nabc\r\n", 400),
+            (b"3\nabc\r\n", 400),
+            (b"3\r\nabc\n0\r\n\r\n", 400),
+            (b"1 2\r\n", 400),
+            (b"3 \t ;ext\r\nabc\r\n", 0),
             (b"4\r\nWikiX\r\n", 400),
             (b"FFFFFFFFFFFFFFFFFFFFFF\r\n", 413),
             (b"20\r\n", 413),
@@ -258,6 +281,11 @@ mod tests {
         ];
         for (wire, status) in cases {
             let mut r = BodyReader::chunked(16);
+            if status == 0 {
+                // Whitespace before a `;` is allowed (BWS).
+                assert!(r.push(wire).is_ok(), "{:?}", String::from_utf8_lossy(wire));
+                continue;
+            }
             let err = r.push(wire).unwrap_err();
             assert_eq!(err.status(), status, "{:?}", String::from_utf8_lossy(wire));
         }

@@ -29,6 +29,8 @@ pub struct HeadBuffer {
     buf: Vec<u8>,
     /// 0: inside a line; 1: just after a LF; 2: after a LF and a CR.
     line_state: u8,
+    /// The first line (request or status line) has ended.
+    first_line_done: bool,
 }
 
 impl HeadBuffer {
@@ -48,6 +50,7 @@ impl HeadBuffer {
                 (b'\n', 1 | 2) => true,
                 (b'\n', _) => {
                     self.line_state = 1;
+                    self.first_line_done = true;
                     false
                 }
                 (b'\r', 1) => {
@@ -60,7 +63,12 @@ impl HeadBuffer {
                 }
             };
             if self.buf.len() + i + 1 > max_size {
-                return Err(HandshakeError::HeadersTooLarge);
+                // Over the limit before the request line ended: the target is too long (414).
+                return Err(if self.first_line_done {
+                    HandshakeError::HeadersTooLarge
+                } else {
+                    HandshakeError::RequestLineTooLong
+                });
             }
             if end {
                 self.buf.extend_from_slice(&data[..=i]);
@@ -231,10 +239,28 @@ impl RequestHead {
         self.text(&self.target)
     }
 
-    /// The target's path, without the query.
+    /// The target's path, without the query; for an absolute-form target
+    /// (`http://host/path?q`, RFC 9112 §3.2.2) the part after the authority (`/` when empty).
     pub fn path(&self) -> &str {
-        let t = self.target();
+        let t = self.origin_form();
         t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The target as origin-form (`/path?query`): an absolute-form target without its scheme
+    /// and authority.
+    fn origin_form(&self) -> &str {
+        let t = self.target();
+        let scheme_len = ["http://", "https://", "ws://", "wss://"]
+            .into_iter()
+            .find(|s| t.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))
+            .map(str::len);
+        let Some(n) = scheme_len else { return t };
+        let rest = &t[n..];
+        match rest.find(['/', '?']) {
+            Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
+            // `http://host?q` or `http://host`: the path is `/`.
+            _ => "/",
+        }
     }
 
     /// The target's query string, without the `?`.
@@ -321,6 +347,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

@@ -124,6 +124,8 @@ pub enum HandshakeError {
     Malformed(String),
     /// The head is larger than the configured limit or has too many header lines.
     HeadersTooLarge,
+    /// The request line alone (in practice its target) outgrows the head limit (414).
+    RequestLineTooLong,
     /// The request method is not GET.
     MethodNotAllowed,
     /// HTTP/1.0 or another version below 1.1.
@@ -156,6 +158,7 @@ impl HandshakeError {
     pub fn status(&self) -> u16 {
         match self {
             Self::HeadersTooLarge => 431,
+            Self::RequestLineTooLong => 414,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedHttpVersion => 505,
             Self::UnsupportedVersion | Self::NotAnUpgrade => 426,
@@ -170,6 +173,7 @@ impl fmt::Display for HandshakeError {
         match self {
             Self::Malformed(why) => write!(f, "malformed HTTP head: {why}"),
             Self::HeadersTooLarge => f.write_str("request header fields too large"),
+            Self::RequestLineTooLong => f.write_str("request target too long"),
             Self::MethodNotAllowed => f.write_str("a WebSocket upgrade must use GET"),
             Self::UnsupportedHttpVersion => f.write_str("a WebSocket upgrade needs HTTP/1.1"),
             Self::BadHeader(name) => write!(f, "missing or invalid {name} header"),

@@ -78,6 +78,11 @@ pub fn validate_upgrade(request: RequestHead) -> Result<Upgrade, HandshakeError>
     if h.count("host") != 1 {
         return Err(HandshakeError::BadHeader("Host"));
     }
+    // The switch happens after the request is complete (RFC 9110 §7.8); a body would be read
+    // as frames, so an upgrade with one is refused.
+    if h.get("transfer-encoding").is_some() || h.get("content-length").is_some_and(|v| v != b"0") {
+        return Err(HandshakeError::Malformed("a WebSocket upgrade request has no body".into()));
+    }
     Ok(Upgrade { request, key })
 }
 
