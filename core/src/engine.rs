@@ -853,7 +853,13 @@ impl ServerConnection {
                     // Protocol violations, and peers that vanish mid-stream or stop answering,
                     // are faults worth counting; a clean close is not.
                     if closed.error.is_some() {
-                        self.service.metrics().record_error(ErrorKind::Protocol);
+                        // 1013: the shared budget for unfinished messages was exhausted.
+                        let kind = if closed.code == CloseCode::TRY_AGAIN_LATER {
+                            ErrorKind::LimitExceeded
+                        } else {
+                            ErrorKind::Protocol
+                        };
+                        self.service.metrics().record_error(kind);
                     }
                     log::debug!(target: "wsrpc::ws", "closed conn={} code={} clean={}", self.id, closed.code, closed.clean);
                 }

@@ -13,6 +13,10 @@ use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
 use crate::ws;
 
+/// Bytes all connections of a service may hold in unfinished WebSocket messages, unless
+/// `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the 16 MiB limit).
+pub const DEFAULT_ASSEMBLY_BUDGET: u64 = 256 << 20;
+
 /// JSON-RPC limits (DESIGN.md defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -175,7 +179,13 @@ impl Service {
         let hub = Hub::new(config.hub.clone(), unix_at_start.as_nanos() as u64);
         let limit_config = Arc::new(config.limits.clone());
         let origin_limiter = OriginLimiter::new(limit_config.clone());
-        let ws_config = Arc::new(config.ws.clone());
+        let mut ws_config = config.ws.clone();
+        // Unfinished messages of all connections share one budget, so 1,024 peers each
+        // sending most of a 16 MiB message cannot hold 16 GiB.
+        if ws_config.assembly_budget.is_none() {
+            ws_config.assembly_budget = Some(ws::AssemblyBudget::new(DEFAULT_ASSEMBLY_BUDGET));
+        }
+        let ws_config = Arc::new(ws_config);
         Arc::new(Self {
             config,
             ws_config,

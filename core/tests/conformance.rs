@@ -549,6 +549,41 @@ mod case9_limits {
 }
 
 /// Family 10: misc — a large message in one frame echoes as one.
+mod assembly_budget {
+    use wsrpc_core::ws::AssemblyBudget;
+
+    use super::*;
+
+    const KIB: usize = 1024;
+
+    #[test]
+    fn unfinished_messages_share_one_budget_and_give_it_back() {
+        // The first 64 KiB of each message are not counted.
+        let budget = AssemblyBudget::new(192 * KIB as u64);
+        let mut cfg = config();
+        cfg.assembly_budget = Some(budget.clone());
+        let mut a = RawClient::new(cfg.clone());
+        let mut b = RawClient::new(cfg.clone());
+        // A holds 200 KiB of an unfinished message.
+        a.send(&cframe(false, 1, &vec![b'a'; 200 * KIB]));
+        assert_eq!(budget.used(), 192 * KIB as u64);
+        // B cannot assemble 100 KiB more: close 1013 (try again later), nothing buffered.
+        b.send(&cframe(false, 1, &vec![b'b'; 100 * KIB]));
+        b.assert_failed_with(CloseCode::TRY_AGAIN_LATER);
+        assert_eq!(budget.used(), 192 * KIB as u64);
+        // A finishes; its bytes are given back and it gets its message.
+        a.send(&cframe(true, 0, b"!"));
+        assert_eq!(a.echoed(), vec![[vec![b'a'; 200 * KIB], b"!".to_vec()].concat()]);
+        assert_eq!(budget.used(), 0);
+        // Another connection can now use the room; a dropped connection gives it back too.
+        let mut c = RawClient::new(cfg);
+        c.send(&cframe(false, 1, &vec![b'c'; 100 * KIB]));
+        assert_eq!(budget.used(), 64 * KIB as u64);
+        drop(c);
+        assert_eq!(budget.used(), 0);
+    }
+}
+
 mod case10_misc {
     use super::*;
 

@@ -208,6 +208,39 @@ pub fn huge_frame_header_gets_1009_without_allocating<A: Adapter>() {
     served::<A>(&*server);
 }
 
+/// Peers that each hold most of a large unfinished message share one budget: the one that
+/// would take it over is closed with 1013 (try again later), others are served, and a peer
+/// that leaves gives its share back.
+pub fn unfinished_messages_share_one_memory_budget<A: Adapter>() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.ws.assembly_budget = Some(wsrpc_core::ws::AssemblyBudget::new(8 << 20));
+    let server = start::<A>(cfg);
+    let part = raw::client_frame_with(false, 1, true, &vec![b'x'; 3 << 20]);
+    let mut a = RawWs::open(server.addr(), "");
+    let mut b = RawWs::open(server.addr(), "");
+    let mut c = RawWs::open(server.addr(), "");
+    for ws in [&mut a, &mut b] {
+        ws.send(&part).unwrap();
+        assert_eq!(ws.ping_pong(LONG), Some(vec![]), "3 MiB held, still open");
+    }
+    let _ = c.send(&part);
+    assert_eq!(c.close_code(LONG), Some(1013), "the third 3 MiB would exceed 8 MiB");
+    drop(c);
+    served::<A>(&*server);
+    assert!(errors(&*server, "limit_exceeded") >= 1, "counted as a limit, not a protocol error");
+    // `a` leaves mid-message; its share comes back and a newcomer can use it.
+    drop(a);
+    wait_for("a's connection to go", || server.connections() == 1);
+    let mut d = RawWs::open(server.addr(), "");
+    d.send(&part).unwrap();
+    assert_eq!(d.ping_pong(LONG), Some(vec![]));
+    // And `b` finishes its message, which is then answered as JSON-RPC (an invalid one here).
+    b.send(&raw::client_frame_with(true, 0, true, b"")).unwrap();
+    let frame = b.next_frame(LONG).expect("an answer");
+    assert_eq!(frame.json().expect("JSON")["error"]["code"], -32700);
+}
+
 /// Sends `n` one-byte fragments of a text message that never ends (the first one included).
 fn fragments(first: bool, n: usize) -> Vec<u8> {
     let mut wire = Vec::with_capacity(n * 7);
@@ -341,6 +374,10 @@ macro_rules! hostile_tests {
             #[test]
             fn huge_frame_header_gets_1009_without_allocating() {
                 super::huge_frame_header_gets_1009_without_allocating::<$adapter>();
+            }
+            #[test]
+            fn unfinished_messages_share_one_memory_budget() {
+                super::unfinished_messages_share_one_memory_budget::<$adapter>();
             }
             #[test]
             fn one_byte_fragments_are_cut_at_the_fragment_cap() {

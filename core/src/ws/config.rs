@@ -32,6 +32,9 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Subprotocols a server accepts, in order of preference.
     pub subprotocols: Vec<String>,
+    /// A byte budget shared with other connections for unfinished messages [none here; a
+    /// server's `Service` shares one of 256 MiB among its connections unless one is set].
+    pub assembly_budget: Option<super::AssemblyBudget>,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             idle_timeout: None,
             close_timeout: Duration::from_secs(5),
             subprotocols: Vec::new(),
+            assembly_budget: None,
         }
     }
 }

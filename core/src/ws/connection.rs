@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Role;
+use super::budget::Reservation;
 use super::close::{CloseCode, CloseFrame};
 use super::config::Config;
 use super::error::{Error, HandshakeError, ProtocolError, SendError};
@@ -140,6 +141,8 @@ struct Assembly {
     data: Vec<u8>,
     fragments: usize,
     utf8: Utf8Validator,
+    /// Its share of the shared budget, given back when the assembly is dropped.
+    reservation: Reservation,
 }
 
 #[derive(Debug, Default)]
@@ -858,8 +861,14 @@ impl Connection {
                 // Reserve what is announced, up to 64 KiB: memory follows the bytes that
                 // actually arrive, not what a header claims.
                 let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
-                self.rx.message =
-                    Some(Assembly { kind, data, fragments: 1, utf8: Utf8Validator::new() });
+                let reservation = Reservation::new(self.config.assembly_budget.as_ref());
+                self.rx.message = Some(Assembly {
+                    kind,
+                    data,
+                    fragments: 1,
+                    utf8: Utf8Validator::new(),
+                    reservation,
+                });
             }
             OpCode::Continuation => {
                 let max_fragments = self.config.max_fragments;
@@ -904,6 +913,9 @@ impl Connection {
         }
         let msg = rx.message.as_mut().expect("a data frame in progress has a message");
         let start = msg.data.len();
+        if !msg.reservation.cover((start + n) as u64) {
+            return Err(ProtocolError::BudgetExhausted);
+        }
         match key {
             Some(key) => {
                 frame.mask_phase = extend_unmasked(&mut msg.data, chunk, key, frame.mask_phase)

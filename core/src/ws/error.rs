@@ -60,6 +60,9 @@ pub enum ProtocolError {
     InvalidCloseReason,
     /// A message type the application does not accept (binary for a JSON-RPC session).
     UnsupportedData,
+    /// The bytes of unfinished messages across connections reached the shared
+    /// [`AssemblyBudget`](super::AssemblyBudget); close 1013 (try again later).
+    BudgetExhausted,
 }
 
 impl ProtocolError {
@@ -71,6 +74,7 @@ impl ProtocolError {
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
             Self::UnsupportedData => CloseCode::UNSUPPORTED_DATA,
+            Self::BudgetExhausted => CloseCode::TRY_AGAIN_LATER,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -107,6 +111,9 @@ impl fmt::Display for ProtocolError {
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
             Self::InvalidCloseReason => f.write_str("close reason is not UTF-8"),
             Self::UnsupportedData => f.write_str("message type not accepted"),
+            Self::BudgetExhausted => {
+                f.write_str("server memory for unfinished messages exhausted, try again later")
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! RFC 6455 WebSocket: handshake, frame codec, masking, UTF-8, message assembly, close and
 //! the connection state machine.
 
+pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -13,6 +14,7 @@ pub(crate) mod state;
 pub(crate) mod transmit;
 pub mod utf8;
 
+pub use budget::AssemblyBudget;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Stats};
