@@ -74,3 +74,11 @@ pub(crate) fn later(now: std::time::Instant, d: std::time::Duration) -> std::tim
     const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }
+
+/// The origin of the tests' virtual clocks: the one real clock reading in this crate, and
+/// only in its tests.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn test_origin() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -197,10 +197,7 @@ mod tests {
 
     use super::*;
 
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -191,10 +191,7 @@ mod tests {
     use super::*;
     use crate::limit::{MethodClasses, Rate};
 
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

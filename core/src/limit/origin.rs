@@ -183,10 +183,7 @@ mod tests {
     use super::*;
     use crate::limit::{MethodClasses, Rate};
 
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     fn limiter(max_origin_keys: usize) -> OriginLimiter {
         OriginLimiter::new(Arc::new(LimitConfig { max_origin_keys, ..LimitConfig::default() }))

@@ -288,10 +288,7 @@ impl WindowSamples {
 mod tests {
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // the one real clock reading: the virtual clock's origin
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)

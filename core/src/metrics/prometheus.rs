@@ -159,15 +159,12 @@ fn push_escaped_label_value(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::super::{ErrorKind, Metrics};
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // the one real clock reading: the virtual clock's origin
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     /// One sample line: metric name, labels (unescaped) and value.
     #[derive(Debug, PartialEq)]

@@ -237,10 +237,7 @@ mod tests {
 
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // the one real clock reading: the virtual clock's origin
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     #[test]
     fn metrics_is_send_and_sync() {

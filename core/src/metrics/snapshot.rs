@@ -151,17 +151,14 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use serde_json::{Value, json};
 
     use super::super::{ErrorKind, Metrics};
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // the one real clock reading: the virtual clock's origin
-    fn origin() -> Instant {
-        Instant::now()
-    }
+    use crate::test_origin as origin;
 
     fn keys(value: &Value) -> Vec<&str> {
         value.as_object().expect("an object").keys().map(String::as_str).collect()

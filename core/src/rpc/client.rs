@@ -835,7 +835,6 @@ impl ClientSession {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the tests take one real Instant as their origin
 mod tests {
     use super::*;
     use crate::Xoshiro256;
@@ -874,7 +873,7 @@ mod tests {
 
     #[test]
     fn calls_queue_beyond_max_in_flight_and_time_out() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s =
             ClientSession::new(ClientConfig { max_in_flight: 2, ..ClientConfig::default() });
         s.handle_connected(now);
@@ -901,7 +900,7 @@ mod tests {
 
     #[test]
     fn disconnect_fails_in_flight_calls_and_reconnect_resubscribes_with_since() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s = ClientSession::new(ClientConfig::default());
         s.handle_connected(now);
         let sub = s.subscribe(now, "prices");
@@ -953,7 +952,7 @@ mod tests {
 
     #[test]
     fn a_new_epoch_resets_the_sequence() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s = ClientSession::new(ClientConfig::default());
         s.handle_connected(now);
         s.subscribe(now, "t");
@@ -989,7 +988,7 @@ mod tests {
 
     #[test]
     fn batches_answer_each_call() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s = ClientSession::new(ClientConfig::default());
         s.handle_connected(now);
         let p = raw("[1,2]");
@@ -1010,7 +1009,7 @@ mod tests {
 
     #[test]
     fn timed_out_subscribe_frees_no_call_slot_and_is_dropped() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s =
             ClientSession::new(ClientConfig { max_in_flight: 1, ..ClientConfig::default() });
         s.handle_connected(now);
@@ -1032,7 +1031,7 @@ mod tests {
 
     #[test]
     fn unsubscribing_while_the_subscribe_is_pending_ends_it_on_the_server() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut s = ClientSession::new(ClientConfig::default());
         s.handle_connected(now);
         let sub = s.subscribe(now, "t");

@@ -245,7 +245,6 @@ impl<C: Channels> ClientDispatch<C> {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the tests take one real Instant as their origin
 mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -289,7 +288,7 @@ mod tests {
 
     #[test]
     fn replies_batches_and_a_slow_subscriber() {
-        let now = Instant::now();
+        let now = crate::test_origin();
         let mut d = ClientDispatch::<Test>::new(ClientSession::new(ClientConfig::default()));
         d.session_mut().handle_connected(now);
         let calls: Log<CallResult> = Rc::default();

@@ -748,8 +748,7 @@ mod tests {
 
     #[test]
     fn subscribe_unsubscribe_cycles_on_invented_topics_keep_no_per_kind_entries() {
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
+        let now = crate::test_origin();
         let config = ServiceConfig {
             limits: crate::limit::LimitConfig::disabled(),
             ..ServiceConfig::default()
