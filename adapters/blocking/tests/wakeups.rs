@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Gate, PATIENCE, init, raw_websocket, read_frame, router, send_text, url};
+use common::{Gate, PATIENCE, init, raw_websocket, read_frame, read_head, router, send_text, url};
 use serde_json::value::RawValue;
 use wsrpc_blocking::wsrpc_core::hub::HubConfig;
 use wsrpc_blocking::wsrpc_core::limit::LimitConfig;
@@ -38,20 +38,26 @@ fn start_with(router: Router, ws: ws::Config, hub: HubConfig) -> Server {
         .unwrap()
 }
 
-#[test]
-fn output_the_socket_did_not_take_is_written_once_the_peer_reads_again() {
-    init();
+/// A server whose outboxes hold 1,024 messages / 64 MiB, and a raw peer subscribed to `topic`.
+fn server_and_subscriber(ws: ws::Config, topic: &str) -> (Server, TcpStream) {
     let mut hub = HubConfig::default();
     hub.outbox.max_messages = 1024;
     hub.outbox.max_bytes = 64 << 20;
-    let server = start_with(router(&Gate::new()), quiet(), hub);
+    let server = start_with(router(&Gate::new()), ws, hub);
     let mut peer = raw_websocket(server.local_addr());
-    send_text(
-        &mut peer,
-        r#"{"jsonrpc":"2.0","method":"subscribe","params":{"topic":"bulk"},"id":1}"#,
+    let subscribe = format!(
+        r#"{{"jsonrpc":"2.0","method":"subscribe","params":{{"topic":"{topic}"}},"id":1}}"#
     );
+    send_text(&mut peer, &subscribe);
     let (op, _) = read_frame(&mut peer);
     assert_eq!(op, 0x81);
+    (server, peer)
+}
+
+#[test]
+fn output_the_socket_did_not_take_is_written_once_the_peer_reads_again() {
+    init();
+    let (server, mut peer) = server_and_subscriber(quiet(), "bulk");
     // Far more than the socket buffers hold: the notifier's writes stop with output left,
     // while the peer sends nothing that would wake the connection thread.
     let payload = RawValue::from_string(format!("\"{}\"", "y".repeat(64 << 10))).unwrap();
@@ -91,13 +97,7 @@ fn a_close_handshake_started_by_a_shutdown_times_out_on_a_silent_peer() {
 
 /// Reads one HTTP/1.1 response with a Content-Length: (head, body).
 fn read_response(s: &mut TcpStream) -> (String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(s);
     let len = head
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
@@ -206,17 +206,8 @@ fn a_peer_that_stops_reading_is_dropped_without_a_heartbeat() {
     // The stall limit is the longer of the two.
     ws.pong_timeout = Duration::from_millis(200);
     ws.close_timeout = Duration::from_millis(200);
-    let mut hub = HubConfig::default();
-    hub.outbox.max_messages = 1024;
-    hub.outbox.max_bytes = 64 << 20;
-    let server = start_with(router(&Gate::new()), ws, hub);
-    let mut stuck = raw_websocket(server.local_addr());
-    send_text(
-        &mut stuck,
-        r#"{"jsonrpc":"2.0","method":"subscribe","params":{"topic":"flood"},"id":1}"#,
-    );
-    let (op, _) = read_frame(&mut stuck);
-    assert_eq!(op, 0x81);
+    // Held open, never read.
+    let (server, _stuck) = server_and_subscriber(ws, "flood");
     let payload = RawValue::from_string(format!("\"{}\"", "x".repeat(64 << 10))).unwrap();
     for _ in 0..256 {
         server.publish("flood", &payload).unwrap();
