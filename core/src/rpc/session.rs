@@ -337,16 +337,16 @@ impl RpcSession {
     /// there is none, answers -32005 with `retry_after_ms` (a notification gets nothing) and
     /// returns false.
     fn take_call_token(&mut self, out: &mut Vec<u8>, req: &Request<'_>, now: Instant) -> bool {
-        let service = self.service.clone();
+        // Disjoint fields: no `Arc` clone on the per-call path.
         let Err(limited) = self.limiter.check_call(
-            service.origin_limiter(),
+            self.service.origin_limiter(),
             self.ctx.origin.as_deref(),
             &req.method,
             now,
         ) else {
             return true;
         };
-        service.metrics().call_rate_limited();
+        self.service.metrics().call_rate_limited();
         log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
         if let Some(id) = req.id {
             let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
