@@ -478,10 +478,11 @@ impl ServerConnection {
         let method = request.method();
         let has_body = request.headers.get("content-length").is_some_and(|v| v != b"0")
             || request.headers.get("transfer-encoding").is_some();
+        // Only `POST /` reads a body; every other answer closes after a request that has one,
+        // or the body would be taken for the next request.
+        let keep_alive = meta.keep_alive;
+        let meta = HttpMeta { keep_alive: keep_alive && !has_body, ..meta };
         if method == "OPTIONS" {
-            // A body is never read here: close after answering, or it would be taken for the
-            // next request.
-            let meta = HttpMeta { keep_alive: meta.keep_alive && !has_body, ..meta };
             return self.preflight(&request, meta);
         }
         if path == config.http.health_path || path == config.http.metrics_path {
@@ -489,11 +490,7 @@ impl ServerConnection {
                 return self.respond_error_allow(405, "GET, HEAD", meta);
             }
             if has_body {
-                return self.respond_error(
-                    400,
-                    "unexpected body",
-                    HttpMeta { keep_alive: false, ..meta },
-                );
+                return self.respond_error(400, "unexpected body", meta);
             }
             if path == config.http.health_path {
                 let body = serde_json::to_vec(&self.service.health(now)).unwrap_or_default();
@@ -508,11 +505,7 @@ impl ServerConnection {
             );
         }
         if path != config.http.rpc_path {
-            return self.respond_error(
-                404,
-                "not found",
-                HttpMeta { keep_alive: meta.keep_alive && !has_body, ..meta },
-            );
+            return self.respond_error(404, "not found", meta);
         }
         match method {
             "POST" => {}
@@ -532,7 +525,7 @@ impl ServerConnection {
                 );
             }
         }
-        let meta = HttpMeta { head_only: false, ..meta };
+        let meta = HttpMeta { head_only: false, keep_alive, ..meta };
         let content_type = request.headers.get_str("content-type").unwrap_or("");
         let media = content_type.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/json")

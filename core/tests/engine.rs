@@ -308,12 +308,26 @@ fn http_errors_have_their_status() {
         let r = h.request(&req);
         assert_eq!(r[0].status, status, "{}", String::from_utf8_lossy(&req));
     }
-    // An OPTIONS request with a body is answered, then the connection closes instead of
-    // reading the body as a request.
+    // A request with a body on any route but `POST /` is answered, then the connection
+    // closes instead of reading the body as a request.
+    let smuggled = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (head, status) in [
+        ("OPTIONS / HTTP/1.1", 204),
+        ("POST /health HTTP/1.1", 405),
+        ("POST /nope HTTP/1.1", 404),
+        ("GET /health HTTP/1.1", 400),
+    ] {
+        let mut h = Http::new(&svc);
+        let req =
+            format!("{head}\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len());
+        let r = h.request(req.as_bytes());
+        assert_eq!((r.len(), r[0].status), (1, status), "{head}");
+        assert_eq!(r[0].header("connection"), Some("close"), "{head}");
+    }
+    // `POST /` reads its body and keeps the connection.
     let mut h = Http::new(&svc);
-    let r = h.request(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nContent-Length: 34\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!((r.len(), r[0].status), (1, 204));
-    assert_eq!(r[0].header("connection"), Some("close"));
+    let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}"#, ""));
+    assert_eq!(r[0].header("connection"), Some("keep-alive"));
     let mut h = Http::new(&svc);
     let r = h.request(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r[0].header("allow"), Some("GET, POST, OPTIONS"));

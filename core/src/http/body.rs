@@ -197,6 +197,14 @@ fn step(state: Chunked, b: u8, have: usize, max: usize) -> Result<Chunked, BodyE
         Chunked::Trailer { total, .. } if total >= MAX_TRAILERS => {
             return Err(BodyError::Malformed("trailers too long"));
         }
+        // Trailer lines end in CRLF like the size lines: a bare LF (or CR) could end the
+        // body for one parser and not for another.
+        Chunked::Trailer { cr: false, .. } if b == b'\n' => {
+            return Err(BodyError::Malformed("trailer lines must end in CRLF"));
+        }
+        Chunked::Trailer { cr: true, .. } if b != b'\n' => {
+            return Err(BodyError::Malformed("bare CR in a trailer"));
+        }
         Chunked::Trailer { line, total, .. } if b == b'\n' => {
             if line == 0 {
                 Chunked::Done
@@ -204,7 +212,7 @@ fn step(state: Chunked, b: u8, have: usize, max: usize) -> Result<Chunked, BodyE
                 Chunked::Trailer { line: 0, total: total + 1, cr: false }
             }
         }
-        Chunked::Trailer { line, total, cr } if b == b'\r' && line == 0 && !cr => {
+        Chunked::Trailer { line, total, .. } if b == b'\r' => {
             Chunked::Trailer { line, total: total + 1, cr: true }
         }
         Chunked::Trailer { line, total, .. } => {
@@ -265,7 +273,9 @@ mod tests {
 
     #[test]
     fn chunked_errors() {
-        let cases: [(&[u8], u16); 10] = [
+        let cases: [(&[u8], u16); 12] = [
+            (b"0\r\n\nGET / HTTP/1.1\r\n", 400),
+            (b"0\r\nX: 1\n\r\n", 400),
             (b"zz\r\n", 400),
             // Smuggling-prone leniencies (RFC 9112 §7.1): junk after whitespace, bare LFs,
             // digits split by whitespace.
