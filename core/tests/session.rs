@@ -597,3 +597,34 @@ fn when_every_kept_topic_has_subscribers_no_new_topic_is_made() {
     }
     assert_eq!(h.service.publish("t10", &1).unwrap().subscribers, 1);
 }
+
+#[test]
+fn a_topic_evicted_and_made_again_never_reuses_sequence_numbers() {
+    let mut config = hub_config();
+    config.hub.max_topics = 2;
+    let mut h = Harness::new(config, Router::new());
+    for i in 1..=5 {
+        h.service.publish("a", &i).unwrap();
+    }
+    for i in 1..=10 {
+        h.service.publish("b", &i).unwrap();
+    }
+    let epoch = h.service.hub().epoch();
+    // Two other topics push `a` and `b` (idle, with replay buffers) out.
+    h.service.publish("c", &1).unwrap();
+    h.service.publish("d", &1).unwrap();
+    // `a` again: its numbers continue above any number a removed topic reached (10).
+    let next = h.service.publish("a", &6).unwrap().seq;
+    assert_eq!(next, 11);
+    // A subscriber that had seen up to 5 is told what it may have missed, then gets 11.
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) =
+        h.send(&mut s, call("subscribe", json!({"topic": "a", "since": 5, "epoch": epoch}), 1));
+    let notes = &json_outs(&outs)[1..];
+    assert_eq!(notes[0]["method"], "gap", "{notes:?}");
+    assert_eq!(
+        (notes[0]["params"]["missed_from"].as_u64(), notes[0]["params"]["missed_to"].as_u64()),
+        (Some(6), Some(10))
+    );
+    assert_eq!(notes[1]["params"]["seq"], 11);
+}

@@ -173,6 +173,8 @@ struct Topic {
     replay: VecDeque<Delivery>,
     /// In the hub's idle queue (at most once), as an eviction candidate.
     idle_queued: bool,
+    /// Removed from the map: whoever still holds it looks the name up again.
+    dead: bool,
 }
 
 /// A topic that had no subscribers when queued: an eviction candidate. Stale when the map
@@ -188,6 +190,10 @@ pub struct Hub {
     /// Topics that were without subscribers, oldest first: evicting one at `max_topics` takes
     /// amortized O(1), never a scan of every topic under the write lock.
     idle: Mutex<VecDeque<IdleEntry>>,
+    /// The highest sequence number of any removed topic: a topic made again under an old name
+    /// starts above it, so a resubscription with `since` gets a gap notice, never a reused
+    /// number.
+    seq_floor: AtomicU64,
     next_topic: AtomicU64,
     next_outbox: AtomicU64,
     subscriptions_active: AtomicU64,
@@ -211,6 +217,7 @@ impl Hub {
             epoch,
             topics: RwLock::new(HashMap::new()),
             idle: Mutex::new(VecDeque::new()),
+            seq_floor: AtomicU64::new(0),
             next_topic: AtomicU64::new(1),
             next_outbox: AtomicU64::new(1),
             subscriptions_active: AtomicU64::new(0),
@@ -255,14 +262,18 @@ impl Hub {
 
     fn publish_serialized(&self, topic: &str, json: &[u8]) -> Result<Published, PublishError> {
         validate_topic(topic, self.config.max_topic_len).map_err(PublishError::InvalidTopic)?;
-        let Some(topic) = self.topic(topic, true) else {
-            // A new topic while every kept one has subscribers: nobody can receive it.
-            self.published.fetch_add(1, Ordering::Relaxed);
-            return Ok(Published { seq: 0, subscribers: 0 });
-        };
+        let name = topic;
         let mut wakers = Vec::new();
-        let published = {
+        let published = loop {
+            let Some(topic) = self.topic(name, true) else {
+                // A new topic while every kept one has subscribers: nobody can receive it.
+                self.published.fetch_add(1, Ordering::Relaxed);
+                return Ok(Published { seq: 0, subscribers: 0 });
+            };
             let mut t = lock(&topic);
+            if t.dead {
+                continue;
+            }
             t.seq += 1;
             let frame =
                 SharedFrame::new(MessageKind::Text, &self.notification(&t.key, t.seq, json));
@@ -282,7 +293,7 @@ impl Hub {
                 }
                 t.replay.push_back(delivery);
             }
-            Published { seq: t.seq, subscribers: t.subscribers.len() }
+            break Published { seq: t.seq, subscribers: t.subscribers.len() };
         };
         // Wake outside the topic lock: waking may be a syscall (a thread unpark).
         for w in wakers {
@@ -355,10 +366,11 @@ impl Hub {
                 name: key.clone(),
                 subscription: format!("0x{serial:x}").into(),
             }),
-            seq: 0,
+            seq: self.seq_floor.load(Ordering::Acquire),
             subscribers: Vec::new(),
             replay: VecDeque::new(),
             idle_queued: true,
+            dead: false,
         }));
         let mut idle = lock(&self.idle);
         idle.push_back((key.clone(), Arc::downgrade(&t)));
@@ -373,6 +385,12 @@ impl Hub {
         Some(t)
     }
 
+    /// Marks a topic about to leave the map (the caller holds the map's write lock).
+    fn retire(&self, t: &mut Topic) {
+        t.dead = true;
+        self.seq_floor.fetch_max(t.seq, Ordering::AcqRel);
+    }
+
     /// Removes the topic idle longest; false when every topic has subscribers.
     fn evict_one(&self, topics: &mut HashMap<Arc<str>, Arc<Mutex<Topic>>>) -> bool {
         loop {
@@ -384,6 +402,7 @@ impl Hub {
             }
             let mut g = lock(t);
             if g.subscribers.is_empty() {
+                self.retire(&mut g);
                 drop(g);
                 topics.remove(&name);
                 log::debug!(target: "wsrpc::hub", "evicted topic {name} (no subscribers)");
@@ -412,13 +431,17 @@ impl Hub {
         topic: &str,
         since: Option<(u64, Option<u64>)>,
     ) -> Result<Subscribed, SubscribeError> {
-        let t = self.topic(topic, true).ok_or_else(|| SubscribeError::TooMany {
-            limit: "topics".into(),
-            max: self.config.max_topics,
-        })?;
         let mut wakers = Vec::new();
-        let subscribed = {
+        let subscribed = loop {
+            let t = self.topic(topic, true).ok_or_else(|| SubscribeError::TooMany {
+                limit: "topics".into(),
+                max: self.config.max_topics,
+            })?;
             let mut t = lock(&t);
+            // Removed between the lookup and the lock: subscribing to it would reach no one.
+            if t.dead {
+                continue;
+            }
             if !t.subscribers.iter().any(|o| o.id() == outbox.id()) {
                 t.subscribers.push(outbox.clone());
                 self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +460,7 @@ impl Hub {
                     self.dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
             }
-            Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch }
+            break Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch };
         };
         for w in wakers {
             w.wake();
@@ -471,8 +494,9 @@ impl Hub {
             // clients cannot accumulate.
             let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
             if let Some(t) = topics.get(topic) {
-                let t2 = lock(t);
+                let mut t2 = lock(t);
                 if t2.subscribers.is_empty() && t2.replay.is_empty() {
+                    self.retire(&mut t2);
                     drop(t2);
                     topics.remove(topic);
                 }
