@@ -418,10 +418,9 @@ impl RpcSession {
             }
         }
         let methods = &service.config().hub.methods;
+        // Subscriptions take no rate token: a reconnecting client resubscribes everything at
+        // once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
         if req.method == methods.subscribe || req.method == methods.unsubscribe {
-            if !self.take_call_token(out, &req, now) {
-                return false;
-            }
             let subscribe = req.method == methods.subscribe;
             let result = if subscribe {
                 self.subscribe(now, Params(req.params))
