@@ -558,22 +558,24 @@ mod assembly_budget {
 
     #[test]
     fn unfinished_messages_share_one_budget_and_give_it_back() {
-        // The first 64 KiB of each message are not counted.
-        let budget = AssemblyBudget::new(192 * KIB as u64);
+        // What is charged is the buffer's capacity beyond the first 64 KiB of each message,
+        // in 64 KiB steps.
+        let budget = AssemblyBudget::new(448 * KIB as u64);
         let mut cfg = config();
         cfg.assembly_budget = Some(budget.clone());
         let mut a = RawClient::new(cfg.clone());
         let mut b = RawClient::new(cfg.clone());
-        // A holds 200 KiB of an unfinished message.
+        // A holds 200 KiB of an unfinished message: 136 KiB counted, 192 KiB charged.
         a.send(&cframe(false, 1, &vec![b'a'; 200 * KIB]));
         assert_eq!(budget.used(), 192 * KIB as u64);
-        // B cannot assemble 100 KiB more: close 1013 (try again later), nothing buffered.
-        b.send(&cframe(false, 1, &vec![b'b'; 100 * KIB]));
+        // B cannot assemble 330 KiB more (320 KiB charged): close 1013, nothing buffered.
+        b.send(&cframe(false, 1, &vec![b'b'; 330 * KIB]));
         b.assert_failed_with(CloseCode::TRY_AGAIN_LATER);
         assert_eq!(budget.used(), 192 * KIB as u64);
-        // A finishes; its bytes are given back and it gets its message.
+        // A finishes (one more byte doubles its buffer to 400 KiB: 384 KiB charged, which
+        // fits); its share is given back and it gets its message.
         a.send(&cframe(true, 0, b"!"));
-        assert_eq!(a.echoed(), vec![[vec![b'a'; 200 * KIB], b"!".to_vec()].concat()]);
+        assert!(a.echoed() == [[vec![b'a'; 200 * KIB], b"!".to_vec()].concat()], "A's message");
         assert_eq!(budget.used(), 0);
         // Another connection can now use the room; a dropped connection gives it back too.
         let mut c = RawClient::new(cfg);

@@ -61,7 +61,8 @@ impl PartialEq for AssemblyBudget {
 
 impl Eq for AssemblyBudget {}
 
-/// What one message in progress holds of a budget; given back on drop.
+/// What one message in progress holds of a budget; given back on drop. It holds nothing (and
+/// no reference to the budget) until the message outgrows its free first 64 KiB.
 #[derive(Debug, Default)]
 pub(crate) struct Reservation {
     budget: Option<AssemblyBudget>,
@@ -69,20 +70,17 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    pub(crate) fn new(budget: Option<&AssemblyBudget>) -> Self {
-        Self { budget: budget.cloned(), bytes: 0 }
-    }
-
-    /// Makes sure a message of `total` bytes is covered; false when the budget cannot cover
-    /// it.
-    pub(crate) fn cover(&mut self, total: u64) -> bool {
-        let Some(budget) = &self.budget else { return true };
+    /// Makes sure a message buffer of `total` bytes is covered by `budget`; false when the
+    /// budget cannot cover it.
+    pub(crate) fn cover(&mut self, budget: Option<&AssemblyBudget>, total: u64) -> bool {
         let counted = total.saturating_sub(STEP);
         if counted <= self.bytes {
             return true;
         }
+        let Some(budget) = budget else { return true };
         let grow = (counted - self.bytes).div_ceil(STEP) * STEP;
         if budget.try_take(grow) {
+            self.budget.get_or_insert_with(|| budget.clone());
             self.bytes += grow;
             true
         } else {
@@ -106,23 +104,23 @@ mod tests {
     #[test]
     fn reservations_grow_in_steps_and_are_given_back() {
         let budget = AssemblyBudget::new(3 * STEP);
-        let mut a = Reservation::new(Some(&budget));
-        assert!(a.cover(STEP), "the first 64 KiB are free");
+        let mut a = Reservation::default();
+        assert!(a.cover(Some(&budget), STEP), "the first 64 KiB are free");
         assert_eq!(budget.used(), 0);
-        assert!(a.cover(STEP + 1));
+        assert!(a.cover(Some(&budget), STEP + 1));
         assert_eq!(budget.used(), STEP);
-        assert!(a.cover(3 * STEP));
+        assert!(a.cover(Some(&budget), 3 * STEP));
         assert_eq!(budget.used(), 2 * STEP);
-        let mut b = Reservation::new(Some(&budget));
-        assert!(b.cover(2 * STEP));
-        assert!(!b.cover(2 * STEP + 1), "over the limit");
+        let mut b = Reservation::default();
+        assert!(b.cover(Some(&budget), 2 * STEP));
+        assert!(!b.cover(Some(&budget), 2 * STEP + 1), "over the limit");
         assert_eq!(budget.used(), 3 * STEP);
         drop(a);
         assert_eq!(budget.used(), STEP);
-        assert!(b.cover(4 * STEP));
+        assert!(b.cover(Some(&budget), 4 * STEP));
         drop(b);
         assert_eq!(budget.used(), 0);
         // Without a budget everything is covered.
-        assert!(Reservation::new(None).cover(u64::MAX));
+        assert!(Reservation::default().cover(None, u64::MAX));
     }
 }

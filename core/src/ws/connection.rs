@@ -861,13 +861,12 @@ impl Connection {
                 // Reserve what is announced, up to 64 KiB: memory follows the bytes that
                 // actually arrive, not what a header claims.
                 let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
-                let reservation = Reservation::new(self.config.assembly_budget.as_ref());
                 self.rx.message = Some(Assembly {
                     kind,
                     data,
                     fragments: 1,
                     utf8: Utf8Validator::new(),
-                    reservation,
+                    reservation: Reservation::default(),
                 });
             }
             OpCode::Continuation => {
@@ -913,7 +912,11 @@ impl Connection {
         }
         let msg = rx.message.as_mut().expect("a data frame in progress has a message");
         let start = msg.data.len();
-        if !msg.reservation.cover((start + n) as u64) {
+        // Charge the buffer's capacity after this chunk (a `Vec` grows to at least twice its
+        // size), not only its length.
+        let capacity = msg.data.capacity();
+        let after = if start + n > capacity { (start + n).max(2 * capacity) } else { capacity };
+        if !msg.reservation.cover(self.config.assembly_budget.as_ref(), after as u64) {
             return Err(ProtocolError::BudgetExhausted);
         }
         match key {
