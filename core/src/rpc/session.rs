@@ -87,7 +87,6 @@ pub struct RpcSession {
     outbox: Arc<Outbox>,
     /// Active subscriptions by subscription id.
     subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
-    kind_counts: HashMap<String, usize>,
     out: VecDeque<SessionOutput>,
     drained: VecDeque<OutboxItem>,
     pending: HashMap<u64, PendingCall>,
@@ -126,7 +125,6 @@ impl RpcSession {
             limiter,
             outbox,
             subscriptions: HashMap::new(),
-            kind_counts: HashMap::new(),
             out: VecDeque::new(),
             drained: VecDeque::new(),
             pending: HashMap::new(),
@@ -635,7 +633,10 @@ impl RpcSession {
                 }
                 let kind = topic_kind(&topic);
                 if let Some((_, max)) = cfg.kind_limits.iter().find(|(k, _)| k == kind) {
-                    if self.kind_counts.get(kind).copied().unwrap_or(0) >= *max {
+                    // Derived from the subscriptions (at most `max_subscriptions` of them).
+                    let held =
+                        self.subscriptions.values().filter(|k| topic_kind(&k.name) == kind).count();
+                    if held >= *max {
                         return Err(subscribe_error(SubscribeError::TooMany {
                             limit: kind.to_owned(),
                             max: *max,
@@ -645,7 +646,6 @@ impl RpcSession {
                 let sub = hub
                     .subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)))
                     .map_err(subscribe_error)?;
-                *self.kind_counts.entry(kind.to_owned()).or_default() += 1;
                 service.metrics().subscription_opened();
                 self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
                 log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?}", self.ctx.connection);
@@ -678,14 +678,6 @@ impl RpcSession {
                     OutboxItem::Overflowed => true,
                 });
                 self.service.metrics().subscriptions_closed(1);
-                let kind = topic_kind(&key.name);
-                // Drop the entry at zero: topic names are the peer's, so kinds must not pile up.
-                if let Some(n) = self.kind_counts.get_mut(kind) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.kind_counts.remove(kind);
-                    }
-                }
                 true
             }
             None => false,
@@ -703,7 +695,6 @@ impl RpcSession {
         if n > 0 {
             self.service.metrics().subscriptions_closed(n);
         }
-        self.kind_counts.clear();
         self.outbox.close();
     }
 }
@@ -746,7 +737,7 @@ mod tests {
     use crate::service::ServiceConfig;
 
     #[test]
-    fn subscribe_unsubscribe_cycles_on_invented_topics_keep_no_per_kind_entries() {
+    fn subscribe_unsubscribe_cycles_on_invented_topics_leave_nothing_behind() {
         let now = crate::test_origin();
         let config = ServiceConfig {
             limits: crate::limit::LimitConfig::disabled(),
@@ -778,6 +769,6 @@ mod tests {
             assert_eq!(call(&mut s, "unsubscribe", &id)["result"], true);
         }
         assert!(s.subscriptions.is_empty());
-        assert!(s.kind_counts.is_empty(), "{} kinds kept", s.kind_counts.len());
+        assert_eq!(s.service.hub().stats().topics, 0, "no topic left behind");
     }
 }
