@@ -846,8 +846,12 @@ impl ServerConnection {
                     // Protocol violations, and peers that vanish mid-stream or stop answering,
                     // are faults worth counting; a clean close is not.
                     if closed.error.is_some() {
-                        // 1013: the shared budget for unfinished messages was exhausted.
-                        let kind = if closed.code == CloseCode::TRY_AGAIN_LATER {
+                        // The shared budget for unfinished messages was exhausted: a limit,
+                        // not the peer's protocol violation.
+                        let kind = if matches!(
+                            closed.error,
+                            Some(ws::Error::Protocol(ws::ProtocolError::BudgetExhausted))
+                        ) {
                             ErrorKind::LimitExceeded
                         } else {
                             ErrorKind::Protocol
