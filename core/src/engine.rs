@@ -143,24 +143,19 @@ impl ServerConnection {
     /// given, even none while [`wants_read`](Self::wants_read) is false).
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
         self.now = now;
-        if data.is_empty() {
+        // A peer that does not read its responses (WebSocket or pipelined HTTP) is held at
+        // the high-water mark, and nothing is read while an HTTP call runs.
+        if data.is_empty() || !self.wants_read() {
             return 0;
         }
         let used = match &mut self.phase {
-            // A pipelining peer that does not read its responses is held at the high-water
-            // mark like a WebSocket one, instead of having every request in a read answered.
-            Phase::Head { .. } | Phase::Body { .. } if self.tx.len() > READ_HIGH_WATER => 0,
             Phase::Head { .. } => self.read_head(now, data),
             Phase::Body { .. } => self.read_body(now, data),
             Phase::HttpCall { .. } => 0,
             Phase::WebSocket(ws) => {
-                if ws.transmit_len() > READ_HIGH_WATER {
-                    0
-                } else {
-                    let n = ws.handle_input(now, data);
-                    self.pump(now);
-                    n
-                }
+                let n = ws.handle_input(now, data);
+                self.pump(now);
+                n
             }
             Phase::Draining | Phase::Closed => data.len(),
         };

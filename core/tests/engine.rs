@@ -231,6 +231,15 @@ fn health_and_metrics_endpoints() {
 }
 
 #[test]
+fn a_long_target_on_a_kept_alive_connection_is_still_414() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    assert_eq!(h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
+    let long = format!("GET /health?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+    assert_eq!(h.request(long.as_bytes())[0].status, 414);
+}
+
+#[test]
 fn head_gives_the_length_of_the_body_it_leaves_out() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);

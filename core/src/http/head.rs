@@ -106,6 +106,7 @@ impl HeadBuffer {
     /// Hands over the complete head's bytes, leaving the buffer empty.
     pub fn take(&mut self) -> Vec<u8> {
         self.line_state = 0;
+        self.first_line_done = false;
         std::mem::take(&mut self.buf)
     }
 }
@@ -404,6 +405,11 @@ mod tests {
         // A head of exactly the limit is accepted.
         let exact = b"GET / HTTP/1.1\r\n\r\n";
         assert_eq!(HeadBuffer::new().push(exact, exact.len()).unwrap(), Some(exact.len()));
+        // Over the limit inside the request line is 414, also for a buffer used before.
+        let mut reused = HeadBuffer::new();
+        assert_eq!(reused.push(exact, 100).unwrap(), Some(exact.len()));
+        reused.take();
+        assert_eq!(reused.push(&[b'a'; 200], 100), Err(HandshakeError::RequestLineTooLong));
     }
 
     #[test]
