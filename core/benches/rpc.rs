@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use wsrpc_core::auth::Principal;
-use wsrpc_core::engine::ServerConnection;
+use wsrpc_core::engine::{Endpoint, Input, Output, ServerConnection};
+use wsrpc_core::{Now, UnixTime};
 use wsrpc_core::rpc::{ConnectionId, Router, RpcSession, SessionOutput, Transport};
 use wsrpc_core::service::{Service, ServiceConfig};
 use wsrpc_core::ws::frame::{OpCode, encode_frame};
@@ -22,7 +23,14 @@ const CALL: &[u8] = br#"{"jsonrpc":"2.0","method":"add","params":[20,22],"id":12
 fn service(config: ServiceConfig) -> Arc<Service> {
     let mut r = Router::new();
     r.method("add", |(a, b): (i64, i64), _| Ok(a + b));
-    Service::new(config, r, Instant::now(), Duration::from_secs(1_700_000_000))
+    Service::new(
+        config,
+        r,
+        wsrpc_core::Now::new(
+            Instant::now(),
+            wsrpc_core::UnixTime(Duration::from_secs(1_700_000_000)),
+        ),
+    )
 }
 
 fn unlimited() -> ServiceConfig {
@@ -60,28 +68,39 @@ fn batch() -> Vec<u8> {
 
 /// A server connection already upgraded; returns it and a masked frame carrying `CALL`.
 fn engine_ws(svc: &Arc<Service>) -> (ServerConnection, Vec<u8>) {
-    let now = Instant::now();
+    let now = bench_now();
     let mut conn = ServerConnection::new(svc.clone(), now);
     let hs = b"GET / HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    conn.handle_input(now, hs);
-    while let Some(b) = conn.poll_transmit() {
-        let n = b.len();
-        conn.advance_transmit(n);
-    }
+    conn.handle(now, Input::Bytes(hs));
+    engine_output(&mut conn, now);
     let mut frame = Vec::new();
     encode_frame(&mut frame, true, OpCode::Text, Some([1, 2, 3, 4]), CALL);
     (conn, frame)
 }
 
-fn engine_call(conn: &mut ServerConnection, now: Instant, frame: &[u8]) -> usize {
-    conn.handle_input(now, frame);
+fn bench_now() -> Now {
+    Now::new(Instant::now(), UnixTime(Duration::from_secs(1_700_000_000)))
+}
+
+/// Drains the connection's output as an always-writable transport would; bytes written.
+fn engine_output(conn: &mut ServerConnection, now: Now) -> usize {
     let mut n = 0;
-    while let Some(b) = conn.poll_transmit() {
-        n += b.len();
-        let len = b.len();
-        conn.advance_transmit(len);
+    loop {
+        match conn.poll_output(now) {
+            Output::Transmit(mut tx) => {
+                let len = tx.first().len();
+                n += len;
+                tx.advance(len);
+            }
+            Output::Wait(_) | Output::Finished => return n,
+            _ => {}
+        }
     }
-    n
+}
+
+fn engine_call(conn: &mut ServerConnection, now: Now, frame: &[u8]) -> usize {
+    conn.handle(now, Input::Bytes(frame));
+    engine_output(conn, now)
 }
 
 /// `n` subscriber sessions on topic "t".
@@ -127,7 +146,7 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let (mut conn, frame) = engine_ws(&svc);
     g.bench_function("call_through_engine_ws", |b| {
-        b.iter(|| engine_call(&mut conn, now, black_box(&frame)))
+        b.iter(|| engine_call(&mut conn, bench_now(), black_box(&frame)))
     });
     g.finish();
 
@@ -181,7 +200,7 @@ fn summary() {
     });
     let (mut conn, frame) = engine_ws(&svc);
     let engine = time_per_iter(|| {
-        black_box(engine_call(&mut conn, now, &frame));
+        black_box(engine_call(&mut conn, bench_now(), &frame));
     });
     let svc = service(unlimited());
     let mut subs = subscribers(&svc, 10_000);

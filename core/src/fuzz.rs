@@ -211,7 +211,7 @@ fn fuzz_service(origin: Instant) -> std::sync::Arc<crate::service::Service> {
     config.ws.max_message_size = 32 * 1024;
     config.ws.head_limits = HeadLimits { max_size: 2048, max_headers: 16 };
     config.limits.message_rate = Some(crate::limit::Rate::per_second(50));
-    crate::service::Service::new(config, fuzz_router(), origin, Duration::from_secs(1_700_000_000))
+    crate::service::Service::new(config, fuzz_router(), fuzz_now(origin))
 }
 
 fn fuzz_session(origin: Instant, transport: crate::rpc::Transport) -> crate::rpc::RpcSession {
@@ -233,20 +233,28 @@ fn drain_session(session: &mut crate::rpc::RpcSession, now: Instant) {
             SessionOutput::Message(m) => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(&m).expect("responses are JSON");
             }
-            SessionOutput::Spawn(id, fut) => session.complete(id, run_ready(fut), now),
+            SessionOutput::Spawn(id, work) => session.complete(id, run_work(work), now),
             _ => {}
         }
     }
 }
 
-/// Runs a future that needs no waiting (the fuzz handlers never wait).
-fn run_ready(
-    mut fut: crate::rpc::HandlerFuture,
-) -> Result<Box<serde_json::value::RawValue>, crate::rpc::RpcError> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => Err(crate::rpc::RpcError::internal("pending")),
+/// Both clocks at the start of a fuzz run: `origin`, and a fixed date in 2023.
+fn fuzz_now(origin: Instant) -> crate::Now {
+    crate::Now::new(origin, crate::UnixTime(Duration::from_secs(1_700_000_000)))
+}
+
+/// Runs handler work that needs no waiting (the fuzz handlers never wait).
+fn run_work(work: crate::rpc::Work) -> crate::engine::HandlerResult {
+    match work {
+        crate::rpc::Work::Future(mut fut) => {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match fut.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => Err(crate::rpc::RpcError::internal("pending")),
+            }
+        }
+        crate::rpc::Work::Blocking(call) => call(),
     }
 }
 
@@ -294,9 +302,9 @@ pub fn http(data: &[u8]) {
 /// Runs a whole server connection (HTTP and WebSocket) over a script, like
 /// [`connection`]: input chunks, time steps, end of file, publishes and a shutdown.
 pub fn engine(data: &[u8], origin: Instant) {
-    use crate::engine::ServerConnection;
+    use crate::engine::{Endpoint, Input, ServerConnection};
     let service = fuzz_service(origin);
-    let mut now = origin;
+    let mut now = fuzz_now(origin);
     let mut conn = ServerConnection::new(service.clone(), now);
     let mut script = data;
     let mut finished = false;
@@ -310,14 +318,11 @@ pub fn engine(data: &[u8], origin: Instant) {
                 script = script.get(1 + n..).unwrap_or(&[]);
                 let mut at = 0;
                 while at < chunk.len() {
-                    let used = conn.handle_input(now, &chunk[at..]);
+                    let used = conn.handle(now, Input::Bytes(&chunk[at..]));
                     assert!(used <= chunk.len() - at);
-                    pump_engine(&mut conn, now);
+                    let done = pump_engine(&mut conn, now);
                     if used == 0 {
-                        assert!(
-                            !conn.wants_read() || conn.is_finished(),
-                            "no progress while wanting input"
-                        );
+                        assert!(!conn.wants_read() || done, "no progress while wanting input");
                         break;
                     }
                     at += used;
@@ -325,14 +330,15 @@ pub fn engine(data: &[u8], origin: Instant) {
             }
             5 => {
                 script = script.get(1..).unwrap_or(&[]);
-                now += Duration::from_millis(u64::from(arg) * 100);
-                conn.handle_timeout(now);
+                now = now.after(Duration::from_millis(u64::from(arg) * 100));
+                conn.handle(now, Input::Timeout);
             }
             6 => {
                 script = script.get(1..).unwrap_or(&[]);
-                match arg % 3 {
-                    0 => conn.handle_eof(now),
-                    1 => conn.begin_shutdown(now),
+                match arg % 4 {
+                    0 => drop(conn.handle(now, Input::Eof)),
+                    1 => drop(conn.handle(now, Input::Shutdown)),
+                    2 => drop(conn.handle(now, Input::Broken)),
                     _ => {
                         let _ = service.publish("t", &arg);
                     }
@@ -343,34 +349,36 @@ pub fn engine(data: &[u8], origin: Instant) {
                 let _ = service.publish(if arg % 2 == 0 { "t" } else { "u:1" }, &[arg; 3]);
             }
         }
-        pump_engine(&mut conn, now);
-        if let Some(deadline) = conn.poll_timeout() {
-            assert!(deadline >= origin);
-        }
+        let done = pump_engine(&mut conn, now);
         if finished {
-            assert!(conn.is_finished(), "finished is final");
+            assert!(done, "finished is final");
         }
-        finished |= conn.is_finished();
+        finished |= done;
     }
     drop(conn);
     assert_eq!(service.active_connections(), 0, "a dropped connection is released");
     assert_eq!(service.hub().stats().subscriptions_active, 0, "and its subscriptions with it");
 }
 
-fn pump_engine(conn: &mut crate::engine::ServerConnection, now: Instant) {
-    for _ in 0..64 {
-        let mut moved = false;
-        while let Some((id, fut)) = conn.poll_spawn() {
-            conn.complete(id, run_ready(fut), now);
-            moved = true;
-        }
-        while let Some(bytes) = conn.poll_transmit() {
-            let n = bytes.len();
-            conn.advance_transmit(n);
-            moved = true;
-        }
-        if !moved {
-            return;
+/// Drains the connection's output at `now` as an adapter with an always-writable transport
+/// would (handler work run at once); true once it is finished. Output must end in a bounded
+/// number of steps.
+fn pump_engine(conn: &mut crate::engine::ServerConnection, now: crate::Now) -> bool {
+    use crate::engine::{Endpoint, Input, Output};
+    for _ in 0..100_000 {
+        match conn.poll_output(now) {
+            Output::Spawn(id, work) => {
+                let result = run_work(work);
+                conn.handle(now, Input::Completed(id, result));
+            }
+            Output::Transmit(tx) => {
+                let n = tx.len();
+                tx.advance(n);
+            }
+            Output::Finished => return true,
+            Output::Wait(_) => return false,
+            _ => {}
         }
     }
+    panic!("output never ends");
 }

@@ -64,9 +64,11 @@ pub mod limit;
 pub mod metrics;
 pub mod rpc;
 pub mod service;
+pub mod time;
 pub mod ws;
 
 pub use entropy::{Entropy, Xoshiro256};
+pub use time::{Now, UnixTime};
 
 /// `now + d`, with a duration too long to represent (say a configured `Duration::MAX` meant
 /// as "never") capped at a century instead of panicking on `Instant` overflow.

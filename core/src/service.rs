@@ -11,6 +11,7 @@ use crate::limit::{LimitConfig, OriginLimiter};
 use crate::metrics::{Health, MethodId, Metrics, Snapshot};
 use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
+use crate::time::Now;
 use crate::ws;
 
 /// Bytes all connections of a service may hold in unfinished WebSocket messages, unless
@@ -139,7 +140,6 @@ pub struct Service {
     limit_config: Arc<LimitConfig>,
     origin_limiter: OriginLimiter,
     clock: Option<Box<dyn Clock>>,
-    unix_at_start: Duration,
     next_connection: AtomicU64,
     active: AtomicUsize,
 }
@@ -154,29 +154,22 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service started at `start`, when the wall clock read `unix_at_start` (time since the
-    /// UNIX epoch, for JWT expiry). The hub's epoch is derived from it, so sequence numbers
-    /// of a restarted server are recognised as new.
-    pub fn new(
-        config: ServiceConfig,
-        router: Router,
-        start: Instant,
-        unix_at_start: Duration,
-    ) -> Arc<Self> {
-        Self::with_clock(config, router, start, unix_at_start, None)
+    /// A service started at `now`. The hub's epoch is derived from the wall clock, so
+    /// sequence numbers of a restarted server are recognised as new.
+    pub fn new(config: ServiceConfig, router: Router, now: Now) -> Arc<Self> {
+        Self::with_clock(config, router, now, None)
     }
 
     /// [`new`](Self::new) with a clock for measuring synchronous handlers.
     pub fn with_clock(
         config: ServiceConfig,
         router: Router,
-        start: Instant,
-        unix_at_start: Duration,
+        now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
-        let mut metrics = Metrics::new(start);
+        let mut metrics = Metrics::new(now.mono);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
-        let hub = Hub::new(config.hub.clone(), unix_at_start.as_nanos() as u64);
+        let hub = Hub::new(config.hub.clone(), now.wall.as_nanos_u64());
         let limit_config = Arc::new(config.limits.clone());
         let origin_limiter = OriginLimiter::new(limit_config.clone());
         let mut ws_config = config.ws.clone();
@@ -196,7 +189,6 @@ impl Service {
             limit_config,
             origin_limiter,
             clock,
-            unix_at_start,
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
         })
@@ -241,11 +233,6 @@ impl Service {
 
     pub(crate) fn clock_now(&self) -> Option<Instant> {
         self.clock.as_ref().map(|c| c.now())
-    }
-
-    /// Seconds since the UNIX epoch at `now`.
-    pub fn unix_now(&self, now: Instant) -> u64 {
-        (self.unix_at_start + now.saturating_duration_since(self.metrics.start())).as_secs()
     }
 
     /// Publishes `value` to `topic` (callable from any thread).
@@ -370,15 +357,75 @@ pub trait Launch: Sized {
 /// builder shape serves every adapter (`wsrpc_smol::Server::builder()`, …); the adapter's
 /// [`Launch`] gives [`start`](Self::start) its meaning.
 pub struct ServerBuilder<L> {
-    /// The methods.
-    pub router: Router,
-    /// Limits, timeouts, policies.
-    pub config: ServiceConfig,
-    /// Where to listen [127.0.0.1, 8766..=8800].
-    pub bind: Bind,
-    /// Measure synchronous handlers with the adapter's clock [yes].
-    pub measure_handlers: bool,
+    router: Router,
+    config: ServiceConfig,
+    bind: Bind,
+    measure_handlers: bool,
+    threads: Threads,
     launcher: std::marker::PhantomData<fn() -> L>,
+}
+
+/// Thread counts for adapters that run their own threads (the blocking adapter); async
+/// adapters use their runtime's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Threads {
+    /// Threads that read, run the core and write, each serving many connections [1].
+    pub io: usize,
+    /// Threads that run async handlers and methods registered as blocking [4].
+    pub workers: usize,
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        Self { io: 1, workers: 4 }
+    }
+}
+
+/// Why a server did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A method name was refused (registered twice, or reserved).
+    Router(crate::rpc::RouterError),
+    /// No address could be bound (or another I/O failure while starting).
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Router(e) => write!(f, "cannot serve the router: {e}"),
+            Self::Io(e) => write!(f, "cannot start the server: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Router(e) => Some(e),
+            Self::Io(e) => Some(e),
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// What an adapter starts a server from (see [`ServerBuilder::into_parts`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ServerParts {
+    /// The shared state of the server's connections.
+    pub service: Arc<Service>,
+    /// Where to listen.
+    pub bind: Bind,
+    /// Thread counts, for adapters with their own threads.
+    pub threads: Threads,
 }
 
 impl<L> std::fmt::Debug for ServerBuilder<L> {
@@ -398,6 +445,7 @@ impl<L> Default for ServerBuilder<L> {
             config: ServiceConfig::default(),
             bind: Bind::default(),
             measure_handlers: true,
+            threads: Threads::default(),
             launcher: std::marker::PhantomData,
         }
     }
@@ -442,6 +490,37 @@ impl<L> ServerBuilder<L> {
     ) -> Self {
         self.bind = Bind::Range { ip, ports };
         self
+    }
+
+    /// Listen per `bind` (an address or a range).
+    pub fn listen(mut self, bind: Bind) -> Self {
+        self.bind = bind;
+        self
+    }
+
+    /// Measure how long synchronous handlers run with the adapter's clock [yes]; without it
+    /// their latency is recorded from the times passed in.
+    pub fn measure_handlers(mut self, measure: bool) -> Self {
+        self.measure_handlers = measure;
+        self
+    }
+
+    /// I/O threads of the blocking adapter [1]; each serves many connections.
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.threads.io = n.max(1);
+        self
+    }
+
+    /// Worker threads of the blocking adapter, for async handlers and methods registered as
+    /// blocking [4].
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.threads.workers = n.max(1);
+        self
+    }
+
+    /// The configuration so far.
+    pub fn service_config(&self) -> &ServiceConfig {
+        &self.config
     }
 
     /// Which origins may connect.
@@ -498,14 +577,16 @@ impl<L> ServerBuilder<L> {
         self
     }
 
-    /// Builds the service (for adapters): started at `start`, wall clock `unix_at_start`.
-    pub fn into_service(
+    /// Builds the service (for adapters), started at `now`; `clock` measures synchronous
+    /// handlers. Fails when the router refused a method name.
+    pub fn into_parts(
         self,
-        start: Instant,
-        unix_at_start: Duration,
+        now: Now,
         clock: Option<Box<dyn Clock>>,
-    ) -> (Arc<Service>, Bind) {
+    ) -> Result<ServerParts, StartError> {
+        self.router.check().map_err(StartError::Router)?;
         let clock = if self.measure_handlers { clock } else { None };
-        (Service::with_clock(self.config, self.router, start, unix_at_start, clock), self.bind)
+        let service = Service::with_clock(self.config, self.router, now, clock);
+        Ok(ServerParts { service, bind: self.bind, threads: self.threads })
     }
 }

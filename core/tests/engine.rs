@@ -2,6 +2,7 @@
 //! pipelining, CORS, auth) and JSON-RPC over an upgraded WebSocket, on a virtual clock.
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wsrpc_core::Xoshiro256;
 use wsrpc_core::auth::{Hs256Jwt, StaticToken};
-use wsrpc_core::engine::ServerConnection;
-use wsrpc_core::rpc::Router;
+use wsrpc_core::engine::{ConnEvent, Endpoint, HandlerResult, Input, Output, ServerConnection};
+use wsrpc_core::rpc::{Router, Work};
 use wsrpc_core::service::{Service, ServiceConfig};
 use wsrpc_core::ws::{ClientRequest, CloseCode, Connection, Event};
+use wsrpc_core::{Now, UnixTime};
 
 fn router() -> Router {
     let mut r = Router::new();
@@ -25,8 +27,75 @@ fn router() -> Router {
     r
 }
 
+/// The virtual clock's start: a real `Instant` and a fixed date in November 2023.
+fn start() -> Now {
+    Now::new(Instant::now(), UnixTime(Duration::from_secs(1_700_000_000)))
+}
+
 fn service(config: ServiceConfig) -> Arc<Service> {
-    Service::new(config, router(), Instant::now(), Duration::from_secs(1_700_000_000))
+    Service::new(config, router(), start())
+}
+
+/// Runs handler work at once (the test handlers never wait).
+fn run(work: Work) -> HandlerResult {
+    match work {
+        Work::Future(mut fut) => {
+            let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+                panic!("test handlers complete at once")
+            };
+            r
+        }
+        Work::Blocking(call) => call(),
+    }
+}
+
+/// What draining a connection's output gave, as an adapter would see it.
+#[derive(Debug, Default)]
+struct Drained {
+    out: Vec<u8>,
+    shutdown_write: bool,
+    finished: bool,
+    deadline: Option<Instant>,
+    events: Vec<ConnEvent>,
+    /// Work held instead of run (`hold` set).
+    held: Vec<(wsrpc_core::rpc::CallId, Work)>,
+    hold: bool,
+}
+
+/// Drains `conn` at `now` with an always-writable transport: handler work runs at once
+/// (unless `state.hold`), bytes are collected, flags and the deadline recorded.
+fn drain(conn: &mut ServerConnection, now: Now, state: &mut Drained) {
+    for _ in 0..100_000 {
+        match conn.poll_output(now) {
+            Output::Event(e) => state.events.push(e),
+            Output::Spawn(id, work) if state.hold => state.held.push((id, work)),
+            Output::Spawn(id, work) => {
+                let result = run(work);
+                conn.handle(now, Input::Completed(id, result));
+            }
+            Output::Transmit(mut tx) => {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let k = tx.slices(&mut slices);
+                let mut n = 0;
+                for s in &slices[..k] {
+                    state.out.extend_from_slice(s);
+                    n += s.len();
+                }
+                tx.advance(n);
+            }
+            Output::ShutdownWrite => state.shutdown_write = true,
+            Output::Finished => {
+                state.finished = true;
+                return;
+            }
+            Output::Wait(deadline) => {
+                state.deadline = deadline;
+                return;
+            }
+            other => panic!("a server never asks for {other:?}"),
+        }
+    }
+    panic!("output never ends");
 }
 
 struct Response {
@@ -71,38 +140,27 @@ fn parse_responses(mut raw: &[u8]) -> Vec<Response> {
 
 struct Http {
     conn: ServerConnection,
-    now: Instant,
+    now: Now,
+    state: Drained,
 }
 
 impl Http {
     fn new(service: &Arc<Service>) -> Self {
-        let now = Instant::now();
-        Self { conn: ServerConnection::new(service.clone(), now), now }
+        let now = start();
+        Self { conn: ServerConnection::new(service.clone(), now), now, state: Drained::default() }
     }
 
-    /// Feeds `bytes` (consuming all, running async calls) and returns the output so far.
+    /// Feeds `bytes` (consuming all, running handler work) and returns the output so far.
     fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut at = 0;
-        let mut out = Vec::new();
         // Each round takes at least one request unless the connection is stuck.
         for _ in 0..1000 + bytes.len() {
             if at < bytes.len() {
-                at += self.conn.handle_input(self.now, &bytes[at..]);
+                at += self.conn.handle(self.now, Input::Bytes(&bytes[at..]));
             }
-            while let Some((id, mut fut)) = self.conn.poll_spawn() {
-                let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                else {
-                    panic!()
-                };
-                self.conn.complete(id, r, self.now);
-            }
-            while let Some(b) = self.conn.poll_transmit() {
-                out.extend_from_slice(b);
-                let n = b.len();
-                self.conn.advance_transmit(n);
-            }
+            drain(&mut self.conn, self.now, &mut self.state);
             if at == bytes.len() {
-                return out;
+                return std::mem::take(&mut self.state.out);
             }
         }
         panic!("no progress");
@@ -110,6 +168,20 @@ impl Http {
 
     fn request(&mut self, bytes: &[u8]) -> Vec<Response> {
         parse_responses(&self.exchange(bytes))
+    }
+
+    /// Feeds `input` and drains.
+    fn input(&mut self, input: Input<'_>) {
+        self.conn.handle(self.now, input);
+        drain(&mut self.conn, self.now, &mut self.state);
+    }
+
+    /// Moves the clock to the connection's deadline and fires it.
+    fn fire_deadline(&mut self) -> Instant {
+        let deadline = self.state.deadline.expect("a deadline");
+        self.now = self.now.at(deadline);
+        self.input(Input::Timeout);
+        deadline
     }
 }
 
@@ -148,12 +220,12 @@ fn a_peer_that_half_closes_after_its_request_still_gets_the_response() {
         let wire = post(body, "");
         let mut at = 0;
         while at < wire.len() {
-            at += h.conn.handle_input(h.now, &wire[at..]);
+            at += h.conn.handle(h.now, Input::Bytes(&wire[at..]));
         }
-        h.conn.handle_eof(h.now);
+        h.conn.handle(h.now, Input::Eof);
         let r = parse_responses(&h.exchange(b""));
         assert_eq!(r[0].json()["result"], 8, "{body}");
-        assert!(h.conn.is_finished(), "closed once the response is written");
+        assert!(h.state.finished, "closed once the response is written");
     }
 }
 
@@ -189,7 +261,7 @@ fn a_pipelining_peer_that_does_not_read_is_held_at_the_high_water_mark() {
     // Feed without writing anything out, as when the peer's receive window is full.
     let mut at = 0;
     while at < wire.len() {
-        let used = h.conn.handle_input(h.now, &wire[at..]);
+        let used = h.conn.handle(h.now, Input::Bytes(&wire[at..]));
         if used == 0 {
             break;
         }
@@ -197,12 +269,7 @@ fn a_pipelining_peer_that_does_not_read_is_held_at_the_high_water_mark() {
     }
     assert!(at < wire.len(), "input stops being taken while responses pile up");
     assert!(!h.conn.wants_read());
-    let mut first = Vec::new();
-    while let Some(b) = h.conn.poll_transmit() {
-        first.extend_from_slice(b);
-        let len = b.len();
-        h.conn.advance_transmit(len);
-    }
+    let first = h.exchange(b"");
     let held = parse_responses(&first).len();
     assert!(first.len() <= (1 << 20) + 64 * 1024, "{} bytes queued", first.len());
     assert!(held < n, "{held} of {n} answered before the peer read anything");
@@ -210,7 +277,7 @@ fn a_pipelining_peer_that_does_not_read_is_held_at_the_high_water_mark() {
     let rest = parse_responses(&h.exchange(&wire[at..]));
     assert_eq!(held + rest.len(), n);
     assert!(rest.iter().all(|r| r.status == 200));
-    assert_eq!(svc.snapshot(h.now).http_requests, n as u64);
+    assert_eq!(svc.snapshot(h.now.mono).http_requests, n as u64);
 }
 
 #[test]
@@ -341,7 +408,7 @@ fn http_errors_have_their_status() {
     let r = h.request(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r[0].header("allow"), Some("GET, POST, OPTIONS"));
     assert_eq!(r[0].header("connection"), Some("close"));
-    assert!(h.conn.wants_shutdown_write());
+    assert!(h.state.shutdown_write);
 }
 
 #[test]
@@ -351,7 +418,7 @@ fn a_tls_hello_on_the_plain_port_gets_400_at_once() {
     // The start of a TLS ClientHello: no blank line will ever come.
     let r = h.request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x11");
     assert_eq!(r[0].status, 400);
-    assert!(h.conn.wants_shutdown_write());
+    assert!(h.state.shutdown_write);
 }
 
 #[test]
@@ -378,13 +445,13 @@ fn http_1_0_closes_and_keep_alive_times_out() {
     let mut h = Http::new(&svc);
     let r = h.request(b"GET /health HTTP/1.0\r\n\r\n");
     assert_eq!(r[0].header("connection"), Some("close"));
-    assert!(h.conn.wants_shutdown_write());
+    assert!(h.state.shutdown_write);
     let mut h = Http::new(&svc);
     h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
-    let deadline = h.conn.poll_timeout().unwrap();
-    assert_eq!(deadline - h.now, Duration::from_secs(30));
-    h.conn.handle_timeout(deadline);
-    assert!(h.conn.is_finished(), "an idle keep-alive connection just closes");
+    let before = h.now.mono;
+    let deadline = h.fire_deadline();
+    assert_eq!(deadline - before, Duration::from_secs(30));
+    assert!(h.state.finished, "an idle keep-alive connection just closes");
 }
 
 #[test]
@@ -392,9 +459,8 @@ fn slow_request_gets_408() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);
     h.request(b"POST / HTTP/1.1\r\nHost: sl");
-    let deadline = h.conn.poll_timeout().unwrap();
-    h.conn.handle_timeout(deadline);
-    let r = parse_responses(&h.exchange(b""));
+    h.fire_deadline();
+    let r = parse_responses(&std::mem::take(&mut h.state.out));
     assert_eq!(r[0].status, 408);
 }
 
@@ -418,7 +484,7 @@ fn origin_policy_and_cors() {
     let r = h.request(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
     assert_eq!(r[0].status, 403);
     assert!(!h.conn.is_websocket());
-    assert!(svc.snapshot(h.now).errors["auth"] >= 2);
+    assert!(svc.snapshot(h.now.mono).errors["auth"] >= 2);
 }
 
 #[test]
@@ -448,7 +514,7 @@ fn expired_and_forged_jwts_are_refused() {
     let mut config = ServiceConfig::default();
     config.auth.authenticator = Some(Arc::new(jwt.clone()));
     let svc = service(config);
-    let now_unix = svc.unix_now(Instant::now());
+    let now_unix = start().wall.as_secs();
     let good = jwt.sign(&json!({"sub": "0xabc", "exp": now_unix + 600}));
     let expired = jwt.sign(&json!({"sub": "0xabc", "exp": now_unix - 600}));
     let forged = Hs256Jwt::new("other").sign(&json!({"sub": "0xabc", "exp": now_unix + 600}));
@@ -489,15 +555,17 @@ fn timeouts_configured_as_duration_max_mean_never_rather_than_panic() {
     let svc = service(config.clone());
     let mut h = Http::new(&svc);
     assert_eq!(h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0].status, 200);
-    let deadline = h.conn.poll_timeout().expect("a keep-alive deadline");
-    assert!(deadline > h.now + Duration::from_secs(365 * 24 * 3600));
+    let deadline = h.state.deadline.expect("a keep-alive deadline");
+    assert!(deadline > h.now.mono + Duration::from_secs(365 * 24 * 3600));
     let mut p = WsPair::connect(&svc, "/", &[]);
     assert_eq!(p.call("add", json!([2, 3]))["result"], 5);
-    let far = p.server.poll_timeout().expect("timers");
-    p.server.handle_timeout(far);
+    let far = p.state.deadline.expect("timers");
+    p.now = p.now.at(far);
+    p.server.handle(p.now, Input::Timeout);
+    p.drive();
     // A client connection with the same timers starts too.
     let req = ClientRequest::new("localhost", "/");
-    let c = Connection::client(config.ws, &req, Box::new(Xoshiro256::from_seed(1)), p.now);
+    let c = Connection::client(config.ws, &req, Box::new(Xoshiro256::from_seed(1)), p.now.mono);
     assert!(c.poll_timeout().is_some());
 }
 
@@ -505,14 +573,15 @@ fn timeouts_configured_as_duration_max_mean_never_rather_than_panic() {
 struct WsPair {
     client: Connection,
     server: ServerConnection,
-    now: Instant,
+    now: Now,
+    state: Drained,
     received: Vec<Value>,
     closed: Option<CloseCode>,
 }
 
 impl WsPair {
     fn connect(svc: &Arc<Service>, target: &str, headers: &[(&str, &str)]) -> Self {
-        let now = Instant::now();
+        let now = start();
         let mut req = ClientRequest::new("localhost", target);
         for (k, v) in headers {
             req = if k.eq_ignore_ascii_case("sec-websocket-protocol") {
@@ -525,50 +594,58 @@ impl WsPair {
             wsrpc_core::ws::Config::default(),
             &req,
             Box::new(Xoshiro256::from_seed(5)),
-            now,
+            now.mono,
         );
         let server = ServerConnection::new(svc.clone(), now);
-        let mut p = Self { client, server, now, received: Vec::new(), closed: None };
+        let mut p = Self {
+            client,
+            server,
+            now,
+            state: Drained::default(),
+            received: Vec::new(),
+            closed: None,
+        };
         p.drive();
         assert!(p.client.is_open(), "{:?}", p.client.error());
         p
     }
 
+    /// Hands the client's output to the server (all of it).
+    fn deliver(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(b) = self.client.poll_transmit() {
+            let bytes = b.to_vec();
+            self.client.advance_transmit(bytes.len());
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = self.server.handle(self.now, Input::Bytes(&bytes[at..]));
+                if n == 0 {
+                    drain(&mut self.server, self.now, &mut self.state);
+                    assert!(self.server.wants_read(), "server stalled");
+                }
+                at += n;
+            }
+            moved = true;
+        }
+        moved
+    }
+
     fn drive(&mut self) {
         for _ in 0..100 {
-            let mut moved = false;
-            while let Some(b) = self.client.poll_transmit() {
-                let bytes = b.to_vec();
-                self.client.advance_transmit(bytes.len());
-                let mut at = 0;
-                while at < bytes.len() {
-                    let n = self.server.handle_input(self.now, &bytes[at..]);
-                    assert!(n > 0, "server stalled");
-                    at += n;
-                }
-                moved = true;
-            }
-            while let Some((id, mut fut)) = self.server.poll_spawn() {
-                let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                else {
-                    panic!()
-                };
-                self.server.complete(id, r, self.now);
-                moved = true;
-            }
-            while let Some(b) = self.server.poll_transmit() {
-                let bytes = b.to_vec();
-                self.server.advance_transmit(bytes.len());
+            let mut moved = self.deliver();
+            drain(&mut self.server, self.now, &mut self.state);
+            let bytes = std::mem::take(&mut self.state.out);
+            if !bytes.is_empty() {
                 let (received, closed) = (&mut self.received, &mut self.closed);
-                self.client.handle_all_input(self.now, &bytes, |_, e| match e {
+                self.client.handle_all_input(self.now.mono, &bytes, |_, e| match e {
                     Event::Message(m) => received.push(serde_json::from_slice(&m.data).unwrap()),
                     Event::Closed(c) => *closed = Some(c.code),
                     _ => {}
                 });
                 moved = true;
             }
-            if self.server.wants_shutdown_write() && !self.client.is_finished() {
-                self.client.handle_eof(self.now);
+            if self.state.shutdown_write && !self.client.is_finished() {
+                self.client.handle_eof(self.now.mono);
             }
             if !moved {
                 return;
@@ -580,7 +657,7 @@ impl WsPair {
     fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.received.len() as u64 + 1000;
         let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        self.client.send_text(self.now, &req.to_string()).unwrap();
+        self.client.send_text(self.now.mono, &req.to_string()).unwrap();
         self.drive();
         let pos = self.received.iter().position(|v| v["id"] == id).expect("answered");
         self.received.remove(pos)
@@ -599,10 +676,15 @@ fn websocket_calls_subscriptions_and_wakeups() {
     let svc = service(ServiceConfig::default());
     let mut p = WsPair::connect(&svc, "/", &[]);
     assert!(p.server.is_websocket());
+    assert!(
+        matches!(&p.state.events[0], ConnEvent::Upgraded { path, origin: None, .. } if path == "/"),
+        "{:?}",
+        p.state.events
+    );
     assert_eq!(p.call("add", json!([20, 22]))["result"], 42);
     assert_eq!(p.call("later", json!([4]))["result"], 8);
     let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    p.server.register_waker(&Waker::from(counter.clone()));
+    p.server.set_waker(&Waker::from(counter.clone()));
     let sub = p.call("subscribe", json!(["news"]));
     assert!(sub["result"]["subscription"].is_string());
     // Published from "another thread": the waker fires, and draining delivers.
@@ -620,7 +702,7 @@ fn websocket_calls_subscriptions_and_wakeups() {
 fn binary_messages_get_1003() {
     let svc = service(ServiceConfig::default());
     let mut p = WsPair::connect(&svc, "/", &[]);
-    p.client.send_binary(p.now, b"\x00\x01").unwrap();
+    p.client.send_binary(p.now.mono, b"\x00\x01").unwrap();
     p.drive();
     assert_eq!(p.closed, Some(CloseCode::UNSUPPORTED_DATA));
 }
@@ -630,18 +712,15 @@ fn graceful_shutdown_answers_in_flight_calls_then_closes_1001() {
     let svc = service(ServiceConfig::default());
     let mut p = WsPair::connect(&svc, "/", &[]);
     let req = json!({"jsonrpc": "2.0", "method": "later", "params": [50], "id": 1});
-    p.client.send_text(p.now, &req.to_string()).unwrap();
+    p.client.send_text(p.now.mono, &req.to_string()).unwrap();
     // Deliver the request but hold the async call.
-    let bytes = p.client.poll_transmit().unwrap().to_vec();
-    p.client.advance_transmit(bytes.len());
-    p.server.handle_input(p.now, &bytes);
-    let (id, mut fut) = p.server.poll_spawn().unwrap();
-    p.server.begin_shutdown(p.now);
+    p.state.hold = true;
+    p.deliver();
+    drain(&mut p.server, p.now, &mut p.state);
+    let (id, work) = p.state.held.pop().expect("the call was handed out");
+    p.server.handle(p.now, Input::Shutdown);
     assert_eq!(p.server.pending_calls(), 1);
-    let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
-        panic!()
-    };
-    p.server.complete(id, r, p.now);
+    p.server.handle(p.now, Input::Completed(id, run(work)));
     p.drive();
     assert_eq!(p.received[0]["result"], 100);
     assert_eq!(p.closed, Some(CloseCode::GOING_AWAY));
@@ -668,18 +747,127 @@ fn notifications_delivered_on_wakeup_keep_an_idle_timer_away() {
     // A publish every 40 s for four minutes, delivered on the waker alone (no other input):
     // the connection only receives, yet the notifications count as activity.
     for i in 0..6 {
-        p.now += Duration::from_secs(40);
+        p.now = p.now.after(Duration::from_secs(40));
         svc.publish("ticks", &i).unwrap();
-        p.server.handle_wakeup(p.now);
+        p.server.handle(p.now, Input::Wakeup);
         p.drive();
     }
-    p.server.handle_timeout(p.now);
+    p.server.handle(p.now, Input::Timeout);
     p.drive();
     assert!(p.closed.is_none(), "closed as idle: {:?}", p.closed);
     assert_eq!(p.received.iter().filter(|v| v["method"] == "subscription").count(), 6);
     // Then silence: the idle timer closes it with 1001.
-    p.now += Duration::from_secs(61);
-    p.server.handle_timeout(p.now);
+    p.now = p.now.after(Duration::from_secs(61));
+    p.server.handle(p.now, Input::Timeout);
     p.drive();
     assert_eq!(p.closed, Some(CloseCode::GOING_AWAY));
+}
+
+#[test]
+fn a_websocket_peer_that_half_closes_still_gets_its_answers_then_the_end() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    let req = json!({"jsonrpc": "2.0", "method": "later", "params": [21], "id": 1});
+    p.client.send_text(p.now.mono, &req.to_string()).unwrap();
+    p.state.hold = true;
+    p.deliver();
+    p.server.handle(p.now, Input::Eof);
+    drain(&mut p.server, p.now, &mut p.state);
+    assert!(!p.state.finished, "an answer is still owed");
+    let (id, work) = p.state.held.pop().expect("the call was handed out");
+    p.server.handle(p.now, Input::Completed(id, run(work)));
+    p.state.hold = false;
+    drain(&mut p.server, p.now, &mut p.state);
+    let out = std::mem::take(&mut p.state.out);
+    let mut answers = Vec::new();
+    p.client.handle_all_input(p.now.mono, &out, |_, e| {
+        if let Event::Message(m) = e {
+            answers.push(serde_json::from_slice::<Value>(&m.data).unwrap());
+        }
+    });
+    assert_eq!(answers[0]["result"], 42);
+    assert!(p.state.finished, "then it ends");
+    assert!(
+        p.state
+            .events
+            .iter()
+            .any(|e| matches!(e, ConnEvent::Closed { code, .. } if *code == CloseCode::ABNORMAL))
+    );
+}
+
+#[test]
+fn a_broken_transport_ends_the_connection_at_once() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    p.call("subscribe", json!(["news"]));
+    assert_eq!(svc.hub().stats().subscriptions_active, 1);
+    p.server.handle(p.now, Input::Broken);
+    drain(&mut p.server, p.now, &mut p.state);
+    assert!(p.state.finished);
+    assert_eq!(svc.hub().stats().subscriptions_active, 0, "its subscriptions are gone");
+}
+
+#[test]
+fn transmit_is_offered_once_per_drain_and_a_peer_that_reads_nothing_is_dropped() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    let req = json!({"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1});
+    p.client.send_text(p.now.mono, &req.to_string()).unwrap();
+    p.deliver();
+    // The transport takes nothing: the adapter drops the Transmit, and the next output is
+    // the deadline, not the same bytes again.
+    let mut transmits = 0;
+    let deadline = loop {
+        match p.server.poll_output(p.now) {
+            Output::Transmit(_) => transmits += 1,
+            Output::Wait(d) => break d,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(transmits, 1);
+    // The stall limit: the longer of the pong (30 s) and close (5 s) timeouts.
+    assert_eq!(deadline.unwrap() - p.now.mono, Duration::from_secs(30));
+    p.now = p.now.after(Duration::from_secs(30));
+    p.server.handle(p.now, Input::Timeout);
+    drain(&mut p.server, p.now, &mut Drained::default());
+    let mut state = Drained::default();
+    drain(&mut p.server, p.now, &mut state);
+    assert!(state.finished, "dropped for not reading");
+}
+
+#[test]
+fn jwt_expiry_follows_the_wall_clock_not_the_monotonic_one() {
+    // After a suspend, the monotonic clock has moved one second, the wall clock three hours.
+    let jwt = Hs256Jwt::new("k3y");
+    let mut config = ServiceConfig::default();
+    config.auth.authenticator = Some(Arc::new(jwt.clone()));
+    let svc = service(config);
+    let token = jwt.sign(&json!({"sub": "0xabc", "exp": start().wall.as_secs() + 3600}));
+    let body = r#"{"jsonrpc":"2.0","method":"whoami","id":1}"#;
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let mut h = Http::new(&svc);
+    assert_eq!(h.request(&post(body, &auth))[0].status, 200);
+    let mut h = Http::new(&svc);
+    h.now = Now::new(
+        h.now.mono + Duration::from_secs(1),
+        UnixTime(h.now.wall.0 + Duration::from_secs(3 * 3600)),
+    );
+    assert_eq!(h.request(&post(body, &auth))[0].status, 401);
+}
+
+#[test]
+fn blocking_methods_are_handed_out_as_blocking_work() {
+    let mut r = router();
+    r.blocking_method("slow", |(x,): (u64,), ctx| Ok(json!({"x": x, "conn": ctx.connection.0})));
+    let svc = Service::new(ServiceConfig::default(), r, start());
+    let mut h = Http::new(&svc);
+    h.state.hold = true;
+    h.exchange(&post(r#"{"jsonrpc":"2.0","method":"slow","params":[7],"id":1}"#, ""));
+    let (id, work) = h.state.held.pop().expect("handed out");
+    assert!(matches!(work, Work::Blocking(_)), "{work:?}");
+    assert!(h.state.out.is_empty(), "the POST waits for it");
+    h.state.hold = false;
+    h.input(Input::Completed(id, run(work)));
+    let r = parse_responses(&std::mem::take(&mut h.state.out));
+    assert_eq!(r[0].json()["result"]["x"], 7);
 }

@@ -30,8 +30,7 @@ fn session() -> RpcSession {
     let service = Service::new(
         ServiceConfig::default(),
         spec_router(),
-        now,
-        Duration::from_secs(1_700_000_000),
+        wsrpc_core::Now::new(now, wsrpc_core::UnixTime(Duration::from_secs(1_700_000_000))),
     );
     RpcSession::new(
         service,
@@ -277,7 +276,11 @@ fn handler_errors_pass_through() {
         )
     });
     let now = Instant::now();
-    let service = Service::new(ServiceConfig::default(), r, now, Duration::ZERO);
+    let service = Service::new(
+        ServiceConfig::default(),
+        r,
+        wsrpc_core::Now::new(now, wsrpc_core::UnixTime(Duration::ZERO)),
+    );
     let mut s = RpcSession::new(
         service,
         ConnectionId(1),

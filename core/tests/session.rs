@@ -11,7 +11,7 @@ use wsrpc_core::auth::Principal;
 use wsrpc_core::hub::{HubConfig, OutboxLimits, SlowConsumer, TopicPattern, TopicPolicy};
 use wsrpc_core::limit::{LimitConfig, MethodClass, MethodClasses, Rate};
 use wsrpc_core::rpc::{
-    CallId, ConnectionId, HandlerFuture, Router, RpcError, RpcSession, SessionOutput, Transport,
+    CallId, ConnectionId, Router, RpcError, RpcSession, SessionOutput, Transport, Work,
 };
 use wsrpc_core::service::{Service, ServiceConfig};
 use wsrpc_core::ws::CloseCode;
@@ -33,7 +33,11 @@ impl Harness {
     fn new(config: ServiceConfig, router: Router) -> Self {
         let now = Instant::now();
         Self {
-            service: Service::new(config, router, now, Duration::from_secs(1_700_000_000)),
+            service: Service::new(
+                config,
+                router,
+                wsrpc_core::Now::new(now, wsrpc_core::UnixTime(Duration::from_secs(1_700_000_000))),
+            ),
             now,
             next_conn: 1,
         }
@@ -51,13 +55,13 @@ impl Harness {
         )
     }
 
-    fn send(&self, s: &mut RpcSession, msg: Value) -> (Vec<Out>, Vec<(CallId, HandlerFuture)>) {
+    fn send(&self, s: &mut RpcSession, msg: Value) -> (Vec<Out>, Vec<(CallId, Work)>) {
         s.handle_message(self.now, msg.to_string().as_bytes());
         drain(s)
     }
 }
 
-fn drain(s: &mut RpcSession) -> (Vec<Out>, Vec<(CallId, HandlerFuture)>) {
+fn drain(s: &mut RpcSession) -> (Vec<Out>, Vec<(CallId, Work)>) {
     let mut outs = Vec::new();
     let mut spawns = Vec::new();
     while let Some(o) = s.poll_output() {
@@ -82,7 +86,11 @@ fn json_outs(outs: &[Out]) -> Vec<&Value> {
 }
 
 /// Polls a future that is ready without waiting (the handlers here never block).
-fn run(mut fut: HandlerFuture) -> Result<Box<serde_json::value::RawValue>, RpcError> {
+fn run(work: Work) -> Result<Box<serde_json::value::RawValue>, RpcError> {
+    let mut fut = match work {
+        Work::Future(fut) => fut,
+        Work::Blocking(call) => return call(),
+    };
     let mut cx = Context::from_waker(Waker::noop());
     match fut.as_mut().poll(&mut cx) {
         Poll::Ready(r) => r,

@@ -187,8 +187,7 @@ fn rpc_session_over_an_async_tungstenite_server_stream() {
         let service = Service::new(
             ServiceConfig::default(),
             router(&publisher),
-            std::time::Instant::now(),
-            Duration::ZERO,
+            wsrpc_core::Now::new(std::time::Instant::now(), wsrpc_core::UnixTime(Duration::ZERO)),
         );
         let svc = service.clone();
         let _ = publisher.set(Box::new(move |topic: &str, i: u64| {

@@ -2,10 +2,11 @@
 //! timeouts, a bound on calls in flight, batches, subscriptions that survive reconnects
 //! (resubscribed with `since`, deduplicated by sequence number), and the reconnect backoff.
 //!
-//! Adapters own the transport: they send what [`ClientSession::poll_message`] returns, feed
-//! received text with [`ClientSession::handle_message`], report
-//! [`ClientSession::handle_connected`] / [`ClientSession::handle_disconnected`], and hand
-//! [`ClientEvent`]s to the waiting callers.
+//! [`ClientConnection`](crate::engine::ClientConnection) drives a [`ClientSession`] over
+//! WebSocket transports that come and go; the session itself only sees whole text messages
+//! ([`ClientSession::poll_message`], [`ClientSession::handle_message`]) and whether a
+//! transport is up ([`ClientSession::handle_connected`] / [`ClientSession::handle_disconnected`]),
+//! so it also runs over other message transports.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -20,7 +21,7 @@ use super::error::RpcError;
 use super::message::write_request;
 use crate::entropy::Entropy;
 use crate::hub::SubscriptionMethods;
-use crate::ws::{self, ClientRequest};
+use crate::ws::{self, CloseCode, HandshakeError};
 
 /// Identifies a call (or a batch entry) of this client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,22 +31,112 @@ pub struct CallToken(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriptionToken(pub u64);
 
-/// Why a call failed on the client side.
+/// Why a transport could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nobody listens there (connection refused).
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The host name did not resolve.
+    Dns(String),
+    /// The network or host is unreachable.
+    Unreachable,
+    /// The transport layer cannot reach this kind of URL (say `wss://` without TLS support).
+    Unsupported(String),
+    /// Another I/O failure.
+    Io {
+        /// Its kind.
+        kind: std::io::ErrorKind,
+        /// What the system said.
+        message: String,
+    },
+}
+
+impl ConnectError {
+    /// Classifies an I/O error from connecting.
+    pub fn from_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused => Self::Refused,
+            K::TimedOut | K::WouldBlock => Self::TimedOut,
+            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => Self::Unreachable,
+            kind => Self::Io { kind, message: e.to_string() },
+        }
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused => f.write_str("connection refused"),
+            Self::TimedOut => f.write_str("connect timed out"),
+            Self::Dns(why) => write!(f, "name resolution failed: {why}"),
+            Self::Unreachable => f.write_str("host or network unreachable"),
+            Self::Unsupported(what) => write!(f, "not supported by this transport: {what}"),
+            Self::Io { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+/// Why a client operation failed. Match on it; the text is for people.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The server answered with an error.
+    /// The server answered the call with an error object.
     Rpc(RpcError),
     /// No answer within the call timeout.
     Timeout,
-    /// The connection dropped before the answer arrived (the call may or may not have run).
+    /// The connection dropped before the answer arrived (the call may or may not have run;
+    /// it is never re-sent).
     Disconnected,
-    /// The client was shut down.
+    /// The client was closed.
     Closed,
-    /// The result did not deserialize into the expected type.
+    /// The result did not deserialize into the expected type, or the params did not
+    /// serialize.
     Decode(String),
-    /// Connecting failed (after the configured attempts, when reconnecting is off).
-    Connect(String),
+    /// The URL cannot be used (scheme, host, port).
+    InvalidUrl(String),
+    /// The transport could not be opened.
+    Connect(ConnectError),
+    /// The server refused the WebSocket upgrade with this HTTP status (401 bad or missing
+    /// token, 403 origin refused, 429 or 503 busy, …).
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The server's handshake answer broke RFC 6455.
+    Handshake(HandshakeError),
+    /// The WebSocket was closed with this code: by the server, or by us because the server
+    /// broke the protocol.
+    Protocol {
+        /// The close code (1006 when the transport ended without a close frame).
+        code: CloseCode,
+        /// The reason sent with it, or what went wrong.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of a refused handshake.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Rejected { status } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later can succeed (refusals for bad credentials or a foreign
+    /// origin cannot).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Rejected { status } => matches!(status, 408 | 429 | 500..=599),
+            Self::InvalidUrl(_) | Self::Handshake(_) | Self::Decode(_) | Self::Closed => false,
+            Self::Connect(ConnectError::Unsupported(_)) => false,
+            _ => true,
+        }
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -55,15 +146,47 @@ impl fmt::Display for ClientError {
             Self::Timeout => f.write_str("call timed out"),
             Self::Disconnected => f.write_str("connection lost before the response arrived"),
             Self::Closed => f.write_str("client closed"),
-            Self::Decode(e) => write!(f, "unexpected result: {e}"),
+            Self::Decode(e) => write!(f, "unexpected value: {e}"),
+            Self::InvalidUrl(e) => write!(f, "invalid URL: {e}"),
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::Rejected { status } => {
+                write!(f, "server refused the connection with HTTP {status}")
+            }
+            Self::Handshake(e) => write!(f, "bad handshake answer: {e}"),
+            Self::Protocol { code, reason } => write!(f, "connection closed with {code}: {reason}"),
         }
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Rpc(e) => Some(e),
+            Self::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
-/// Exponential backoff with jitter for reconnecting (DESIGN.md: 1 s doubling to 30 s).
+impl From<RpcError> for ClientError {
+    fn from(e: RpcError) -> Self {
+        Self::Rpc(e)
+    }
+}
+
+/// Deserializes a raw result.
+pub fn decode<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ClientError> {
+    serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Serializes call params; `()` (JSON `null`) means none.
+pub fn encode_params(params: impl serde::Serialize) -> Result<Option<Box<RawValue>>, ClientError> {
+    let raw =
+        serde_json::value::to_raw_value(&params).map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok(if raw.get() == "null" { None } else { Some(raw) })
+}
+
+/// Exponential backoff with jitter for reconnecting [1 s doubling to 30 s].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
     /// The first delay.
@@ -94,13 +217,22 @@ impl Backoff {
 
     /// The delay before the next attempt.
     pub fn next_delay(&mut self, entropy: &mut dyn Entropy) -> Duration {
-        let base =
-            self.config.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.config.max);
+        let base = self.ceiling(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         let mut r = [0u8; 8];
         entropy.fill(&mut r);
         let fraction = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
         base / 2 + base.mul_f64(fraction / 2.0)
+    }
+
+    /// The most the `n`th delay (from 0) can be: `min(initial · 2ⁿ, max)`.
+    pub fn ceiling(&self, n: u32) -> Duration {
+        self.config.initial.saturating_mul(1u32 << n.min(20)).min(self.config.max)
+    }
+
+    /// Attempts made since the last [`reset`](Self::reset).
+    pub fn attempts(&self) -> u32 {
+        self.attempt
     }
 
     /// Starts over after a successful connection.
@@ -134,20 +266,90 @@ impl Default for ClientConfig {
     }
 }
 
-/// How to reach the server and behave.
+/// How to reach the server and behave; built with its setters.
 #[derive(Clone, Debug, Default)]
-#[non_exhaustive]
 pub struct ClientOptions {
+    config: ClientConfig,
+    ws: ws::Config,
+    headers: Vec<(String, String)>,
+    token: Option<String>,
+    protocols: Vec<String>,
+    fallbacks: Vec<String>,
+}
+
+impl ClientOptions {
     /// Calls in flight, timeouts, subscription method names, reconnect backoff.
-    pub config: ClientConfig,
-    /// WebSocket limits and timers of the client connection.
-    pub ws: ws::Config,
-    /// Extra handshake headers (an `Origin`, for instance).
-    pub headers: Vec<(String, String)>,
-    /// A bearer token, sent as `Authorization: Bearer …`.
-    pub token: Option<String>,
-    /// Subprotocols to offer.
-    pub protocols: Vec<String>,
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Reconnect delays; `None` disables reconnecting.
+    pub fn reconnect(mut self, backoff: Option<BackoffConfig>) -> Self {
+        self.config.reconnect = backoff;
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` with the handshake.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Adds a handshake header (an `Origin`, for instance).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offers a subprotocol.
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocols.push(protocol.into());
+        self
+    }
+
+    /// The WebSocket limits and timers (the handshake timeout also bounds connecting).
+    pub fn websocket(mut self, ws: ws::Config) -> Self {
+        self.ws = ws;
+        self
+    }
+
+    /// Another server of the same service: reconnects rotate through the URL given to
+    /// `connect` and these, in order, resuming subscriptions with `since` on whichever
+    /// answers.
+    pub fn fallback(mut self, url: impl Into<String>) -> Self {
+        self.fallbacks.push(url.into());
+        self
+    }
+
+    /// The session configuration.
+    pub fn client_config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The WebSocket configuration.
+    pub fn ws_config(&self) -> &ws::Config {
+        &self.ws
+    }
+
+    pub(crate) fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
+    }
+
+    /// The handshake request for `target`.
+    pub(crate) fn request(&self, authority: &str, path: &str) -> ws::ClientRequest {
+        let mut request = ws::ClientRequest::new(authority, path);
+        for (k, v) in &self.headers {
+            request = request.header(k.clone(), v.clone());
+        }
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        for p in &self.protocols {
+            request = request.protocol(p.clone());
+        }
+        request
+    }
 }
 
 /// A subscription's events, in order.
@@ -178,77 +380,9 @@ impl SubscriptionEvent {
     /// The value deserialized, for a notification.
     pub fn value<T: DeserializeOwned>(&self) -> Option<Result<T, ClientError>> {
         match self {
-            Self::Notification { value, .. } => Some(
-                serde_json::from_str(value.get()).map_err(|e| ClientError::Decode(e.to_string())),
-            ),
+            Self::Notification { value, .. } => Some(decode(value)),
             _ => None,
         }
-    }
-}
-
-/// Splits `ws://host:port/path?query` into authority and target.
-pub fn parse_ws_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ClientError::Connect(format!("only ws:// URLs are supported: {url}")))?;
-    let (authority, target) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
-        Some(i) => (&rest[..i], rest[i..].to_owned()),
-        None => (rest, "/".to_owned()),
-    };
-    if authority.is_empty() {
-        return Err(ClientError::Connect(format!("no host in {url}")));
-    }
-    let authority =
-        if authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            && !authority.ends_with(']')
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-    Ok((authority, target))
-}
-
-impl ClientOptions {
-    /// Sets the session configuration (in flight, timeouts, method names, reconnect).
-    pub fn config(mut self, config: ClientConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Sends `Authorization: Bearer <token>` with the handshake.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Adds a handshake header (an `Origin`, for instance).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Sets the WebSocket limits and timers.
-    pub fn websocket(mut self, ws: ws::Config) -> Self {
-        self.ws = ws;
-        self
-    }
-
-    /// The authority (`host:port`) to connect to and the handshake request for `url`.
-    pub fn request(&self, url: &str) -> Result<(String, ClientRequest), ClientError> {
-        let (authority, target) = parse_ws_url(url)?;
-        let mut request = ClientRequest::new(authority.clone(), target);
-        for (k, v) in &self.headers {
-            request = request.header(k.clone(), v.clone());
-        }
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        for p in &self.protocols {
-            request = request.protocol(p.clone());
-        }
-        Ok((authority, request))
     }
 }
 
@@ -841,21 +975,6 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_owned()).unwrap()
-    }
-
-    #[test]
-    fn ws_urls() {
-        assert_eq!(
-            parse_ws_url("ws://127.0.0.1:9/rpc?x=1").unwrap(),
-            ("127.0.0.1:9".into(), "/rpc?x=1".into())
-        );
-        assert_eq!(
-            parse_ws_url("ws://host?token=a").unwrap(),
-            ("host:80".into(), "/?token=a".into())
-        );
-        assert_eq!(parse_ws_url("ws://[::1]:8766").unwrap(), ("[::1]:8766".into(), "/".into()));
-        assert!(parse_ws_url("wss://secure").is_err());
-        assert!(parse_ws_url("ws:///path").is_err());
     }
 
     #[test]

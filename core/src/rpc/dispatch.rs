@@ -1,6 +1,10 @@
 //! Routing a [`ClientSession`]'s events to the callers waiting for them, over whatever
 //! channels an adapter uses (futures oneshots and mpsc, crossbeam, …), so every client adapter
-//! shares one implementation of replies, batches and subscription delivery.
+//! shares one implementation of commands, replies, batches and subscription delivery.
+//!
+//! An adapter's client handle turns each method into a [`Command`] and sends it to the task or
+//! thread that drives the [`ClientConnection`](crate::engine::ClientConnection); the answer
+//! comes back through the adapter's own channel types, named by its [`Channels`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::client::{
     CallToken, ClientError, ClientEvent, ClientSession, SubscriptionEvent, SubscriptionToken,
+    encode_params,
 };
 
 /// The result of one call.
@@ -36,15 +41,120 @@ pub trait EventSink {
 }
 
 /// The channel types of one adapter.
-pub trait Channels {
+pub trait Channels: 'static {
     /// Receives a call's result.
-    type Call: OneShot<CallResult>;
+    type Call: OneShot<CallResult> + Send;
     /// Receives a batch's results, in order.
-    type Batch: OneShot<Vec<CallResult>>;
+    type Batch: OneShot<Vec<CallResult>> + Send;
     /// Receives the outcome of a subscribe.
-    type Subscribe: OneShot<Result<SubscriptionToken, ClientError>>;
+    type Subscribe: OneShot<Result<SubscriptionToken, ClientError>> + Send;
     /// Receives a subscription's events.
-    type Events: EventSink;
+    type Events: EventSink + Send;
+    /// Told when the client has closed.
+    type Done: OneShot<()> + Send;
+}
+
+/// A request from a client handle to the connection that serves it.
+pub enum Command<C: Channels> {
+    /// A call; its result goes to `reply`.
+    Call {
+        /// The method.
+        method: String,
+        /// Its params (`None`: no params member).
+        params: Option<Box<RawValue>>,
+        /// Replaces the configured call timeout.
+        timeout: Option<Duration>,
+        /// Where the result goes.
+        reply: C::Call,
+    },
+    /// Calls sent as one batch; their results go to `reply` in order.
+    Batch {
+        /// Method and params of each call.
+        calls: Vec<(String, Option<Box<RawValue>>)>,
+        /// Where the results go.
+        reply: C::Batch,
+    },
+    /// A notification (dropped while disconnected).
+    Notify {
+        /// The method.
+        method: String,
+        /// Its params.
+        params: Option<Box<RawValue>>,
+    },
+    /// A subscription: its outcome goes to `reply`, then its events to `events`.
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Where the events go.
+        events: C::Events,
+        /// Where the outcome goes.
+        reply: C::Subscribe,
+    },
+    /// Ends a subscription.
+    Unsubscribe(SubscriptionToken),
+    /// Closes the client; `done` is told once it has.
+    Close(C::Done),
+}
+
+impl<C: Channels> std::fmt::Debug for Command<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Call { method, .. } => f.debug_struct("Call").field("method", method).finish(),
+            Self::Batch { calls, .. } => {
+                f.debug_struct("Batch").field("len", &calls.len()).finish()
+            }
+            Self::Notify { method, .. } => {
+                f.debug_struct("Notify").field("method", method).finish()
+            }
+            Self::Subscribe { topic, .. } => {
+                f.debug_struct("Subscribe").field("topic", topic).finish()
+            }
+            Self::Unsubscribe(t) => f.debug_tuple("Unsubscribe").field(t).finish(),
+            Self::Close(_) => f.write_str("Close"),
+        }
+    }
+}
+
+impl<C: Channels> Command<C> {
+    /// A call of `method` with `params` (anything serializable; `()` sends none).
+    pub fn call(
+        method: &str,
+        params: impl serde::Serialize,
+        timeout: Option<Duration>,
+        reply: C::Call,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::Call { method: method.to_owned(), params: encode_params(params)?, timeout, reply })
+    }
+
+    /// A batch of calls.
+    pub fn batch<P: serde::Serialize>(
+        calls: Vec<(&str, P)>,
+        reply: C::Batch,
+    ) -> Result<Self, ClientError> {
+        let calls = calls
+            .into_iter()
+            .map(|(m, p)| Ok((m.to_owned(), encode_params(p)?)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Self::Batch { calls, reply })
+    }
+
+    /// A notification.
+    pub fn notify(method: &str, params: impl serde::Serialize) -> Result<Self, ClientError> {
+        Ok(Self::Notify { method: method.to_owned(), params: encode_params(params)? })
+    }
+
+    /// Answers the command with `error` without running it (the client is closed).
+    pub fn refuse(self, error: ClientError) {
+        match self {
+            Self::Call { reply, .. } => reply.send(Err(error)),
+            Self::Batch { calls, reply } => {
+                reply.send(calls.iter().map(|_| Err(error.clone())).collect());
+            }
+            Self::Subscribe { reply, .. } => reply.send(Err(error)),
+            Self::Close(done) => done.send(()),
+            Self::Notify { .. } | Self::Unsubscribe(_) => {}
+        }
+    }
 }
 
 struct Batch<C: Channels> {
@@ -62,7 +172,7 @@ struct Sink<E> {
 /// ([`call`](Self::call), [`subscribe`](Self::subscribe), …), drive the session's transport
 /// through [`session`](Self::session), and call [`dispatch`](Self::dispatch) after each
 /// change to hand results and events out.
-pub struct ClientDispatch<C: Channels> {
+pub(crate) struct ClientDispatch<C: Channels> {
     session: ClientSession,
     calls: HashMap<CallToken, C::Call>,
     batch_entries: HashMap<CallToken, (u64, usize)>,
@@ -84,7 +194,7 @@ impl<C: Channels> std::fmt::Debug for ClientDispatch<C> {
 
 impl<C: Channels> ClientDispatch<C> {
     /// Routes `session`'s events.
-    pub fn new(session: ClientSession) -> Self {
+    pub(crate) fn new(session: ClientSession) -> Self {
         Self {
             session,
             calls: HashMap::new(),
@@ -97,18 +207,18 @@ impl<C: Channels> ClientDispatch<C> {
     }
 
     /// The session.
-    pub fn session(&self) -> &ClientSession {
+    pub(crate) fn session(&self) -> &ClientSession {
         &self.session
     }
 
     /// The session, for its transport side (`poll_message`, `handle_message`, connected and
     /// disconnected, timers).
-    pub fn session_mut(&mut self) -> &mut ClientSession {
+    pub(crate) fn session_mut(&mut self) -> &mut ClientSession {
         &mut self.session
     }
 
     /// Starts a call whose result goes to `reply`; `timeout` overrides the configured one.
-    pub fn call(
+    pub(crate) fn call(
         &mut self,
         now: Instant,
         method: &str,
@@ -122,7 +232,12 @@ impl<C: Channels> ClientDispatch<C> {
     }
 
     /// Starts a batch whose results go to `reply`, in order.
-    pub fn batch(&mut self, now: Instant, calls: &[(&str, Option<&RawValue>)], reply: C::Batch) {
+    pub(crate) fn batch(
+        &mut self,
+        now: Instant,
+        calls: &[(&str, Option<&RawValue>)],
+        reply: C::Batch,
+    ) {
         let tokens = self.session.batch(now, calls);
         if tokens.is_empty() {
             reply.send(Vec::new());
@@ -140,25 +255,31 @@ impl<C: Channels> ClientDispatch<C> {
     }
 
     /// Sends a notification (dropped while disconnected).
-    pub fn notify(&mut self, method: &str, params: Option<&RawValue>) {
+    pub(crate) fn notify(&mut self, method: &str, params: Option<&RawValue>) {
         self.session.notify(method, params);
     }
 
     /// Subscribes to `topic`: the outcome goes to `reply`, the events to `events`.
-    pub fn subscribe(&mut self, now: Instant, topic: &str, events: C::Events, reply: C::Subscribe) {
+    pub(crate) fn subscribe(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        events: C::Events,
+        reply: C::Subscribe,
+    ) {
         let token = self.session.subscribe(now, topic);
         self.subscriptions.insert(token, Sink { events, dropped: None });
         self.pending_subscribes.insert(token, reply);
     }
 
     /// Ends a subscription.
-    pub fn unsubscribe(&mut self, now: Instant, token: SubscriptionToken) {
+    pub(crate) fn unsubscribe(&mut self, now: Instant, token: SubscriptionToken) {
         self.subscriptions.remove(&token);
         self.session.unsubscribe(now, token);
     }
 
     /// Hands every pending session event to its caller; true when there was any.
-    pub fn dispatch(&mut self) -> bool {
+    pub(crate) fn dispatch(&mut self) -> bool {
         let mut any = false;
         while let Some(event) = self.session.poll_event() {
             any = true;
@@ -224,7 +345,7 @@ impl<C: Channels> ClientDispatch<C> {
 
     /// Fails everything pending with `error` and ends every subscription: the client is
     /// closing.
-    pub fn fail_all(&mut self, error: ClientError) {
+    pub(crate) fn fail_all(&mut self, error: ClientError) {
         self.session.close();
         self.dispatch();
         for (_, reply) in self.calls.drain() {
@@ -246,28 +367,27 @@ impl<C: Channels> ClientDispatch<C> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::rpc::client::ClientConfig;
 
-    type Log<T> = Rc<RefCell<Vec<T>>>;
+    type Log<T> = Arc<Mutex<Vec<T>>>;
 
     struct To<T>(Log<T>);
     impl<T> OneShot<T> for To<T> {
         fn send(self, value: T) {
-            self.0.borrow_mut().push(value);
+            self.0.lock().unwrap().push(value);
         }
     }
 
     struct Bounded(Log<SubscriptionEvent>, usize);
     impl EventSink for Bounded {
         fn try_send(&mut self, event: SubscriptionEvent) -> Result<(), SinkError> {
-            if self.0.borrow().len() >= self.1 {
+            if self.0.lock().unwrap().len() >= self.1 {
                 return Err(SinkError::Full);
             }
-            self.0.borrow_mut().push(event);
+            self.0.lock().unwrap().push(event);
             Ok(())
         }
     }
@@ -278,6 +398,7 @@ mod tests {
         type Batch = To<Vec<CallResult>>;
         type Subscribe = To<Result<SubscriptionToken, ClientError>>;
         type Events = Bounded;
+        type Done = To<()>;
     }
 
     fn id_of(d: &mut ClientDispatch<Test>) -> u64 {
@@ -291,15 +412,15 @@ mod tests {
         let now = crate::test_origin();
         let mut d = ClientDispatch::<Test>::new(ClientSession::new(ClientConfig::default()));
         d.session_mut().handle_connected(now);
-        let calls: Log<CallResult> = Rc::default();
+        let calls: Log<CallResult> = Log::default();
         d.call(now, "m", None, None, To(calls.clone()));
         let id = id_of(&mut d);
         d.session_mut()
             .handle_message(now, format!(r#"{{"jsonrpc":"2.0","result":7,"id":{id}}}"#).as_bytes());
         assert!(d.dispatch());
-        assert_eq!(calls.borrow()[0].as_ref().unwrap().get(), "7");
+        assert_eq!(calls.lock().unwrap()[0].as_ref().unwrap().get(), "7");
 
-        let batches: Log<Vec<CallResult>> = Rc::default();
+        let batches: Log<Vec<CallResult>> = Log::default();
         d.batch(now, &[("a", None), ("b", None)], To(batches.clone()));
         let first = id_of(&mut d);
         d.session_mut().handle_message(
@@ -307,14 +428,16 @@ mod tests {
             format!(r#"[{{"jsonrpc":"2.0","result":2,"id":{}}},{{"jsonrpc":"2.0","result":1,"id":{first}}}]"#, first + 1).as_bytes(),
         );
         d.dispatch();
-        let got: Vec<String> =
-            batches.borrow()[0].iter().map(|r| r.as_ref().unwrap().get().to_owned()).collect();
+        let got: Vec<String> = batches.lock().unwrap()[0]
+            .iter()
+            .map(|r| r.as_ref().unwrap().get().to_owned())
+            .collect();
         assert_eq!(got, ["1", "2"], "results in request order");
         d.batch(now, &[], To(batches.clone()));
-        assert!(batches.borrow()[1].is_empty(), "an empty batch answers at once");
+        assert!(batches.lock().unwrap()[1].is_empty(), "an empty batch answers at once");
 
-        let events: Log<SubscriptionEvent> = Rc::default();
-        let outcome: Log<Result<SubscriptionToken, ClientError>> = Rc::default();
+        let events: Log<SubscriptionEvent> = Log::default();
+        let outcome: Log<Result<SubscriptionToken, ClientError>> = Log::default();
         d.subscribe(now, "t", Bounded(events.clone(), 2), To(outcome.clone()));
         let id = id_of(&mut d);
         d.session_mut().handle_message(
@@ -329,21 +452,27 @@ mod tests {
             d.session_mut().handle_message(now, n.as_bytes());
         }
         d.dispatch();
-        assert!(outcome.borrow()[0].is_ok());
-        assert_eq!(events.borrow().len(), 2, "the subscriber holds two and loses the rest");
-        events.borrow_mut().clear();
+        assert!(outcome.lock().unwrap()[0].is_ok());
+        assert_eq!(events.lock().unwrap().len(), 2, "the subscriber holds two and loses the rest");
+        events.lock().unwrap().clear();
         let n = r#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":6,"result":6}}"#;
         d.session_mut().handle_message(now, n.as_bytes());
         d.dispatch();
         assert!(
-            matches!(events.borrow()[0], SubscriptionEvent::Gap { from: 3, to: 5, lagged: true }),
+            matches!(
+                events.lock().unwrap()[0],
+                SubscriptionEvent::Gap { from: 3, to: 5, lagged: true }
+            ),
             "{:?}",
-            events.borrow()
+            events.lock().unwrap()
         );
-        assert!(matches!(events.borrow()[1], SubscriptionEvent::Notification { seq: 6, .. }));
+        assert!(matches!(
+            events.lock().unwrap()[1],
+            SubscriptionEvent::Notification { seq: 6, .. }
+        ));
 
         d.call(now, "pending", None, None, To(calls.clone()));
         d.fail_all(ClientError::Closed);
-        assert_eq!(calls.borrow()[1].as_ref().unwrap_err(), &ClientError::Closed);
+        assert_eq!(calls.lock().unwrap()[1].as_ref().unwrap_err(), &ClientError::Closed);
     }
 }

@@ -13,5 +13,8 @@ pub mod session;
 
 pub use error::RpcError;
 pub use message::{Incoming, Invalid, Request};
-pub use router::{CallContext, ConnectionId, HandlerFuture, Params, Router, Transport};
+pub use router::{
+    BlockingCall, CallContext, ConnectionId, HandlerFuture, Params, Router, RouterError, Transport,
+    Work,
+};
 pub use session::{CallId, RpcSession, SessionOutput};

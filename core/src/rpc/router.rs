@@ -116,17 +116,59 @@ fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, RpcError> {
     Ok(value)
 }
 
+/// A call of a method registered with [`Router::blocking_method`]: params already parsed,
+/// ready to run on a worker thread.
+pub type BlockingCall = Box<dyn FnOnce() -> Result<Box<RawValue>, RpcError> + Send + 'static>;
+
+/// Handler work the core hands to its adapter (it never runs it itself): an async handler's
+/// future for the runtime, or a blocking handler's call for a worker thread.
+pub enum Work {
+    /// Poll it to completion on the runtime.
+    Future(HandlerFuture),
+    /// Run it on a thread that may block (a worker pool), never on the I/O thread.
+    Blocking(BlockingCall),
+}
+
+impl fmt::Debug for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Future(_) => "Work::Future",
+            Self::Blocking(_) => "Work::Blocking",
+        })
+    }
+}
+
 type SyncHandler =
     dyn Fn(Params<'_>, &CallContext, &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync;
-type AsyncHandler =
-    dyn Fn(Params<'_>, &CallContext) -> Result<HandlerFuture, RpcError> + Send + Sync;
+type AsyncHandler = dyn Fn(Params<'_>, &CallContext) -> Result<Work, RpcError> + Send + Sync;
 
 pub(crate) enum Handler {
     /// Runs inside the core and writes its result's JSON.
     Sync(Box<SyncHandler>),
-    /// Parses params inside the core and returns a future for the adapter to run.
-    Async(Box<AsyncHandler>),
+    /// Parses params inside the core and returns work for the adapter to run.
+    Deferred(Box<AsyncHandler>),
 }
+
+/// Why a router cannot serve: a method name it refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// The name was registered twice.
+    Duplicate(String),
+    /// Names starting with `rpc.` belong to the built-ins.
+    Reserved(String),
+}
+
+impl fmt::Display for RouterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Duplicate(n) => write!(f, "method {n:?} registered twice"),
+            Self::Reserved(n) => write!(f, "method names starting with `rpc.` are reserved: {n:?}"),
+        }
+    }
+}
+
+impl std::error::Error for RouterError {}
 
 pub(crate) struct Method {
     pub(crate) handler: Handler,
@@ -144,12 +186,14 @@ pub(crate) struct Method {
 ///     .method("echo", |p: serde_json::Value, _ctx| Ok::<_, RpcError>(p));
 /// ```
 ///
-/// Names starting with `rpc.` are reserved for built-ins (`rpc.health`, `rpc.metrics`);
-/// registering one, or a name twice, is a bug and panics.
+/// Names starting with `rpc.` are reserved for built-ins (`rpc.health`, `rpc.metrics`).
+/// Registering one, or a name twice, is refused: [`check`](Self::check) says so, and starting
+/// a server with such a router fails with that error.
 #[derive(Default)]
 pub struct Router {
     methods: HashMap<Box<str>, Method>,
     names: Vec<Box<str>>,
+    refused: Vec<RouterError>,
 }
 
 impl fmt::Debug for Router {
@@ -208,26 +252,56 @@ impl Router {
     {
         self.insert(
             name,
-            Handler::Async(Box::new(move |params, ctx| {
+            Handler::Deferred(Box::new(move |params, ctx| {
                 let fut = f(params.parse()?, ctx.clone());
-                Ok(Box::pin(async move {
+                Ok(Work::Future(Box::pin(async move {
                     let result = fut.await?;
                     serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
-                }))
+                })))
+            })),
+        )
+    }
+
+    /// Registers a method that may block (disk, a database, a hardware wallet): params are
+    /// parsed in the core, then the adapter runs it on a worker thread, so a slow call never
+    /// stalls the connections served by the I/O thread. Use [`method`](Self::method) for quick
+    /// synchronous work and [`async_method`](Self::async_method) for futures.
+    pub fn blocking_method<P, R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize,
+        F: Fn(P, CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.insert(
+            name,
+            Handler::Deferred(Box::new(move |params, ctx| {
+                let p: P = params.parse()?;
+                let (f, ctx) = (f.clone(), ctx.clone());
+                Ok(Work::Blocking(Box::new(move || {
+                    let result = f(p, ctx)?;
+                    serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
+                })))
             })),
         )
     }
 
     fn insert(&mut self, name: &str, handler: Handler) -> &mut Self {
-        assert!(
-            !name.starts_with("rpc."),
-            "method names starting with `rpc.` are reserved: {name}"
-        );
-        assert!(!self.methods.contains_key(name), "method {name} registered twice");
-        let index = self.names.len();
-        self.names.push(name.into());
-        self.methods.insert(name.into(), Method { handler, index });
+        if name.starts_with("rpc.") {
+            self.refused.push(RouterError::Reserved(name.into()));
+        } else if self.methods.contains_key(name) {
+            self.refused.push(RouterError::Duplicate(name.into()));
+        } else {
+            let index = self.names.len();
+            self.names.push(name.into());
+            self.methods.insert(name.into(), Method { handler, index });
+        }
         self
+    }
+
+    /// Whether every registration was accepted; the first refusal otherwise.
+    pub fn check(&self) -> Result<(), RouterError> {
+        self.refused.first().map_or(Ok(()), |e| Err(e.clone()))
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Method> {
@@ -307,8 +381,16 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "reserved")]
-    fn rpc_prefix_is_reserved() {
-        Router::new().method("rpc.mine", |(): (), _| Ok(1));
+    fn reserved_and_duplicate_names_are_refused() {
+        let mut r = Router::new();
+        r.method("a", |(): (), _| Ok(1));
+        assert_eq!(r.check(), Ok(()));
+        r.method("rpc.mine", |(): (), _| Ok(1));
+        r.method("a", |(): (), _| Ok(2));
+        assert_eq!(r.check(), Err(RouterError::Reserved("rpc.mine".into())));
+        assert_eq!(r.names().collect::<Vec<_>>(), ["a"], "neither refused name was added");
+        let mut r = Router::new();
+        r.method("a", |(): (), _| Ok(1)).async_method("a", |(): (), _| async { Ok(2) });
+        assert_eq!(r.check(), Err(RouterError::Duplicate("a".into())));
     }
 }

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, HandlerFuture, Params, Transport};
+use super::router::{CallContext, ConnectionId, Handler, Params, Transport, Work};
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
@@ -30,8 +30,9 @@ pub enum SessionOutput {
     /// Send this notification, encoded once for all subscribers (over a WebSocket send the
     /// frame as is; elsewhere send its payload).
     Notification(SharedFrame),
-    /// Run this future on the runtime, then call [`RpcSession::complete`] with its output.
-    Spawn(CallId, HandlerFuture),
+    /// Run this handler (a future on the runtime, a blocking call on a worker thread), then
+    /// call [`RpcSession::complete`] with its output.
+    Spawn(CallId, Work),
     /// Close the connection (abuse of limits, slow consumer under the close policy).
     Close(CloseCode, &'static str),
 }
@@ -474,7 +475,7 @@ impl RpcSession {
                 );
                 false
             }
-            Handler::Async(f) => {
+            Handler::Deferred(f) => {
                 let max = service.config().rpc.max_inflight_async;
                 if self.pending.len() >= max {
                     metrics.call_rate_limited();
@@ -743,7 +744,11 @@ mod tests {
             limits: crate::limit::LimitConfig::disabled(),
             ..ServiceConfig::default()
         };
-        let service = Service::new(config, Router::new(), now, Duration::from_secs(1_700_000_000));
+        let service = Service::new(
+            config,
+            Router::new(),
+            crate::Now::new(now, crate::UnixTime(Duration::from_secs(1_700_000_000))),
+        );
         let mut s = RpcSession::new(
             service,
             ConnectionId(1),

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use serde_json::value::RawValue;
-
+use super::{ConnEvent, Endpoint, HandlerResult, Input, Now, Outgoing, Output, Stall, Transmit};
 use crate::auth::{AuthError, Credentials, Principal, token_param};
 use crate::http::body::BodyReader;
 use crate::http::head::{HeadBuffer, RequestHead};
 use crate::http::response::write_response;
 use crate::metrics::{ErrorKind, PROMETHEUS_CONTENT_TYPE};
-use crate::rpc::RpcError;
-use crate::rpc::router::{ConnectionId, HandlerFuture, Transport};
+use crate::rpc::router::{ConnectionId, Transport, Work};
 use crate::rpc::session::{CallId, RpcSession, SessionOutput};
 use crate::service::Service;
 use crate::ws::transmit::TransmitQueue;
@@ -49,18 +47,21 @@ enum Phase {
     Closed,
 }
 
-/// One accepted connection of a [`Service`], as a sans-IO state machine.
+/// One accepted connection of a [`Service`], as a sans-IO [`Endpoint`]: HTTP requests and
+/// the WebSocket upgrade on one port, JSON-RPC over both.
 ///
-/// Drive it like [`ws::Connection`]: feed [`handle_input`](Self::handle_input) (which may
-/// consume less than it is given while [`wants_read`](Self::wants_read) is false: keep the
-/// rest and offer it again), [`handle_eof`](Self::handle_eof) and
-/// [`handle_timeout`](Self::handle_timeout); write what
-/// [`poll_transmit`](Self::poll_transmit) returns; run every future from
-/// [`poll_spawn`](Self::poll_spawn) and report it with [`complete`](Self::complete); wait
-/// until [`poll_timeout`](Self::poll_timeout) or the waker given to
-/// [`register_waker`](Self::register_waker) fires (a publish on another thread). Half-close
-/// when [`wants_shutdown_write`](Self::wants_shutdown_write), drop when
-/// [`is_finished`](Self::is_finished).
+/// Drive it as the [module docs](super) describe: [`handle`](Endpoint::handle) each input
+/// (bytes, end of file, a due timer, a finished handler, a wake-up, shutdown), then drain
+/// [`poll_output`](Endpoint::poll_output) until it says to wait. Its outputs come in this
+/// order: lifecycle events ([`ConnEvent::Upgraded`], [`ConnEvent::Closed`]), handler work to
+/// spawn, bytes to transmit, half-close, finished. Everything that depends on time uses the
+/// `now` given with the call: the monotonic clock for timers, the wall clock for token
+/// expiry.
+///
+/// End of file: a peer that half-closes after its requests still gets every answer (HTTP
+/// and WebSocket alike) before the connection ends, within the close timeout; a broken
+/// transport ([`Input::Broken`]) ends it at once. A peer that takes no bytes for the longer
+/// of the pong and close timeouts while output waits is dropped.
 pub struct ServerConnection {
     service: Arc<Service>,
     id: ConnectionId,
@@ -68,13 +69,23 @@ pub struct ServerConnection {
     phase: Phase,
     tx: TransmitQueue,
     session: Option<RpcSession>,
-    spawns: VecDeque<(CallId, HandlerFuture)>,
-    now: Instant,
+    spawns: VecDeque<(CallId, Work)>,
+    events: VecDeque<ConnEvent>,
+    /// The time of the latest input or output call: every entry point sets it first.
+    now: Now,
     deadline: Option<Instant>,
     shutting_down: bool,
     /// The peer half-closed: answer what is pending, then close.
     peer_eof: bool,
+    /// A WebSocket peer half-closed: end it once its answers are written, or at this
+    /// deadline.
+    eof_deadline: Option<Instant>,
     waker: Option<Waker>,
+    /// `Transmit` was offered in this drain.
+    offered: bool,
+    /// `ShutdownWrite` was given.
+    write_shut: bool,
+    stall: Stall,
 }
 
 impl std::fmt::Debug for ServerConnection {
@@ -97,7 +108,7 @@ impl std::fmt::Debug for ServerConnection {
 impl ServerConnection {
     /// Accepts a new transport connection at `now`. Beyond the service's connection limit it
     /// answers 503 and closes.
-    pub fn new(service: Arc<Service>, now: Instant) -> Self {
+    pub fn new(service: Arc<Service>, now: Now) -> Self {
         let (id, admitted) = service.admit();
         let handshake_timeout = service.config().ws.handshake_timeout;
         let mut conn = Self {
@@ -108,11 +119,16 @@ impl ServerConnection {
             tx: TransmitQueue::default(),
             session: None,
             spawns: VecDeque::new(),
+            events: VecDeque::new(),
             now,
-            deadline: handshake_timeout.map(|t| crate::later(now, t)),
+            deadline: handshake_timeout.map(|t| crate::later(now.mono, t)),
             shutting_down: false,
             peer_eof: false,
+            eof_deadline: None,
             waker: None,
+            offered: false,
+            write_shut: false,
+            stall: Stall::default(),
         };
         if !admitted {
             log::warn!(target: "wsrpc::http", "connection limit reached conn={id}; answering 503");
@@ -137,24 +153,29 @@ impl ServerConnection {
         matches!(self.phase, Phase::WebSocket(_))
     }
 
+    /// Handler calls running for this connection.
+    pub fn pending_calls(&self) -> usize {
+        self.session.as_ref().map_or(0, RpcSession::pending_calls)
+    }
+
     // ---- input ---------------------------------------------------------------------------
 
-    /// Feeds bytes from the transport; returns how many were consumed (possibly fewer than
-    /// given, even none while [`wants_read`](Self::wants_read) is false).
-    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
-        self.now = now;
+    fn read(&mut self, data: &[u8]) -> usize {
         // A peer that does not read its responses (WebSocket or pipelined HTTP) is held at
         // the high-water mark, and nothing is read while an HTTP call runs.
         if data.is_empty() || !self.wants_read() {
             return 0;
         }
+        let now = self.now;
         let used = match &mut self.phase {
             Phase::Head { .. } => self.read_head(now, data),
             Phase::Body { .. } => self.read_body(now, data),
             Phase::HttpCall { .. } => 0,
             Phase::WebSocket(ws) => {
-                let n = ws.handle_input(now, data);
-                self.pump(now);
+                let n = ws.handle_input(now.mono, data);
+                // Each message is answered before the next is read, so back-pressure
+                // (`wants_read`) sees the answers queued so far.
+                self.pump();
                 n
             }
             Phase::Draining | Phase::Closed => data.len(),
@@ -163,15 +184,15 @@ impl ServerConnection {
         used
     }
 
-    /// The transport reached end of file. A peer that half-closes after its request still
-    /// gets the response (then the connection closes).
-    pub fn handle_eof(&mut self, now: Instant) {
-        self.now = now;
+    /// The peer half-closed. A peer that half-closes after its request still gets the
+    /// response (then the connection closes).
+    fn eof(&mut self) {
         self.peer_eof = true;
         match &mut self.phase {
-            Phase::WebSocket(ws) => {
-                ws.handle_eof(now);
-                self.pump(now);
+            Phase::WebSocket(_) => {
+                // Its answers go out first; `poll_output` ends the WebSocket once they have.
+                let close = self.service.config().ws.close_timeout;
+                self.eof_deadline = Some(crate::later(self.now.mono, close));
             }
             // The response is on its way; `respond` will not keep the connection alive.
             Phase::HttpCall { .. } => {}
@@ -191,10 +212,24 @@ impl ServerConnection {
         }
     }
 
-    /// Fires due timers; early calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
-        if self.deadline.is_some_and(|d| d <= now) {
+    /// The transport failed: nothing more can be written or read.
+    fn broken(&mut self) {
+        self.peer_eof = true;
+        self.tx.clear();
+        match &mut self.phase {
+            Phase::WebSocket(ws) => {
+                ws.handle_eof(self.now.mono);
+                self.pump();
+                self.finish();
+            }
+            Phase::Closed => {}
+            _ => self.finish(),
+        }
+    }
+
+    fn timeout(&mut self) {
+        let now = self.now;
+        if self.deadline.is_some_and(|d| d <= now.mono) {
             self.deadline = None;
             match &self.phase {
                 Phase::Head { started: true, .. } | Phase::Body { .. } => {
@@ -206,141 +241,61 @@ impl ServerConnection {
                 _ => {}
             }
         }
+        if self.pending_output() > 0
+            && self
+                .stall
+                .deadline(super::stall_limit(&self.service.config().ws))
+                .is_some_and(|d| d <= now.mono)
+        {
+            log::debug!(target: "wsrpc::http", "peer stopped reading; dropping conn={}", self.id);
+            return self.broken();
+        }
+        if self.eof_deadline.is_some_and(|d| d <= now.mono) {
+            self.eof_deadline = None;
+            if let Phase::WebSocket(ws) = &mut self.phase {
+                ws.handle_eof(now.mono);
+            }
+        }
         if let Phase::WebSocket(ws) = &mut self.phase {
-            ws.handle_timeout(now);
-            self.pump(now);
+            ws.handle_timeout(now.mono);
         }
     }
 
-    /// Reports the output of a future from [`poll_spawn`](Self::poll_spawn).
-    pub fn complete(
-        &mut self,
-        call: CallId,
-        result: Result<Box<RawValue>, RpcError>,
-        now: Instant,
-    ) {
-        self.now = now;
+    /// Reports the output of handler work from [`Output::Spawn`].
+    fn complete(&mut self, call: CallId, result: HandlerResult) {
+        let now = self.now;
         let Some(session) = self.session.as_mut() else { return };
-        session.complete(call, result, now);
-        match &self.phase {
-            Phase::HttpCall { .. } if session.pending_calls() == 0 => {
-                let Phase::HttpCall { meta } = std::mem::replace(&mut self.phase, Phase::Closed)
-                else {
-                    unreachable!("matched above")
-                };
-                self.answer_http(meta);
-            }
-            Phase::WebSocket(_) => self.pump(now),
-            _ => {}
+        session.complete(call, result, now.mono);
+        if matches!(&self.phase, Phase::HttpCall { .. }) && session.pending_calls() == 0 {
+            let Phase::HttpCall { meta } = std::mem::replace(&mut self.phase, Phase::Closed) else {
+                unreachable!("matched above")
+            };
+            self.answer_http(meta);
         }
     }
 
     /// Starts a graceful shutdown: no new requests; in-flight calls are answered, then
     /// WebSocket peers get close 1001 and HTTP connections close after their response.
-    pub fn begin_shutdown(&mut self, now: Instant) {
-        self.now = now;
+    fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        match &self.phase {
-            Phase::Head { .. } => {
-                self.phase = Phase::Draining;
-                self.deadline = Some(crate::later(now, self.service.config().ws.close_timeout));
-            }
-            Phase::WebSocket(_) => self.pump(now),
-            _ => {}
+        if let Phase::Head { .. } = &self.phase {
+            self.phase = Phase::Draining;
+            self.deadline =
+                Some(crate::later(self.now.mono, self.service.config().ws.close_timeout));
         }
-    }
-
-    /// The waker fired (notifications arrived from another thread): moves them onto the wire
-    /// with the current time, so they count as activity for the idle timer. Calling it
-    /// spuriously is harmless.
-    pub fn handle_wakeup(&mut self, now: Instant) {
-        self.now = now;
-        self.pump(now);
-    }
-
-    /// Wakes `waker` when notifications arrive from other threads.
-    pub fn register_waker(&mut self, waker: &Waker) {
-        if let Some(s) = &self.session {
-            s.register_waker(waker);
-        }
-        self.waker = Some(waker.clone());
     }
 
     // ---- output --------------------------------------------------------------------------
 
-    /// The next bytes to write; report what was written with
-    /// [`advance_transmit`](Self::advance_transmit).
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<&[u8]> {
-        if !self.tx.is_empty() {
-            return self.tx.front();
-        }
-        let now = self.now;
-        self.pump(now);
-        match &mut self.phase {
-            Phase::WebSocket(ws) => ws.poll_transmit(),
-            _ => None,
-        }
-    }
-
-    /// Fills `dst` with pending chunks for a vectored write; returns how many.
-    #[must_use]
-    pub fn poll_transmit_vectored<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
-        let now = self.now;
-        self.pump(now);
-        let n = self.tx.slices(dst);
-        match &mut self.phase {
-            Phase::WebSocket(ws) if n < dst.len() => n + ws.poll_transmit_vectored(&mut dst[n..]),
-            _ => n,
-        }
-    }
-
-    /// Marks `n` bytes as written.
-    pub fn advance_transmit(&mut self, mut n: usize) {
-        self.service.metrics().bytes_sent(n as u64);
-        let own = n.min(self.tx.len());
-        self.tx.advance(own);
-        if self.peer_eof && self.tx.is_empty() && matches!(self.phase, Phase::Draining) {
-            self.finish();
-        }
-        n -= own;
-        if n > 0 {
-            if let Phase::WebSocket(ws) = &mut self.phase {
-                ws.advance_transmit(n);
-            }
-        }
-    }
-
-    /// A future to run for an async handler.
-    #[must_use]
-    pub fn poll_spawn(&mut self) -> Option<(CallId, HandlerFuture)> {
-        self.spawns.pop_front()
-    }
-
-    /// The next deadline for [`handle_timeout`](Self::handle_timeout).
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn pending_output(&self) -> usize {
         let ws = match &self.phase {
-            Phase::WebSocket(ws) => ws.poll_timeout(),
-            _ => None,
+            Phase::WebSocket(ws) => ws.transmit_len(),
+            _ => 0,
         };
-        [self.deadline, ws].into_iter().flatten().min()
+        self.tx.len() + ws
     }
 
-    // ---- getters -------------------------------------------------------------------------
-
-    /// Whether to read more input now.
-    pub fn wants_read(&self) -> bool {
-        match &self.phase {
-            Phase::HttpCall { .. } => false,
-            Phase::WebSocket(ws) => ws.transmit_len() <= READ_HIGH_WATER,
-            Phase::Head { .. } | Phase::Body { .. } => self.tx.len() <= READ_HIGH_WATER,
-            Phase::Draining | Phase::Closed => true,
-        }
-    }
-
-    /// Half-close the transport now (its last bytes are written).
-    pub fn wants_shutdown_write(&self) -> bool {
+    fn wants_shutdown_write(&self) -> bool {
         match &self.phase {
             Phase::Draining => self.tx.is_empty(),
             Phase::WebSocket(ws) => self.tx.is_empty() && ws.wants_shutdown_write(),
@@ -348,8 +303,7 @@ impl ServerConnection {
         }
     }
 
-    /// Close the transport.
-    pub fn is_finished(&self) -> bool {
+    fn is_finished(&self) -> bool {
         match &self.phase {
             Phase::Closed => true,
             Phase::WebSocket(ws) => ws.is_finished(),
@@ -357,9 +311,13 @@ impl ServerConnection {
         }
     }
 
-    /// Async calls running for this connection.
-    pub fn pending_calls(&self) -> usize {
-        self.session.as_ref().map_or(0, RpcSession::pending_calls)
+    fn next_deadline(&self) -> Option<Instant> {
+        let ws = match &self.phase {
+            Phase::WebSocket(ws) => ws.poll_timeout(),
+            _ => None,
+        };
+        let stall = self.stall.deadline(super::stall_limit(&self.service.config().ws));
+        [self.deadline, ws, self.eof_deadline, stall].into_iter().flatten().min()
     }
 
     // ---- internals -----------------------------------------------------------------------
@@ -373,7 +331,7 @@ impl ServerConnection {
         }
     }
 
-    fn read_head(&mut self, now: Instant, data: &[u8]) -> usize {
+    fn read_head(&mut self, now: Now, data: &[u8]) -> usize {
         let limits = self.service.config().ws.head_limits;
         let Phase::Head { head, started } = &mut self.phase else {
             unreachable!("called in the head phase")
@@ -381,7 +339,7 @@ impl ServerConnection {
         if !*started {
             *started = true;
             self.deadline =
-                self.service.config().ws.handshake_timeout.map(|t| crate::later(now, t));
+                self.service.config().ws.handshake_timeout.map(|t| crate::later(now.mono, t));
         }
         let meta = || HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
         match head.push(data, limits.max_size).and_then(|done| match done {
@@ -404,7 +362,7 @@ impl ServerConnection {
         }
     }
 
-    fn read_body(&mut self, now: Instant, data: &[u8]) -> usize {
+    fn read_body(&mut self, now: Now, data: &[u8]) -> usize {
         let Phase::Body { body, .. } = &mut self.phase else {
             unreachable!("called in the body phase")
         };
@@ -427,15 +385,18 @@ impl ServerConnection {
         }
     }
 
-    fn credentials<'r>(&self, request: &'r RequestHead, now: Instant) -> Credentials<'r> {
+    /// What the request presents, at the wall-clock time of `now` (a token's `exp` is a
+    /// date: it must be checked against the wall clock, which keeps going while a laptop
+    /// sleeps, not the monotonic one).
+    fn credentials<'r>(&self, request: &'r RequestHead, now: Now) -> Credentials<'r> {
         Credentials {
             authorization: request.headers.get_str("authorization"),
             query_token: token_param(request.target()),
-            unix_now: self.service.unix_now(now),
+            unix_now: now.wall.as_secs(),
         }
     }
 
-    fn route(&mut self, now: Instant, request: RequestHead) {
+    fn route(&mut self, now: Now, request: RequestHead) {
         self.service.metrics().http_request_received();
         // One origin per request (RFC 6454 §7); two could slip a foreign one past the policy.
         if request.headers.count("origin") > 1 {
@@ -488,10 +449,10 @@ impl ServerConnection {
                 return self.respond_error(400, "unexpected body", meta);
             }
             if path == config.http.health_path {
-                let body = serde_json::to_vec(&self.service.health(now)).unwrap_or_default();
+                let body = serde_json::to_vec(&self.service.health(now.mono)).unwrap_or_default();
                 return self.respond(200, &[("Content-Type", "application/json")], &body, meta);
             }
-            let body = self.service.snapshot(now).to_prometheus();
+            let body = self.service.snapshot(now.mono).to_prometheus();
             return self.respond(
                 200,
                 &[("Content-Type", PROMETHEUS_CONTENT_TYPE)],
@@ -632,7 +593,7 @@ impl ServerConnection {
         self.phase = Phase::Body { body, meta, identity };
     }
 
-    fn upgrade(&mut self, now: Instant, request: RequestHead) {
+    fn upgrade(&mut self, now: Now, request: RequestHead) {
         let config = self.service.config();
         let origin = request.headers.get_str("origin");
         let creds = self.credentials(&request, now);
@@ -651,25 +612,30 @@ impl ServerConnection {
         };
         let protocol = upgrade.select_protocol(&config.ws.subprotocols);
         self.tx.push_with(|b| handshake::write_accept(b, upgrade.key(), protocol, &[]));
-        let ws = ws::Connection::accepted(self.service.ws_config().clone(), now);
+        let ws = ws::Connection::accepted(self.service.ws_config().clone(), now.mono);
+        let principal = Arc::new(principal);
         let session = RpcSession::new(
             self.service.clone(),
             self.id,
-            origin,
-            Arc::new(principal),
+            origin.clone(),
+            principal.clone(),
             Transport::WebSocket,
-            now,
+            now.mono,
         );
         if let Some(w) = &self.waker {
             session.register_waker(w);
         }
-        log::debug!(target: "wsrpc::ws", "upgraded conn={} path={}", self.id, upgrade.request.path());
+        let path = upgrade.request.path().to_owned();
+        log::debug!(target: "wsrpc::ws", "upgraded conn={} path={path}", self.id);
+        self.events.push_back(ConnEvent::Upgraded {
+            principal,
+            origin,
+            path,
+            protocol: protocol.map(str::to_owned),
+        });
         self.session = Some(session);
         self.deadline = None;
         self.phase = Phase::WebSocket(Box::new(ws));
-        if self.shutting_down {
-            self.pump(now);
-        }
     }
 
     fn reject_upgrade(&mut self, e: &HandshakeError) {
@@ -681,7 +647,7 @@ impl ServerConnection {
 
     fn call_over_http(
         &mut self,
-        now: Instant,
+        now: Now,
         body: &[u8],
         meta: HttpMeta,
         identity: (Option<Arc<str>>, Arc<Principal>),
@@ -695,11 +661,11 @@ impl ServerConnection {
                 None,
                 Arc::new(Principal::anonymous()),
                 Transport::Http,
-                now,
+                now.mono,
             )
         });
         session.set_identity(identity.0, identity.1);
-        session.handle_message(now, body);
+        session.handle_message(now.mono, body);
         if session.pending_calls() > 0 {
             self.collect_spawns();
             self.phase = Phase::HttpCall { meta };
@@ -806,7 +772,7 @@ impl ServerConnection {
         if keep_alive {
             self.phase = Phase::Head { head: HeadBuffer::new(), started: false };
             self.deadline =
-                Some(crate::later(self.now, self.service.config().http.keep_alive_timeout));
+                Some(crate::later(self.now.mono, self.service.config().http.keep_alive_timeout));
         } else {
             self.drain();
         }
@@ -814,14 +780,16 @@ impl ServerConnection {
 
     fn drain(&mut self) {
         self.phase = Phase::Draining;
-        self.deadline = Some(crate::later(self.now, self.service.config().ws.close_timeout));
+        self.deadline = Some(crate::later(self.now.mono, self.service.config().ws.close_timeout));
         if let Some(mut s) = self.session.take() {
             s.shutdown();
         }
     }
 
-    /// Moves WebSocket messages into the session and the session's output onto the wire.
-    fn pump(&mut self, now: Instant) {
+    /// Moves WebSocket messages into the session and the session's output onto the wire,
+    /// at `self.now`; ends a half-closed WebSocket once its answers are written.
+    fn pump(&mut self) {
+        let now = self.now.mono;
         let Phase::WebSocket(ws) = &mut self.phase else { return };
         let Some(session) = self.session.as_mut() else { return };
         while let Some(event) = ws.poll_event() {
@@ -854,8 +822,14 @@ impl ServerConnection {
                         self.service.metrics().record_error(kind);
                     }
                     log::debug!(target: "wsrpc::ws", "closed conn={} code={} clean={}", self.id, closed.code, closed.clean);
+                    self.events.push_back(ConnEvent::Closed {
+                        code: closed.code,
+                        reason: closed.reason,
+                        clean: closed.clean,
+                        initiator: closed.initiator,
+                    });
                 }
-                _ => {}
+                Event::Connected(_) => {}
             }
         }
         loop {
@@ -868,7 +842,7 @@ impl ServerConnection {
                 SessionOutput::Notification(frame) => {
                     let _ = ws.send_shared(now, &frame);
                 }
-                SessionOutput::Spawn(call, fut) => self.spawns.push_back((call, fut)),
+                SessionOutput::Spawn(call, work) => self.spawns.push_back((call, work)),
                 SessionOutput::Close(code, why) => {
                     let _ = ws.close(now, code, why);
                 }
@@ -877,9 +851,131 @@ impl ServerConnection {
         if self.shutting_down && session.pending_calls() == 0 && ws.is_open() {
             let _ = ws.close(now, CloseCode::GOING_AWAY, "server shutting down");
         }
+        // A half-closed peer: its answers are written and no call is left to answer.
+        if self.eof_deadline.is_some()
+            && session.pending_calls() == 0
+            && ws.transmit_len() == 0
+            && self.tx.is_empty()
+        {
+            self.eof_deadline = None;
+            ws.handle_eof(now);
+            // The end of the WebSocket is an event to report.
+            return self.pump();
+        }
         if ws.is_finished() {
             session.shutdown();
         }
+    }
+}
+
+impl Outgoing for ServerConnection {
+    fn slices<'s>(&'s mut self, dst: &mut [IoSlice<'s>]) -> usize {
+        let n = self.tx.slices(dst);
+        match &mut self.phase {
+            Phase::WebSocket(ws) if n < dst.len() => n + ws.poll_transmit_vectored(&mut dst[n..]),
+            _ => n,
+        }
+    }
+
+    fn front(&mut self) -> &[u8] {
+        if !self.tx.is_empty() {
+            return self.tx.front().unwrap_or(&[]);
+        }
+        match &mut self.phase {
+            Phase::WebSocket(ws) => ws.poll_transmit().unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.pending_output()
+    }
+
+    fn advance(&mut self, mut n: usize, now: Instant) {
+        self.service.metrics().bytes_sent(n as u64);
+        if n > 0 {
+            self.offered = false;
+        }
+        let own = n.min(self.tx.len());
+        self.tx.advance(own);
+        n -= own;
+        if n > 0 {
+            if let Phase::WebSocket(ws) = &mut self.phase {
+                ws.advance_transmit(n);
+            }
+        }
+        if own + n > 0 {
+            self.stall.progress(now, self.pending_output() > 0);
+        }
+        if self.peer_eof && self.tx.is_empty() && matches!(self.phase, Phase::Draining) {
+            self.finish();
+        }
+    }
+}
+
+impl Endpoint for ServerConnection {
+    fn handle(&mut self, now: Now, input: Input<'_>) -> usize {
+        self.now = now;
+        self.offered = false;
+        match input {
+            Input::Bytes(data) => return self.read(data),
+            Input::Eof => self.eof(),
+            Input::Broken => self.broken(),
+            Input::Timeout => self.timeout(),
+            Input::Completed(call, result) => self.complete(call, result),
+            Input::Shutdown => self.begin_shutdown(),
+            // Notifications are moved onto the wire by `poll_output`, stamped with its `now`.
+            Input::Wakeup | Input::Connected(_) | Input::ConnectFailed(..) => {}
+        }
+        0
+    }
+
+    fn poll_output(&mut self, now: Now) -> Output<'_> {
+        self.now = now;
+        self.pump();
+        if let Some(event) = self.events.pop_front() {
+            return Output::Event(event);
+        }
+        if let Some((call, work)) = self.spawns.pop_front() {
+            return Output::Spawn(call, work);
+        }
+        if self.pending_output() > 0 {
+            self.stall.waiting(now.mono);
+            if !std::mem::replace(&mut self.offered, true) {
+                return Output::Transmit(Transmit { out: self, now: now.mono });
+            }
+        } else {
+            self.stall.clear();
+        }
+        if self.wants_shutdown_write() && !std::mem::replace(&mut self.write_shut, true) {
+            return Output::ShutdownWrite;
+        }
+        if self.is_finished() {
+            return Output::Finished;
+        }
+        Output::Wait(self.next_deadline())
+    }
+
+    fn wants_read(&self) -> bool {
+        if self.peer_eof {
+            return false;
+        }
+        match &self.phase {
+            Phase::HttpCall { .. } => false,
+            Phase::WebSocket(ws) => ws.transmit_len() <= READ_HIGH_WATER,
+            Phase::Head { .. } | Phase::Body { .. } => self.tx.len() <= READ_HIGH_WATER,
+            Phase::Draining | Phase::Closed => true,
+        }
+    }
+
+    fn set_waker(&mut self, waker: &Waker) {
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        if let Some(s) = &self.session {
+            s.register_waker(waker);
+        }
+        self.waker = Some(waker.clone());
     }
 }
 
