@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use wsrpc_core::auth::Principal;
 use wsrpc_core::engine::{Endpoint, Input, Output, ServerConnection};
-use wsrpc_core::{Now, UnixTime};
 use wsrpc_core::rpc::{ConnectionId, Router, RpcSession, SessionOutput, Transport};
 use wsrpc_core::service::{Service, ServiceConfig};
 use wsrpc_core::ws::frame::{OpCode, encode_frame};
+use wsrpc_core::{Now, UnixTime};
 
 const CALL: &[u8] = br#"{"jsonrpc":"2.0","method":"add","params":[20,22],"id":12345}"#;
 

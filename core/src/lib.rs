@@ -62,6 +62,7 @@ pub mod http;
 pub mod hub;
 pub mod limit;
 pub mod metrics;
+pub mod prelude;
 pub mod rpc;
 pub mod service;
 pub mod time;
@@ -72,7 +73,7 @@ pub use time::{Now, UnixTime};
 
 /// `now + d`, with a duration too long to represent (say a configured `Duration::MAX` meant
 /// as "never") capped at a century instead of panicking on `Instant` overflow.
-pub(crate) fn later(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+pub fn later(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
     const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }

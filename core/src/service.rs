@@ -410,6 +410,16 @@ impl std::error::Error for StartError {
     }
 }
 
+impl From<StartError> for std::io::Error {
+    /// For callers that report I/O errors: a refused router is invalid input.
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Io(e) => e,
+            StartError::Router(r) => Self::new(std::io::ErrorKind::InvalidInput, r),
+        }
+    }
+}
+
 impl From<std::io::Error> for StartError {
     fn from(e: std::io::Error) -> Self {
         Self::Io(e)

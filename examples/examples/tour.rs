@@ -196,7 +196,7 @@ async fn tour() -> bool {
     all &= step(
         "foreign origin refused",
         match evil {
-            Err(ClientError::Connect(why)) if why.contains("403") => Ok(why),
+            Err(e @ ClientError::Rejected { status: 403 }) => Ok(e.to_string()),
             other => Err(format!("{other:?}")),
         },
     );

@@ -71,9 +71,7 @@ fn configure<L>(
     router: Router,
     bind: Bind,
 ) -> ServerBuilder<L> {
-    let mut b = b.config(config).router(router);
-    b.bind = bind;
-    b
+    b.config(config).router(router).listen(bind)
 }
 
 macro_rules! async_adapter {

@@ -191,7 +191,7 @@ pub fn foreign_origin_gets_403_and_bad_token_401<A: Adapter>() {
     );
     assert_eq!(status, 401);
     let bad = ClientOptions::default().token("wrong");
-    assert!(matches!(A::connect(&server.url(), bad), Err(ClientError::Connect(_))));
+    assert!(matches!(A::connect(&server.url(), bad), Err(ClientError::Rejected { status: 401 })));
     let good = ClientOptions::default().token("s3cret");
     let client = A::connect(&server.url(), good).unwrap();
     assert_eq!(client.call("whoami", json!([])).unwrap(), json!("alice"));

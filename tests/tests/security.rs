@@ -126,7 +126,7 @@ pub fn expired_and_forged_jwts_get_401<A: Adapter>() {
         assert_eq!(status, 401, "{name}: {head}");
         assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{name}: {head}");
         let client = A::connect(&server.url(), ClientOptions::default().token(token));
-        assert!(matches!(client, Err(ClientError::Connect(_))), "{name}");
+        assert!(matches!(client, Err(ClientError::Rejected { status: 401 })), "{name}");
     }
     assert!(server.metrics().errors["auth"] - before >= 2 * refused.len() as u64);
     let alice = A::connect(&server.url(), ClientOptions::default().token(valid)).unwrap();

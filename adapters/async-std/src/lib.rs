@@ -6,8 +6,7 @@
 //! listener, connector, timer and drive loop with `wsrpc-smol` through `wsrpc-futures`.
 //!
 //! ```no_run
-//! use wsrpc_async_std::{Server, connect};
-//! use wsrpc_async_std::wsrpc_core::rpc::Router;
+//! use wsrpc_async_std::{Router, Server, connect};
 //!
 //! async_std::task::block_on(async {
 //!     let mut router = Router::new();
@@ -25,17 +24,23 @@
 
 use std::time::Instant;
 
-pub use wsrpc_core;
+pub use wsrpc_core::prelude::*;
+pub use wsrpc_core::{auth, hub, limit, metrics, ws};
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, ClientError, ClientOptions, Subscription, SubscriptionEvent};
+pub use wsrpc_futures::{Client, Subscription};
 
-/// The async-std runtime: `async_std::task::spawn` and the async-io timer it runs on.
+/// The async-std runtime: `async_std::task::spawn`, `spawn_blocking` and the async-io timer
+/// it runs on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AsyncStdRuntime;
 
 impl Runtime for AsyncStdRuntime {
     fn spawn(&self, future: BoxFuture<()>) {
         async_std::task::spawn(future);
+    }
+
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        async_std::task::spawn_blocking(f);
     }
 
     fn timer(&self, deadline: Instant) -> BoxFuture<()> {

@@ -1,33 +1,25 @@
-//! The server: the [`Launch`] for [`ServerBuilder`], the accept thread and graceful shutdown.
+//! The server: the [`Launch`] for [`ServerBuilder`], its I/O threads and graceful shutdown.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use wsrpc_core::Now;
+use wsrpc_core::engine::{Endpoint, Input, ServerConnection};
 use wsrpc_core::hub::{PublishError, Published};
 use wsrpc_core::metrics::Snapshot;
-use wsrpc_core::service::{Launch, ServerBuilder, Service};
+use wsrpc_core::service::{Launch, ServerBuilder, Service, StartError};
 
 use crate::SystemClock;
-use crate::connection::{self, CROWD_PER_CPU, Context};
-use crate::notifier::{Notifier, NotifierThread};
-use crate::pool::{Job, WorkerPool};
-use crate::registry::Registry;
-use crate::transport;
+use crate::pool::WorkerPool;
+use crate::reactor::{Core, Mailbox, Message, Reactor, Role};
 
-/// Threads running async handlers, shared by all connections of a server.
-const WORKERS: usize = 4;
-/// Stack of the accept thread.
-const ACCEPT_STACK: usize = 128 * 1024;
-/// Pause after a failed `accept` (out of file descriptors, say) instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// How long stopping the accept thread may take (it is woken by a connection to itself).
-const ACCEPT_STOP_WAIT: Duration = Duration::from_secs(2);
-/// After the deadline, how long cut connections get to notice.
+/// Stack of an I/O thread. Synchronous handlers run on it, inside the core's dispatch: a
+/// handler taking `serde_json::Value` params nested to serde_json's limit (128) needs about
+/// 300 KiB in a debug build, and a remote peer chooses the nesting.
+const IO_STACK: usize = 4 << 20;
+/// After the deadline, how long cut connections get to be dropped.
 const FORCE_WAIT: Duration = Duration::from_secs(1);
 /// The least time idle workers get to exit before they are left behind.
 const POOL_WAIT: Duration = Duration::from_millis(100);
@@ -38,46 +30,133 @@ const DROP_DEADLINE: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct Blocking;
 
-impl Launch for Blocking {
-    type Output = io::Result<Server>;
+/// What the I/O threads of a server are told.
+#[derive(Debug)]
+enum Control {
+    /// Stop accepting; every connection begins a graceful shutdown.
+    Shutdown,
+    /// Drop every connection now.
+    Force,
+    /// End the thread.
+    Exit,
+}
 
-    fn launch(builder: ServerBuilder<Self>) -> io::Result<Server> {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let (service, bind) =
-            builder.into_service(Instant::now(), unix, Some(Box::new(SystemClock)));
-        let listener = bind.first_available(TcpListener::bind)?;
+/// Connections open across the I/O threads, for waiting until none is left.
+#[derive(Debug, Default)]
+struct Live {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Live {
+    fn enter(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn leave(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn get(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until no connection is left or `deadline` passes; true when none is left.
+    fn wait_idle(&self, deadline: Instant) -> bool {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            n = self.idle.wait_timeout(n, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
+
+/// The server role of an I/O thread.
+struct Serving {
+    service: Arc<Service>,
+    live: Arc<Live>,
+    shutting_down: bool,
+    exit: bool,
+}
+
+impl Role for Serving {
+    type Conn = ServerConnection;
+    type Command = Control;
+
+    fn command(&mut self, core: &mut Core<Self>, command: Control, now: Now) {
+        match command {
+            Control::Shutdown => {
+                self.shutting_down = true;
+                core.close_listener();
+                core.for_each(|c| {
+                    c.handle(now, Input::Shutdown);
+                });
+            }
+            Control::Force => core.drop_all(self),
+            Control::Exit => {
+                core.drop_all(self);
+                self.exit = true;
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Now) -> Option<ServerConnection> {
+        if self.shutting_down {
+            return None;
+        }
+        self.live.enter();
+        Some(ServerConnection::new(self.service.clone(), now))
+    }
+
+    fn finished(&mut self, _key: usize) {
+        self.live.leave();
+    }
+
+    fn done(&self, _core: &Core<Self>) -> bool {
+        self.exit
+    }
+}
+
+impl Launch for Blocking {
+    type Output = Result<Server, StartError>;
+
+    fn launch(builder: ServerBuilder<Self>) -> Result<Server, StartError> {
+        let parts = builder.into_parts(crate::system_now(), Some(Box::new(SystemClock)))?;
+        let service = parts.service;
+        let listener = parts.bind.first_available(TcpListener::bind)?;
         let local_addr = listener.local_addr()?;
         service.set_port(local_addr.port());
-        let registry = Arc::new(Registry::default());
-        let pool = WorkerPool::start(WORKERS)?;
-        let (notifier, notifier_thread) = Notifier::start()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (exit_tx, exited) = bounded::<()>(0);
-        let context = Arc::new(Context {
-            stall_limit: transport::stall_limit(&service.config().ws),
-            service: service.clone(),
-            registry: registry.clone(),
-            notifier,
-            buffers: Default::default(),
-            crowd: CROWD_PER_CPU * thread::available_parallelism().map_or(1, |n| n.get()),
-        });
-        let accept = AcceptLoop { listener, context, jobs: pool.jobs(), stop: stop.clone() };
-        let thread = thread::Builder::new()
-            .name("wsrpc-accept".into())
-            .stack_size(ACCEPT_STACK)
-            .spawn(move || {
-                let _exit = exit_tx;
-                accept.run();
-            })?;
+        let pool = WorkerPool::start(parts.threads.workers, "wsrpc-worker")?;
+        let live = Arc::new(Live::default());
+        let mut mailboxes = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..parts.threads.io {
+            let role = Serving {
+                service: service.clone(),
+                live: live.clone(),
+                shutting_down: false,
+                exit: false,
+            };
+            // Every I/O thread waits on the listener; whichever wakes first accepts.
+            let reactor = Reactor::new(role, Some(listener.try_clone()?), Some(pool.jobs()))?;
+            let mut reactor = reactor;
+            mailboxes.push(reactor.core_mut().mailbox().clone());
+            let thread = thread::Builder::new()
+                .name(format!("wsrpc-io-{i}"))
+                .stack_size(IO_STACK)
+                .spawn(move || reactor.run())?;
+            threads.push(thread);
+        }
         log::info!(target: "wsrpc::http", "listening addr={local_addr}");
-        Ok(Server {
-            service,
-            local_addr,
-            registry,
-            acceptor: Some(Acceptor { stop, exited, thread }),
-            pool: Some(pool),
-            notifier: Some(notifier_thread),
-        })
+        Ok(Server { service, local_addr, live, mailboxes, threads, pool: Some(pool) })
     }
 }
 
@@ -88,10 +167,10 @@ impl Launch for Blocking {
 pub struct Server {
     service: Arc<Service>,
     local_addr: SocketAddr,
-    registry: Arc<Registry>,
-    acceptor: Option<Acceptor>,
+    live: Arc<Live>,
+    mailboxes: Vec<Mailbox<Control>>,
+    threads: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool>,
-    notifier: Option<NotifierThread>,
 }
 
 impl std::fmt::Debug for Server {
@@ -135,32 +214,37 @@ impl Server {
 
     /// Connections being served (WebSocket and HTTP).
     pub fn connections(&self) -> usize {
-        self.registry.live()
+        self.live.get()
     }
 
     /// Graceful shutdown: stops accepting, lets in-flight calls finish and closes every
     /// WebSocket with 1001 (HTTP connections close after their response); connections still
     /// open after `deadline` are cut. Returns once they are gone and the threads are joined
-    /// (a worker stuck in an async handler past the deadline is left behind).
+    /// (a worker stuck in a handler past the deadline is left behind).
     pub fn shutdown(mut self, deadline: Duration) {
         self.stop(deadline);
     }
 
-    fn stop(&mut self, deadline: Duration) {
-        let Some(acceptor) = self.acceptor.take() else { return };
-        let end = Instant::now() + deadline;
-        acceptor.stop(self.local_addr);
-        self.registry.begin_shutdown();
-        if !self.registry.wait_idle(end) {
-            log::warn!(target: "wsrpc::ws", "shutdown deadline passed with {} connections left; dropping them", self.registry.live());
-            self.registry.force_close();
-            if !self.registry.wait_idle(Instant::now() + FORCE_WAIT) {
-                log::warn!(target: "wsrpc::ws", "{} connection threads did not stop; leaving them", self.registry.live());
-            }
+    fn tell(&self, make: impl Fn() -> Control) {
+        for m in &self.mailboxes {
+            m.send(Message::Role(make()));
         }
-        // Before the pool: what it holds of ended connections keeps no worker queue alive.
-        if let Some(notifier) = self.notifier.take() {
-            notifier.stop();
+    }
+
+    fn stop(&mut self, deadline: Duration) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let end = wsrpc_core::later(Instant::now(), deadline);
+        self.tell(|| Control::Shutdown);
+        if !self.live.wait_idle(end) {
+            log::warn!(target: "wsrpc::ws", "shutdown deadline passed with {} connections left; dropping them", self.live.get());
+            self.tell(|| Control::Force);
+            self.live.wait_idle(Instant::now() + FORCE_WAIT);
+        }
+        self.tell(|| Control::Exit);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
         if let Some(pool) = self.pool.take() {
             pool.stop(end.max(Instant::now() + POOL_WAIT));
@@ -172,70 +256,5 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop(DROP_DEADLINE);
-    }
-}
-
-/// The accept thread's stop switch.
-#[derive(Debug)]
-struct Acceptor {
-    stop: Arc<AtomicBool>,
-    /// Disconnects when the accept thread exits.
-    exited: Receiver<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Acceptor {
-    /// Stops accepting and closes the listener. The thread is blocked in `accept`, so after
-    /// raising the flag it is woken by a connection to the listener itself.
-    fn stop(self, local_addr: SocketAddr) {
-        self.stop.store(true, Ordering::Release);
-        let mut target = local_addr;
-        if target.ip().is_unspecified() {
-            target.set_ip(match target.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        if let Err(e) = TcpStream::connect_timeout(&target, ACCEPT_STOP_WAIT) {
-            log::debug!(target: "wsrpc::http", "cannot wake the accept thread at {target}: {e}");
-        }
-        match self.exited.recv_timeout(ACCEPT_STOP_WAIT) {
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = self.thread.join();
-            }
-            _ => log::warn!(target: "wsrpc::http", "the accept thread did not stop; leaving it"),
-        }
-    }
-}
-
-struct AcceptLoop {
-    listener: TcpListener,
-    context: Arc<Context>,
-    jobs: Sender<Job>,
-    stop: Arc<AtomicBool>,
-}
-
-impl AcceptLoop {
-    fn run(self) {
-        for next in self.listener.incoming() {
-            if self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            match next {
-                Ok(stream) => connection::start(stream, &self.context, &self.jobs),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    log::warn!(target: "wsrpc::http", "accept failed: {e}");
-                    thread::sleep(ACCEPT_BACKOFF);
-                }
-            }
-        }
-        log::info!(target: "wsrpc::http", "stopped accepting");
     }
 }

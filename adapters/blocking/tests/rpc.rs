@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{Gate, PATIENCE, fast_reconnect, init, no_reconnect, router, start, url};
 use crossbeam_channel::unbounded;
 use serde_json::json;
-use wsrpc_blocking::wsrpc_core::rpc::{Router, RpcError};
-use wsrpc_blocking::{ClientError, connect};
+use wsrpc_blocking::{ClientError, ConnectError, connect};
+use wsrpc_blocking::{Router, RpcError};
 
 #[test]
 fn call_returns_the_typed_result_and_errors() {
@@ -200,11 +200,11 @@ fn connect_fails_when_nothing_listens() {
     // Reconnecting or not, a first connection that fails is reported.
     for options in [fast_reconnect(), no_reconnect()] {
         match connect(&url(addr), options) {
-            Err(ClientError::Connect(_)) => {}
+            Err(ClientError::Connect(ConnectError::Refused)) => {}
             other => panic!("{other:?}"),
         }
     }
-    assert!(matches!(connect("http://x", Default::default()), Err(ClientError::Connect(_))));
+    assert!(matches!(connect("http://x", Default::default()), Err(ClientError::InvalidUrl(_))));
 }
 
 #[test]

@@ -11,9 +11,9 @@ use common::{
     router, send_close, send_text, start, url,
 };
 use serde_json::value::RawValue;
-use wsrpc_blocking::wsrpc_core::limit::LimitConfig;
-use wsrpc_blocking::wsrpc_core::ws;
-use wsrpc_blocking::{ClientError, Server, connect};
+use wsrpc_blocking::limit::LimitConfig;
+use wsrpc_blocking::ws;
+use wsrpc_blocking::{ClientError, Server, StartError, connect};
 
 #[test]
 fn graceful_shutdown_answers_the_call_in_flight_then_closes() {
@@ -87,7 +87,10 @@ fn a_port_range_skips_the_ports_in_use() {
     assert_eq!(client.call::<i64>("add", (1, 2)).unwrap(), 3);
     // A range with no free port fails.
     let err = Server::builder().bind_range(ip, first..=first).start().unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        matches!(&err, StartError::Io(e) if e.kind() == std::io::ErrorKind::AddrInUse),
+        "{err:?}"
+    );
     drop(blocker);
 }
 
@@ -110,7 +113,7 @@ fn beyond_max_connections_the_server_answers_503() {
     assert!(response.contains("Retry-After: 1"), "{response}");
     // A client is refused at the handshake.
     match connect(&url(server.local_addr()), no_reconnect()) {
-        Err(ClientError::Connect(e)) => assert!(e.contains("503"), "{e}"),
+        Err(ClientError::Rejected { status }) => assert_eq!(status, 503),
         other => panic!("{other:?}"),
     }
     // The admitted connection is unaffected.

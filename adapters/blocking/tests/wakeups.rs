@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::{Gate, PATIENCE, init, raw_websocket, read_frame, read_head, router, send_text, url};
 use serde_json::value::RawValue;
-use wsrpc_blocking::wsrpc_core::hub::HubConfig;
-use wsrpc_blocking::wsrpc_core::limit::LimitConfig;
-use wsrpc_blocking::wsrpc_core::rpc::Router;
-use wsrpc_blocking::wsrpc_core::service::Service;
-use wsrpc_blocking::wsrpc_core::ws;
+use wsrpc_blocking::Router;
+use wsrpc_blocking::hub::HubConfig;
+use wsrpc_blocking::limit::LimitConfig;
+use wsrpc_blocking::ws;
 use wsrpc_blocking::{Server, SubscriptionEvent, connect};
+use wsrpc_core::service::Service;
 
 /// No heartbeat, no handshake timer.
 fn quiet() -> ws::Config {

@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use serde_json::value::RawValue;
-use wsrpc_core::rpc::{CallId, HandlerFuture, RpcError};
+use wsrpc_core::engine::HandlerResult as CallResult;
+use wsrpc_core::rpc::{CallId, HandlerFuture, RpcError, Work};
 
 use crate::Runtime;
-
-type CallResult = Result<Box<RawValue>, RpcError>;
 
 /// A queue of finished calls plus the waker of the connection's task.
 #[derive(Default)]
@@ -22,15 +20,29 @@ pub(crate) struct Completions {
 }
 
 impl Completions {
-    /// Spawns `fut` on `rt`; its result lands here and wakes the connection. A handler that
-    /// panics is answered with -32603 instead of leaving its caller waiting.
-    pub(crate) fn spawn(self: &Arc<Self>, rt: &impl Runtime, id: CallId, fut: HandlerFuture) {
+    /// Runs `work` on `rt` (a future on the runtime, a blocking call on its blocking pool);
+    /// its result lands here and wakes the connection. A handler that panics is answered with
+    /// -32603 instead of leaving its caller waiting.
+    pub(crate) fn spawn(self: &Arc<Self>, rt: &impl Runtime, id: CallId, work: Work) {
         let me = self.clone();
-        rt.spawn(Box::pin(async move {
-            let result = CatchPanic(fut).await;
-            me.done.lock().unwrap_or_else(|p| p.into_inner()).push((id, result));
-            me.waker.wake();
-        }));
+        match work {
+            Work::Future(fut) => rt.spawn(Box::pin(async move {
+                let result = CatchPanic(fut).await;
+                me.finish(id, result);
+            })),
+            Work::Blocking(call) => rt.spawn_blocking(Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|_| {
+                    log::error!(target: "wsrpc::rpc", "blocking handler panicked; answering -32603");
+                    Err(RpcError::internal("handler panicked"))
+                });
+                me.finish(id, result);
+            })),
+        }
+    }
+
+    fn finish(&self, id: CallId, result: CallResult) {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).push((id, result));
+        self.waker.wake();
     }
 
     /// Takes every finished call.

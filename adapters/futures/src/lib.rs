@@ -1,48 +1,55 @@
-//! The async drive loop of wsrpc over any `futures-io` stream.
+//! The async drive loop of wsrpc over any `futures-io` stream, shared by `wsrpc-smol` and
+//! `wsrpc-async-std`.
 //!
-//! [`serve_connection`] drives one [`wsrpc_core::engine::ServerConnection`] over an
-//! `AsyncRead + AsyncWrite` stream; [`serve_messages`] runs the JSON-RPC session over a
-//! stream of whole text messages you bring (say, an async-tungstenite `WebSocketStream`);
-//! [`Client`] is the reconnecting client. A [`Runtime`] supplies spawning, timers and the
-//! clock, so the same loop serves smol and async-std (`wsrpc-smol`, `wsrpc-async-std`);
-//! with the `async-io` feature, [`net`] has the TCP listener and connector both use.
+//! One loop drives both kinds of [`Endpoint`](wsrpc_core::engine::Endpoint): a server
+//! connection on an accepted stream, and the reconnecting [`Client`], which opens its own
+//! transports through a connector. A [`Runtime`] supplies spawning, timers and the clocks;
+//! with the `async-io` feature, [`net`] has the TCP listener and connector both runtimes
+//! use. [`serve_messages`] runs the JSON-RPC session over whole text messages you bring
+//! (say, an async-tungstenite `WebSocketStream`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-pub mod client;
+mod client;
 mod completions;
+mod drive;
 mod messages;
 #[cfg(feature = "async-io")]
 pub mod net;
-pub mod server;
+mod server;
 
 pub use client::{Client, Subscription};
+pub use drive::Connector;
 pub use messages::serve_messages;
-pub use server::{Registry, ServerHandle, serve_connection};
+pub use server::ServerHandle;
 pub use wsrpc_core;
-pub use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
 
 /// A boxed `Send` future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// What the drive loops need from an async runtime: spawning, a timer, and the clock.
+/// What the drive loop needs from an async runtime: spawning, a blocking pool, a timer, and
+/// the clocks.
 pub trait Runtime: Clone + Send + Sync + Unpin + 'static {
     /// Runs `future` to completion in the background.
     fn spawn(&self, future: BoxFuture<()>);
+    /// Runs `f` on a thread that may block (methods registered with `blocking_method`).
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send + 'static>);
     /// A future that completes at `deadline`.
     fn timer(&self, deadline: Instant) -> BoxFuture<()>;
-    /// The current instant.
-    fn now(&self) -> Instant {
-        Instant::now()
+    /// Both clocks now: monotonic for timers, wall for dates (token expiry).
+    fn now(&self) -> wsrpc_core::Now {
+        system_now()
     }
-    /// Time since the UNIX epoch (for JWT expiry).
-    fn unix_time(&self) -> Duration {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
-    }
+}
+
+/// Both clocks of the operating system.
+pub fn system_now() -> wsrpc_core::Now {
+    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    wsrpc_core::Now::new(Instant::now(), wsrpc_core::UnixTime(wall))
 }
 
 /// An entropy source seeded from the operating system, for client mask keys and jitter.

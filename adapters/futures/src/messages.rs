@@ -36,7 +36,7 @@ where
     Si: Sink<Vec<u8>> + Unpin + Send,
     E: std::fmt::Display,
 {
-    let now = rt.now();
+    let now = rt.now().mono;
     let id = service.connection_id();
     let mut session = RpcSession::new(service, id, origin, principal, Transport::Messages, now);
     let completions = Arc::new(Completions::default());
@@ -46,7 +46,7 @@ where
         session.register_waker(cx.waker());
         completions.waker.register(cx.waker());
         loop {
-            let now = rt.now();
+            let now = rt.now().mono;
             let mut progress = false;
             for (call, result) in completions.take() {
                 session.complete(call, result, now);
@@ -58,8 +58,8 @@ where
                     match session.poll_output() {
                         Some(SessionOutput::Message(m)) => unsent = Some(m),
                         Some(SessionOutput::Notification(f)) => unsent = Some(f.payload().to_vec()),
-                        Some(SessionOutput::Spawn(call, fut)) => {
-                            completions.spawn(&rt, call, fut);
+                        Some(SessionOutput::Spawn(call, work)) => {
+                            completions.spawn(&rt, call, work);
                             continue;
                         }
                         Some(SessionOutput::Close(code, why)) => {

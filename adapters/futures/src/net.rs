@@ -3,7 +3,7 @@
 //! connector.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use async_io::Async;
 use atomic_waker::AtomicWaker;
-use wsrpc_core::service::{Bind, Launch, ServerBuilder, Service};
+use wsrpc_core::engine::Target;
+use wsrpc_core::rpc::client::{ClientError, ClientOptions, ConnectError};
+use wsrpc_core::service::{Bind, Launch, ServerBuilder, Service, StartError};
 
 use crate::server::{Registry, ServerHandle, serve_connection};
 use crate::{BoxFuture, Runtime};
 
 /// Binds per `bind` and serves `service` on `rt` until the handle shuts it down.
-pub fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<ServerHandle> {
+fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<ServerHandle> {
     let listener = bind.first_available(TcpListener::bind)?;
     let local_addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
@@ -82,25 +84,33 @@ async fn accept_loop(
             Some(Err(e)) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 log::warn!(target: "wsrpc::http", "accept failed: {e}");
-                rt.timer(rt.now() + Duration::from_millis(50)).await;
+                rt.timer(rt.now().mono + Duration::from_millis(50)).await;
             }
         }
     }
     log::info!(target: "wsrpc::http", "stopped accepting");
 }
 
-/// Connects over TCP to `authority` (`host:port`), trying each resolved address.
-pub fn connect(authority: String) -> BoxFuture<io::Result<TcpConn>> {
+/// Connects over TCP to `target`, trying each address its host resolves to (a name is
+/// resolved on the blocking pool).
+pub fn connect_tcp(target: &Target) -> BoxFuture<Result<TcpConn, ConnectError>> {
+    let (host, port) = (target.host().to_owned(), target.port());
     Box::pin(async move {
-        let addrs: Vec<SocketAddr> = authority.to_socket_addrs()?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => blocking::unblock(move || (host.as_str(), port).to_socket_addrs())
+                .await
+                .map_err(|e| ConnectError::Dns(e.to_string()))?
+                .collect(),
+        };
+        let mut last = ConnectError::Dns("no address".into());
         for addr in addrs {
             match Async::<TcpStream>::connect(addr).await {
                 Ok(s) => {
                     let _ = s.get_ref().set_nodelay(true);
                     return Ok(TcpConn::new(s));
                 }
-                Err(e) => last = e,
+                Err(e) => last = ConnectError::from_io(&e),
             }
         }
         Err(last)
@@ -226,20 +236,39 @@ impl<R: Runtime> std::ops::Deref for Server<R> {
 pub struct Launcher<R>(std::marker::PhantomData<fn() -> R>);
 
 impl<R: Runtime + Default> Launch for Launcher<R> {
-    type Output = io::Result<Server<R>>;
+    type Output = Result<Server<R>, StartError>;
 
-    fn launch(builder: ServerBuilder<Self>) -> io::Result<Server<R>> {
+    fn launch(builder: ServerBuilder<Self>) -> Result<Server<R>, StartError> {
         let rt = R::default();
-        let (service, bind) =
-            builder.into_service(rt.now(), rt.unix_time(), Some(Box::new(crate::SystemClock)));
-        start(rt.clone(), service, &bind).map(|handle| Server { handle, rt })
+        let parts = builder.into_parts(rt.now(), Some(Box::new(crate::SystemClock)))?;
+        let handle = start(rt.clone(), parts.service, &parts.bind)?;
+        Ok(Server { handle, rt })
+    }
+}
+
+impl<R: Runtime> Server<R> {
+    /// Serves a stream you accepted yourself (a Unix socket, say) as one more connection of
+    /// this server: same limits, metrics and shutdown. Its `poll_close` should half-close.
+    pub fn serve<S>(&self, stream: S)
+    where
+        S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.handle.serve(&self.rt, stream);
     }
 }
 
 /// Connects a client on runtime `R` over async-io TCP to `url` (`ws://host:port/path`).
 pub async fn connect_client<R: Runtime + Default>(
     url: &str,
-    options: wsrpc_core::rpc::client::ClientOptions,
-) -> Result<crate::Client, wsrpc_core::rpc::client::ClientError> {
-    crate::Client::connect(R::default(), std::sync::Arc::new(connect), url, options).await
+    options: ClientOptions,
+) -> Result<crate::Client, ClientError> {
+    let connector: crate::Connector<TcpConn> = Arc::new(|t: &Target| {
+        if t.is_tls() {
+            let why = format!("{}: wss:// needs TLS, which this build lacks", t.url());
+            return Box::pin(std::future::ready(Err(ConnectError::Unsupported(why))))
+                as BoxFuture<_>;
+        }
+        connect_tcp(t)
+    });
+    crate::Client::connect(R::default(), connector, url, options).await
 }

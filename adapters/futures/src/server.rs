@@ -1,33 +1,28 @@
-//! Serving connections: the drive loop of one [`ServerConnection`], the registry that
-//! tracks live connections for graceful shutdown, and the handle users keep.
+//! Serving connections: the registry that tracks live connections for graceful shutdown,
+//! what a server connection hears from outside its stream, and the handle users keep.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use futures_io::{AsyncRead, AsyncWrite};
-use wsrpc_core::engine::ServerConnection;
+use wsrpc_core::Now;
+use wsrpc_core::engine::{Endpoint, Input, ServerConnection};
 use wsrpc_core::hub::{PublishError, Published};
 use wsrpc_core::metrics::Snapshot;
 use wsrpc_core::service::Service;
 
-use crate::completions::Completions;
-use crate::{BoxFuture, Runtime};
-
-/// Rounds of read/write per poll before yielding, so one busy connection cannot starve the
-/// others on the same executor thread.
-const ROUNDS_PER_POLL: usize = 16;
+use crate::Runtime;
+use crate::drive::{Driver, Outside};
 
 /// Live connections of a server, for graceful shutdown.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     next: AtomicU64,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     shutting_down: AtomicBool,
@@ -48,7 +43,7 @@ struct Slot {
 
 impl Registry {
     /// An empty registry.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::default()
     }
 
@@ -68,12 +63,12 @@ impl Registry {
     }
 
     /// Connections being served.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether a shutdown started.
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
@@ -85,19 +80,19 @@ impl Registry {
 
     /// Asks every connection to finish: in-flight calls are answered, WebSocket peers get
     /// close 1001, HTTP connections close after their response.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.wake_all();
     }
 
     /// Drops every connection still open.
-    pub fn force_close(&self) {
+    pub(crate) fn force_close(&self) {
         self.force.store(true, Ordering::Release);
         self.wake_all();
     }
 
     /// Completes when no connection is left.
-    pub fn wait_idle(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn wait_idle(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let me = self.clone();
         std::future::poll_fn(move |cx| {
             me.idle.register(cx.waker());
@@ -106,12 +101,44 @@ impl Registry {
     }
 }
 
-/// Serves one accepted transport connection until it is finished.
-///
-/// Use it directly to serve streams from your own listener (a TLS acceptor, a Unix socket).
-/// The stream's `poll_close` should half-close (send FIN) when possible: the loop calls it
-/// once its last bytes are written, then reads until end of file.
-pub fn serve_connection<R, S>(
+/// What a server connection hears from outside its stream: the registry's shutdown and
+/// forced close.
+struct ServerSide {
+    registry: Arc<Registry>,
+    id: u64,
+    slot: Arc<Slot>,
+    shutdown_begun: bool,
+}
+
+impl Drop for ServerSide {
+    fn drop(&mut self) {
+        self.registry.leave(self.id);
+    }
+}
+
+impl Outside<ServerConnection> for ServerSide {
+    fn feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut ServerConnection,
+        now: Now,
+    ) -> Result<bool, ()> {
+        // An AtomicWaker gives its waker up when woken: register on every poll (cheap).
+        self.slot.waker.register(cx.waker());
+        if self.registry.force.load(Ordering::Acquire) {
+            return Err(());
+        }
+        if self.registry.is_shutting_down() && !self.shutdown_begun {
+            self.shutdown_begun = true;
+            conn.handle(now, Input::Shutdown);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Serves one accepted transport connection of `service` until it is finished.
+pub(crate) fn serve_connection<R, S>(
     rt: R,
     service: Arc<Service>,
     stream: S,
@@ -121,215 +148,10 @@ where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let now = rt.now();
-    let conn = ServerConnection::new(service, now);
+    let conn = ServerConnection::new(service, rt.now());
     let (id, slot) = registry.enter();
-    Driver {
-        rt,
-        conn,
-        stream,
-        registry,
-        id,
-        slot,
-        completions: Arc::new(Completions::default()),
-        leftover: Vec::new(),
-        timer: None,
-        eof: false,
-        write_closed: false,
-        shutdown_begun: false,
-        registered: None,
-    }
-}
-
-struct Driver<R: Runtime, S> {
-    rt: R,
-    conn: ServerConnection,
-    stream: S,
-    registry: Arc<Registry>,
-    id: u64,
-    slot: Arc<Slot>,
-    completions: Arc<Completions>,
-    /// Input the connection could not take yet (backpressure); usually empty.
-    leftover: Vec<u8>,
-    timer: Option<(Instant, BoxFuture<()>)>,
-    eof: bool,
-    write_closed: bool,
-    shutdown_begun: bool,
-    registered: Option<std::task::Waker>,
-}
-
-impl<R: Runtime, S> Drop for Driver<R, S> {
-    fn drop(&mut self) {
-        self.registry.leave(self.id);
-    }
-}
-
-impl<R, S> Future for Driver<R, S>
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        // An AtomicWaker gives its waker up when woken: register on every poll (cheap).
-        this.completions.waker.register(cx.waker());
-        this.slot.waker.register(cx.waker());
-        if this.registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
-            // The outbox keeps its waker until replaced; it takes a lock, so only on change.
-            this.conn.register_waker(cx.waker());
-            this.registered = Some(cx.waker().clone());
-        }
-        for _ in 0..ROUNDS_PER_POLL {
-            if this.registry.force.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            match this.round(cx) {
-                Round::Finished => return Poll::Ready(()),
-                Round::Idle => return Poll::Pending,
-                Round::Progress => {}
-            }
-        }
-        // Still busy: let other tasks run, then continue.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-enum Round {
-    Progress,
-    Idle,
-    Finished,
-}
-
-impl<R, S> Driver<R, S>
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    fn round(&mut self, cx: &mut Context<'_>) -> Round {
-        let mut progress = false;
-        let now = self.rt.now();
-        // Whatever woke us, notifications queued meanwhile go out stamped with `now`.
-        self.conn.handle_wakeup(now);
-        if self.registry.is_shutting_down() && !self.shutdown_begun {
-            self.shutdown_begun = true;
-            self.conn.begin_shutdown(now);
-            progress = true;
-        }
-        for (id, result) in self.completions.take() {
-            self.conn.complete(id, result, now);
-            progress = true;
-        }
-        while let Some((id, fut)) = self.conn.poll_spawn() {
-            self.completions.spawn(&self.rt, id, fut);
-        }
-        progress |= self.read(cx, now);
-        progress |= self.timers(cx, now);
-        match self.write(cx) {
-            Err(()) => return Round::Finished,
-            Ok(p) => progress |= p,
-        }
-        if self.conn.wants_shutdown_write() && !self.write_closed {
-            match Pin::new(&mut self.stream).poll_close(cx) {
-                Poll::Ready(_) => {
-                    self.write_closed = true;
-                    progress = true;
-                }
-                Poll::Pending => {}
-            }
-        }
-        if self.conn.is_finished() {
-            return Round::Finished;
-        }
-        if progress { Round::Progress } else { Round::Idle }
-    }
-
-    fn feed(&mut self, now: Instant, mut data: &[u8]) -> bool {
-        let mut progress = false;
-        while !data.is_empty() {
-            let used = self.conn.handle_input(now, data);
-            if used == 0 {
-                break;
-            }
-            progress = true;
-            data = &data[used..];
-        }
-        if !data.is_empty() {
-            self.leftover.extend_from_slice(data);
-        }
-        progress
-    }
-
-    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if !self.leftover.is_empty() {
-            if !self.conn.wants_read() {
-                return false;
-            }
-            let pending = std::mem::take(&mut self.leftover);
-            return self.feed(now, &pending);
-        }
-        if self.eof || !self.conn.wants_read() {
-            return false;
-        }
-        crate::with_read_buffer(|buf| match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                self.eof = true;
-                self.conn.handle_eof(now);
-                true
-            }
-            Poll::Ready(Ok(n)) => {
-                self.feed(now, &buf[..n]);
-                true
-            }
-            Poll::Pending => false,
-        })
-    }
-
-    fn timers(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        let Some(deadline) = self.conn.poll_timeout() else {
-            self.timer = None;
-            return false;
-        };
-        if deadline <= now {
-            self.timer = None;
-            self.conn.handle_timeout(now);
-            return true;
-        }
-        if self.timer.as_ref().is_none_or(|(at, _)| *at != deadline) {
-            self.timer = Some((deadline, self.rt.timer(deadline)));
-        }
-        let (_, timer) = self.timer.as_mut().expect("just set");
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.timer = None;
-                self.conn.handle_timeout(self.rt.now());
-                true
-            }
-            Poll::Pending => false,
-        }
-    }
-
-    /// Writes until the connection has nothing more or the socket would block.
-    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
-        let mut progress = false;
-        loop {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let n = self.conn.poll_transmit_vectored(&mut slices);
-            if n == 0 || self.write_closed {
-                return Ok(progress);
-            }
-            match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
-                Poll::Ready(Ok(written)) => {
-                    self.conn.advance_transmit(written);
-                    progress = true;
-                }
-                Poll::Pending => return Ok(progress),
-            }
-        }
-    }
+    let side = ServerSide { registry, id, slot, shutdown_begun: false };
+    Driver::new(rt, conn, side, Some(stream), None)
 }
 
 /// A running server: its address, its service (publish, metrics) and graceful shutdown.
@@ -348,9 +170,9 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
-    /// A handle for a server accepting on `local_addr`; the accept loop watches
+    /// A handle for a server on `rt` accepting on `local_addr`; the accept loop watches
     /// `stop_accepting` and is woken through `accept_waker`.
-    pub fn new(
+    pub(crate) fn new(
         service: Arc<Service>,
         local_addr: SocketAddr,
         registry: Arc<Registry>,
@@ -358,6 +180,17 @@ impl ServerHandle {
         accept_waker: Arc<AtomicWaker>,
     ) -> Self {
         Self { service, local_addr, registry, stop_accepting, accept_waker }
+    }
+
+    /// Serves a stream you accepted yourself (a Unix socket, a TLS stream of your own
+    /// acceptor) as one more connection of this server: same limits, metrics and shutdown.
+    /// The stream's `poll_close` should half-close (send FIN) when it can.
+    pub fn serve<R: Runtime, S>(&self, rt: &R, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fut = serve_connection(rt.clone(), self.service.clone(), stream, self.registry.clone());
+        rt.spawn(Box::pin(fut));
     }
 
     /// The address the server is bound to.
@@ -381,7 +214,7 @@ impl ServerHandle {
 
     /// A metrics snapshot; callable from any thread.
     pub fn metrics(&self) -> Snapshot {
-        self.service.snapshot(Instant::now())
+        self.service.snapshot(std::time::Instant::now())
     }
 
     /// Connections being served.
@@ -396,7 +229,7 @@ impl ServerHandle {
         self.stop_accepting.store(true, Ordering::Release);
         self.accept_waker.wake();
         self.registry.begin_shutdown();
-        let end = rt.now() + deadline;
+        let end = wsrpc_core::later(rt.now().mono, deadline);
         let mut timer = rt.timer(end);
         let mut idle = Box::pin(self.registry.wait_idle());
         let timed_out = std::future::poll_fn(|cx| {

@@ -3,8 +3,7 @@
 //! drive loop and the async-io listener are `wsrpc-futures`, the protocol is `wsrpc-core`.
 //!
 //! ```no_run
-//! use wsrpc_smol::{Server, connect};
-//! use wsrpc_smol::wsrpc_core::rpc::Router;
+//! use wsrpc_smol::{Router, Server, connect};
 //!
 //! smol::block_on(async {
 //!     let mut router = Router::new();
@@ -22,17 +21,22 @@
 
 use std::time::Instant;
 
-pub use wsrpc_core;
+pub use wsrpc_core::prelude::*;
+pub use wsrpc_core::{auth, hub, limit, metrics, ws};
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, ClientError, ClientOptions, Subscription, SubscriptionEvent};
+pub use wsrpc_futures::{Client, Subscription};
 
-/// The smol runtime: `smol::spawn` and `smol::Timer`.
+/// The smol runtime: `smol::spawn`, `smol::unblock` and `smol::Timer`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SmolRuntime;
 
 impl Runtime for SmolRuntime {
     fn spawn(&self, future: BoxFuture<()>) {
         smol::spawn(future).detach();
+    }
+
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        smol::unblock(f).detach();
     }
 
     fn timer(&self, deadline: Instant) -> BoxFuture<()> {

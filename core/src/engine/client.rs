@@ -614,6 +614,8 @@ impl<C: Channels> Endpoint for ClientConnection<C> {
             }
             _ => {}
         }
+        // A drain ends here: the next call starts another, which offers `Transmit` again.
+        self.offered = false;
         Output::Wait(self.next_deadline())
     }
 

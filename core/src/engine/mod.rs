@@ -28,11 +28,13 @@
 //!
 //! The order in which [`poll_output`](Endpoint::poll_output) hands things out is the same for
 //! both: `CloseTransport`, then events, then spawns or a connect request, then `Transmit`,
-//! then `ShutdownWrite`, then `Finished` or `Wait`. `Transmit` is offered once per drain:
-//! when the transport takes nothing (it would block) the adapter drops the [`Transmit`]
-//! without advancing, and the next call moves on; any input, or a write that made progress,
-//! offers it again. `Finished` repeats forever. Spurious inputs (a timer before its
-//! deadline, a wake-up with nothing to do) are no-ops.
+//! then `ShutdownWrite`, then `Finished` or `Wait`. A drain is the calls up to and including
+//! the one that returns `Wait`; `Transmit` is offered once per drain: when the transport takes
+//! nothing (it would block) the adapter drops the [`Transmit`] without advancing, and the next
+//! call moves on to the deadline. A write that made progress offers it again in the same
+//! drain, and the next drain (after the transport became writable, say) offers it anew.
+//! `Finished` repeats forever. Spurious inputs (a timer before its deadline, a wake-up with
+//! nothing to do) are no-ops.
 
 mod client;
 mod server;

@@ -950,6 +950,8 @@ impl Endpoint for ServerConnection {
         if self.wants_shutdown_write() && !std::mem::replace(&mut self.write_shut, true) {
             return Output::ShutdownWrite;
         }
+        // A drain ends here: the next call starts another, which offers `Transmit` again.
+        self.offered = false;
         if self.is_finished() {
             return Output::Finished;
         }

@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use wsrpc_blocking::wsrpc_core::limit::LimitConfig;
-use wsrpc_blocking::wsrpc_core::rpc::client::BackoffConfig;
-use wsrpc_blocking::wsrpc_core::rpc::{Router, RpcError};
+use wsrpc_blocking::BackoffConfig;
+use wsrpc_blocking::limit::LimitConfig;
 use wsrpc_blocking::{ClientOptions, Server};
+use wsrpc_blocking::{Router, RpcError};
 
 /// Generous bound for anything a test waits on; only reached when something is broken.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
@@ -114,17 +114,15 @@ pub(crate) fn url(addr: SocketAddr) -> String {
 
 /// Options that reconnect quickly.
 pub(crate) fn fast_reconnect() -> ClientOptions {
-    let mut o = ClientOptions::default();
-    o.config.reconnect =
-        Some(BackoffConfig { initial: Duration::from_millis(20), max: Duration::from_millis(200) });
-    o
+    ClientOptions::default().reconnect(Some(BackoffConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    }))
 }
 
 /// Options that do not reconnect.
 pub(crate) fn no_reconnect() -> ClientOptions {
-    let mut o = ClientOptions::default();
-    o.config.reconnect = None;
-    o
+    ClientOptions::default().reconnect(None)
 }
 
 /// A raw TCP peer that has completed the WebSocket handshake and then does only what the

@@ -1,0 +1,306 @@
+//! The one drive loop: a [`wsrpc_core::engine::Endpoint`] (server or client connection) over
+//! a `futures-io` stream, on any [`Runtime`]. It only moves bytes, runs handler work, opens
+//! transports when asked and arms one timer; every decision is the endpoint's.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_io::{AsyncRead, AsyncWrite};
+use wsrpc_core::Now;
+use wsrpc_core::engine::{Attempt, ConnEvent, Endpoint, Input, Output, Target};
+use wsrpc_core::rpc::client::ConnectError;
+
+use crate::completions::Completions;
+use crate::{BoxFuture, Runtime};
+
+/// Rounds of input and output per poll before yielding, so one busy connection cannot starve
+/// the others on the same executor thread.
+const ROUNDS_PER_POLL: usize = 16;
+/// Slices gathered per vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Opens a transport to a target (TCP, then TLS for `wss://`).
+pub type Connector<S> =
+    Arc<dyn Fn(&Target) -> BoxFuture<Result<S, ConnectError>> + Send + Sync + 'static>;
+
+/// What reaches a connection from outside its transport: the server's shutdown and forced
+/// close, the client's commands. Implemented once per role.
+pub(crate) trait Outside<E>: Send + Unpin {
+    /// Feeds what arrived; `Err(())` to stop serving at once (a forced close).
+    fn feed(&mut self, cx: &mut Context<'_>, conn: &mut E, now: Now) -> Result<bool, ()>;
+
+    /// A lifecycle event from the connection.
+    fn event(&mut self, event: ConnEvent) {
+        log::trace!(target: "wsrpc::rpc", "{event:?}");
+    }
+
+    /// The connection finished.
+    fn finished(&mut self) {}
+}
+
+/// Drives one endpoint until it is finished.
+pub(crate) struct Driver<R: Runtime, E, S, O> {
+    rt: R,
+    conn: E,
+    outside: O,
+    stream: Option<S>,
+    connector: Option<Connector<S>>,
+    connecting: Option<(Attempt, BoxFuture<Result<S, ConnectError>>)>,
+    completions: Arc<Completions>,
+    /// Input the connection could not take yet (back-pressure); usually empty.
+    leftover: Vec<u8>,
+    timer: Option<(Instant, BoxFuture<()>)>,
+    deadline: Option<Instant>,
+    eof: bool,
+    /// A half-close was asked for and has not completed yet.
+    closing_write: bool,
+    write_closed: bool,
+}
+
+impl<R, E, S, O> Driver<R, E, S, O>
+where
+    R: Runtime,
+    E: Endpoint + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    O: Outside<E>,
+{
+    /// A driver for a connection on an accepted `stream`, or (with a connector) one that
+    /// opens its own transports.
+    pub(crate) fn new(
+        rt: R,
+        conn: E,
+        outside: O,
+        stream: Option<S>,
+        connector: Option<Connector<S>>,
+    ) -> Self {
+        Self {
+            rt,
+            conn,
+            outside,
+            stream,
+            connector,
+            connecting: None,
+            completions: Arc::new(Completions::default()),
+            leftover: Vec::new(),
+            timer: None,
+            deadline: None,
+            eof: false,
+            closing_write: false,
+            write_closed: false,
+        }
+    }
+
+    /// One round: inputs, then outputs; `None` once finished, else whether anything moved.
+    fn round(&mut self, cx: &mut Context<'_>) -> Option<bool> {
+        let now = self.rt.now();
+        let mut progress = match self.outside.feed(cx, &mut self.conn, now) {
+            Ok(p) => p,
+            Err(()) => return None,
+        };
+        for (call, result) in self.completions.take() {
+            self.conn.handle(now, Input::Completed(call, result));
+            progress = true;
+        }
+        progress |= self.poll_connect(cx, now);
+        progress |= self.read(cx, now);
+        if self.deadline.is_some_and(|d| d <= now.mono) {
+            self.deadline = None;
+            self.conn.handle(now, Input::Timeout);
+            progress = true;
+        }
+        let outputs = self.outputs(cx, now)?;
+        Some(progress | outputs | self.arm_timer(cx))
+    }
+
+    fn poll_connect(&mut self, cx: &mut Context<'_>, now: Now) -> bool {
+        let Some((attempt, fut)) = self.connecting.as_mut() else { return false };
+        let Poll::Ready(result) = fut.as_mut().poll(cx) else { return false };
+        let attempt = *attempt;
+        self.connecting = None;
+        match result {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                self.conn.handle(now, Input::Connected(attempt));
+            }
+            Err(e) => {
+                self.conn.handle(now, Input::ConnectFailed(attempt, e));
+            }
+        }
+        true
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>, now: Now) -> bool {
+        if !self.conn.wants_read() {
+            return false;
+        }
+        if !self.leftover.is_empty() {
+            let pending = std::mem::take(&mut self.leftover);
+            feed(&mut self.conn, &mut self.leftover, now, &pending);
+            return true;
+        }
+        let Self { stream, conn, leftover, eof, .. } = self;
+        let Some(stream) = stream.as_mut().filter(|_| !*eof) else { return false };
+        let read = crate::with_read_buffer(|buf| match Pin::new(stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(0)) => Some(Err(false)),
+            Poll::Ready(Err(e)) => {
+                log::trace!(target: "wsrpc::ws", "read failed: {e}");
+                Some(Err(true))
+            }
+            Poll::Ready(Ok(n)) => {
+                feed(conn, leftover, now, &buf[..n]);
+                Some(Ok(()))
+            }
+            Poll::Pending => None,
+        });
+        match read {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(broken)) => {
+                self.eof = true;
+                self.conn.handle(now, if broken { Input::Broken } else { Input::Eof });
+                true
+            }
+        }
+    }
+
+    /// Drains the connection's output; `None` once it is finished.
+    fn outputs(&mut self, cx: &mut Context<'_>, now: Now) -> Option<bool> {
+        let mut progress = false;
+        let mut wrote = false;
+        loop {
+            match self.conn.poll_output(now) {
+                Output::Event(e) => self.outside.event(e),
+                Output::Spawn(call, work) => self.completions.spawn(&self.rt, call, work),
+                Output::Connect(req) => {
+                    self.stream = None;
+                    self.eof = false;
+                    self.leftover.clear();
+                    match &self.connector {
+                        Some(connect) => {
+                            self.connecting = Some((req.attempt, connect(req.target)));
+                        }
+                        None => {
+                            let why = ConnectError::Unsupported("no connector".into());
+                            let attempt = req.attempt;
+                            self.conn.handle(now, Input::ConnectFailed(attempt, why));
+                        }
+                    }
+                }
+                Output::Transmit(mut tx) => {
+                    let Some(stream) = self.stream.as_mut().filter(|_| !self.write_closed) else {
+                        continue;
+                    };
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let n = tx.slices(&mut slices);
+                    match Pin::new(stream).poll_write_vectored(cx, &slices[..n]) {
+                        Poll::Ready(Ok(written)) if written > 0 => {
+                            tx.advance(written);
+                            wrote = true;
+                        }
+                        Poll::Ready(result) => {
+                            if let Err(e) = result {
+                                log::trace!(target: "wsrpc::ws", "write failed: {e}");
+                            }
+                            self.eof = true;
+                            self.conn.handle(now, Input::Broken);
+                        }
+                        // Dropped without advancing: the next output is further on.
+                        Poll::Pending => {}
+                    }
+                }
+                Output::ShutdownWrite => self.closing_write = true,
+                Output::CloseTransport => {
+                    self.stream = None;
+                    self.connecting = None;
+                    self.eof = false;
+                    self.closing_write = false;
+                    self.write_closed = false;
+                    self.leftover.clear();
+                }
+                Output::Finished => return None,
+                Output::Wait(deadline) => {
+                    self.deadline = deadline;
+                    break;
+                }
+                other => log::warn!(target: "wsrpc::rpc", "unexpected output {other:?}"),
+            }
+            progress = true;
+        }
+        if let Some(stream) = self.stream.as_mut() {
+            if wrote {
+                // Streams that buffer (TLS) send what they hold.
+                let _ = Pin::new(&mut *stream).poll_flush(cx);
+            }
+            if self.closing_write {
+                if let Poll::Ready(r) = Pin::new(stream).poll_close(cx) {
+                    if let Err(e) = r {
+                        log::trace!(target: "wsrpc::ws", "half-close failed: {e}");
+                    }
+                    self.closing_write = false;
+                    self.write_closed = true;
+                    progress = true;
+                }
+            }
+        }
+        Some(progress)
+    }
+
+    /// Arms the timer for the connection's deadline; true when it is already due.
+    fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.deadline else {
+            self.timer = None;
+            return false;
+        };
+        if self.timer.as_ref().is_none_or(|(at, _)| *at != deadline) {
+            self.timer = Some((deadline, self.rt.timer(deadline)));
+        }
+        let (_, timer) = self.timer.as_mut().expect("just set");
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// Feeds `data` to `conn`; what it does not take yet waits in `leftover`.
+fn feed<E: Endpoint>(conn: &mut E, leftover: &mut Vec<u8>, now: Now, mut data: &[u8]) {
+    while !data.is_empty() {
+        let used = conn.handle(now, Input::Bytes(data));
+        if used == 0 {
+            break;
+        }
+        data = &data[used..];
+    }
+    leftover.extend_from_slice(data);
+}
+
+impl<R, E, S, O> Future for Driver<R, E, S, O>
+where
+    R: Runtime,
+    E: Endpoint + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    O: Outside<E>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // Wake-ups from other threads: finished handlers, publishes.
+        this.completions.waker.register(cx.waker());
+        this.conn.set_waker(cx.waker());
+        for _ in 0..ROUNDS_PER_POLL {
+            match this.round(cx) {
+                None => {
+                    this.outside.finished();
+                    return Poll::Ready(());
+                }
+                Some(false) => return Poll::Pending,
+                Some(true) => {}
+            }
+        }
+        // Still busy: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

@@ -1,0 +1,12 @@
+//! The names an application needs, for each adapter to re-export at its top level
+//! (`use wsrpc_smol::{Server, Router, connect, ClientOptions}`); configuration types stay in
+//! their layers (`auth`, `hub`, `limit`, `metrics`, `ws`), which adapters re-export as
+//! modules.
+
+pub use crate::rpc::client::{
+    BackoffConfig, ClientConfig, ClientError, ClientOptions, ConnectError, SubscriptionEvent,
+};
+pub use crate::rpc::{CallContext, ConnectionId, Params, Router, RouterError, RpcError, Transport};
+pub use crate::service::{
+    Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,
+};
