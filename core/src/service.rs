@@ -293,6 +293,57 @@ impl Service {
     }
 }
 
+/// What every adapter's running server offers besides shutting down: its address, its
+/// service, publishing and metrics. Adapters' `Server` types dereference to it.
+pub struct Running {
+    service: Arc<Service>,
+    local_addr: core::net::SocketAddr,
+    clock: fn() -> Instant,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// A server of `service` bound to `local_addr`; `clock` reads the adapter's monotonic
+    /// clock for metric snapshots.
+    pub fn new(
+        service: Arc<Service>,
+        local_addr: core::net::SocketAddr,
+        clock: fn() -> Instant,
+    ) -> Self {
+        service.set_port(local_addr.port());
+        Self { service, local_addr, clock }
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> core::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The shared service: router, hub, metrics.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Publishes `value` to `topic`; callable from any thread.
+    pub fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<Published, PublishError> {
+        self.service.publish(topic, value)
+    }
+
+    /// A metrics snapshot; callable from any thread.
+    pub fn metrics(&self) -> Snapshot {
+        self.service.snapshot((self.clock)())
+    }
+}
+
 /// Where a server listens (pure data; adapters do the binding).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bind {

@@ -45,11 +45,8 @@ impl EventSink for Events {
 
 struct Test;
 impl Channels for Test {
-    type Call = To<CallResult>;
-    type Batch = To<Vec<CallResult>>;
-    type Subscribe = To<Result<SubscriptionToken, ClientError>>;
+    type Reply<T: Send + 'static> = To<T>;
     type Events = Events;
-    type Done = To<()>;
 }
 
 fn log<T>() -> Log<T> {

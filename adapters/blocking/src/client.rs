@@ -58,11 +58,8 @@ impl EventSink for Events {
 }
 
 impl Channels for CrossbeamChannels {
-    type Call = Reply<CallResult>;
-    type Batch = Reply<Vec<CallResult>>;
-    type Subscribe = Reply<Result<SubscriptionToken, ClientError>>;
+    type Reply<T: Send + 'static> = Reply<T>;
     type Events = Events;
-    type Done = Reply<()>;
 }
 
 /// What the client's I/O thread is sent.

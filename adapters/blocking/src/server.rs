@@ -1,15 +1,13 @@
 //! The server: the [`Launch`] for [`ServerBuilder`], its I/O threads and graceful shutdown.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use wsrpc_core::Now;
 use wsrpc_core::engine::{Endpoint, Input, ServerConnection};
-use wsrpc_core::hub::{PublishError, Published};
-use wsrpc_core::metrics::Snapshot;
-use wsrpc_core::service::{Launch, ServerBuilder, Service, StartError};
+use wsrpc_core::service::{Launch, Running, ServerBuilder, Service, StartError};
 
 use crate::SystemClock;
 use crate::pool::WorkerPool;
@@ -133,7 +131,6 @@ impl Launch for Blocking {
         let service = parts.service;
         let listener = parts.bind.first_available(TcpListener::bind)?;
         let local_addr = listener.local_addr()?;
-        service.set_port(local_addr.port());
         let pool = WorkerPool::start(parts.threads.workers, "wsrpc-worker")?;
         let live = Arc::new(Live::default());
         let mut mailboxes = Vec::new();
@@ -156,17 +153,18 @@ impl Launch for Blocking {
             threads.push(thread);
         }
         log::info!(target: "wsrpc::http", "listening addr={local_addr}");
-        Ok(Server { service, local_addr, live, mailboxes, threads, pool: Some(pool) })
+        let running = Running::new(service, local_addr, Instant::now);
+        Ok(Server { running, live, mailboxes, threads, pool: Some(pool) })
     }
 }
 
-/// A running server: its address, publishing, metrics and graceful shutdown. `Send + Sync`,
-/// so it can be shared (`&Server`, `Arc<Server>`) with the threads that publish.
+/// A running server: graceful shutdown here; its address, service, `publish` and `metrics`
+/// through [`Running`], which it dereferences to. `Send + Sync`, so it can be shared
+/// (`&Server`, `Arc<Server>`) with the threads that publish.
 ///
 /// Dropping it shuts it down like [`shutdown`](Self::shutdown) with a deadline of 250 ms.
 pub struct Server {
-    service: Arc<Service>,
-    local_addr: SocketAddr,
+    running: Running,
     live: Arc<Live>,
     mailboxes: Vec<Mailbox<Control>>,
     threads: Vec<JoinHandle<()>>,
@@ -176,7 +174,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("local_addr", &self.local_addr())
             .field("connections", &self.connections())
             .finish_non_exhaustive()
     }
@@ -186,30 +184,6 @@ impl Server {
     /// A builder: router, configuration, where to listen; then `.start()`.
     pub fn builder() -> ServerBuilder<Blocking> {
         ServerBuilder::new()
-    }
-
-    /// The address the server is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The shared service: router, hub, metrics.
-    pub fn service(&self) -> &Arc<Service> {
-        &self.service
-    }
-
-    /// Publishes `value` to `topic`; callable from any thread.
-    pub fn publish<T: serde::Serialize + ?Sized>(
-        &self,
-        topic: &str,
-        value: &T,
-    ) -> Result<Published, PublishError> {
-        self.service.publish(topic, value)
-    }
-
-    /// A metrics snapshot.
-    pub fn metrics(&self) -> Snapshot {
-        self.service.snapshot(Instant::now())
     }
 
     /// Connections being served (WebSocket and HTTP).
@@ -249,7 +223,16 @@ impl Server {
         if let Some(pool) = self.pool.take() {
             pool.stop(end.max(Instant::now() + POOL_WAIT));
         }
-        log::info!(target: "wsrpc::http", "stopped addr={}", self.local_addr);
+        log::info!(target: "wsrpc::http", "stopped addr={}", self.local_addr());
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Running;
+
+    /// The address, service, `publish` and `metrics`.
+    fn deref(&self) -> &Running {
+        &self.running
     }
 }
 

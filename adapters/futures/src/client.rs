@@ -55,11 +55,8 @@ impl EventSink for Events {
 }
 
 impl Channels for FuturesChannels {
-    type Call = Reply<CallResult>;
-    type Batch = Reply<Vec<CallResult>>;
-    type Subscribe = Reply<Result<SubscriptionToken, ClientError>>;
+    type Reply<T: Send + 'static> = Reply<T>;
     type Events = Events;
-    type Done = Reply<()>;
 }
 
 type Commands = mpsc::UnboundedSender<Command<FuturesChannels>>;

@@ -23,7 +23,6 @@ fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<Se
     let listener = bind.first_available(TcpListener::bind)?;
     let local_addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
-    service.set_port(local_addr.port());
     let registry = Registry::new();
     let stop = Arc::new(AtomicBool::new(false));
     let waker = Arc::new(AtomicWaker::new());

@@ -13,9 +13,7 @@ use atomic_waker::AtomicWaker;
 use futures_io::{AsyncRead, AsyncWrite};
 use wsrpc_core::Now;
 use wsrpc_core::engine::{Endpoint, Input, ServerConnection};
-use wsrpc_core::hub::{PublishError, Published};
-use wsrpc_core::metrics::Snapshot;
-use wsrpc_core::service::Service;
+use wsrpc_core::service::{Running, Service};
 
 use crate::Runtime;
 use crate::drive::{Driver, Outside};
@@ -154,10 +152,10 @@ where
     Driver::new(rt, conn, side, Some(stream), None)
 }
 
-/// A running server: its address, its service (publish, metrics) and graceful shutdown.
+/// A running server: graceful shutdown here; its address, service, `publish` and `metrics`
+/// through [`Running`], which it dereferences to.
 pub struct ServerHandle {
-    service: Arc<Service>,
-    local_addr: SocketAddr,
+    running: Running,
     registry: Arc<Registry>,
     stop_accepting: Arc<AtomicBool>,
     accept_waker: Arc<AtomicWaker>,
@@ -165,7 +163,9 @@ pub struct ServerHandle {
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,7 +179,8 @@ impl ServerHandle {
         stop_accepting: Arc<AtomicBool>,
         accept_waker: Arc<AtomicWaker>,
     ) -> Self {
-        Self { service, local_addr, registry, stop_accepting, accept_waker }
+        let running = Running::new(service, local_addr, std::time::Instant::now);
+        Self { running, registry, stop_accepting, accept_waker }
     }
 
     /// Serves a stream you accepted yourself (a Unix socket, a TLS stream of your own
@@ -189,32 +190,9 @@ impl ServerHandle {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let fut = serve_connection(rt.clone(), self.service.clone(), stream, self.registry.clone());
+        let service = self.service().clone();
+        let fut = serve_connection(rt.clone(), service, stream, self.registry.clone());
         rt.spawn(Box::pin(fut));
-    }
-
-    /// The address the server is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The shared service: router, hub, metrics.
-    pub fn service(&self) -> &Arc<Service> {
-        &self.service
-    }
-
-    /// Publishes `value` to `topic`; callable from any thread.
-    pub fn publish<T: serde::Serialize + ?Sized>(
-        &self,
-        topic: &str,
-        value: &T,
-    ) -> Result<Published, PublishError> {
-        self.service.publish(topic, value)
-    }
-
-    /// A metrics snapshot; callable from any thread.
-    pub fn metrics(&self) -> Snapshot {
-        self.service.snapshot(std::time::Instant::now())
     }
 
     /// Connections being served.
@@ -244,6 +222,14 @@ impl ServerHandle {
             self.registry.force_close();
             self.registry.wait_idle().await;
         }
+    }
+}
+
+impl std::ops::Deref for ServerHandle {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.running
     }
 }
 

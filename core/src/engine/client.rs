@@ -173,7 +173,7 @@ pub struct ClientConnection<C: Channels> {
     failures: usize,
     closing: bool,
     /// Told once the client has closed.
-    done: Vec<C::Done>,
+    done: Vec<C::Reply<()>>,
     events: VecDeque<ConnEvent>,
     /// The adapter must drop its transport before anything else.
     close_transport: bool,

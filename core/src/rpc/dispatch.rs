@@ -40,19 +40,21 @@ pub trait EventSink {
     fn try_send(&mut self, event: SubscriptionEvent) -> Result<(), SinkError>;
 }
 
-/// The channel types of one adapter.
+/// The channel types of one adapter: a one-value reply channel and a bounded event channel.
 pub trait Channels: 'static {
-    /// Receives a call's result.
-    type Call: OneShot<CallResult> + Send;
-    /// Receives a batch's results, in order.
-    type Batch: OneShot<Vec<CallResult>> + Send;
-    /// Receives the outcome of a subscribe.
-    type Subscribe: OneShot<Result<SubscriptionToken, ClientError>> + Send;
+    /// Delivers one reply: a call's result, a batch's results, a subscribe's outcome, the
+    /// end of a close.
+    type Reply<T: Send + 'static>: OneShot<T> + Send;
     /// Receives a subscription's events.
     type Events: EventSink + Send;
-    /// Told when the client has closed.
-    type Done: OneShot<()> + Send;
 }
+
+/// Where a call's result goes.
+pub type CallReply<C> = <C as Channels>::Reply<CallResult>;
+/// Where a batch's results go.
+pub type BatchReply<C> = <C as Channels>::Reply<Vec<CallResult>>;
+/// Where a subscribe's outcome goes.
+pub type SubscribeReply<C> = <C as Channels>::Reply<Result<SubscriptionToken, ClientError>>;
 
 /// A request from a client handle to the connection that serves it.
 pub enum Command<C: Channels> {
@@ -65,14 +67,14 @@ pub enum Command<C: Channels> {
         /// Replaces the configured call timeout.
         timeout: Option<Duration>,
         /// Where the result goes.
-        reply: C::Call,
+        reply: CallReply<C>,
     },
     /// Calls sent as one batch; their results go to `reply` in order.
     Batch {
         /// Method and params of each call.
         calls: Vec<(String, Option<Box<RawValue>>)>,
         /// Where the results go.
-        reply: C::Batch,
+        reply: BatchReply<C>,
     },
     /// A notification (dropped while disconnected).
     Notify {
@@ -88,12 +90,12 @@ pub enum Command<C: Channels> {
         /// Where the events go.
         events: C::Events,
         /// Where the outcome goes.
-        reply: C::Subscribe,
+        reply: SubscribeReply<C>,
     },
     /// Ends a subscription.
     Unsubscribe(SubscriptionToken),
     /// Closes the client; `done` is told once it has.
-    Close(C::Done),
+    Close(C::Reply<()>),
 }
 
 impl<C: Channels> std::fmt::Debug for Command<C> {
@@ -121,7 +123,7 @@ impl<C: Channels> Command<C> {
         method: &str,
         params: impl serde::Serialize,
         timeout: Option<Duration>,
-        reply: C::Call,
+        reply: CallReply<C>,
     ) -> Result<Self, ClientError> {
         Ok(Self::Call { method: method.to_owned(), params: encode_params(params)?, timeout, reply })
     }
@@ -129,7 +131,7 @@ impl<C: Channels> Command<C> {
     /// A batch of calls.
     pub fn batch<P: serde::Serialize>(
         calls: Vec<(&str, P)>,
-        reply: C::Batch,
+        reply: BatchReply<C>,
     ) -> Result<Self, ClientError> {
         let calls = calls
             .into_iter()
@@ -159,7 +161,7 @@ impl<C: Channels> Command<C> {
 
 struct Batch<C: Channels> {
     results: Vec<Option<CallResult>>,
-    reply: Option<C::Batch>,
+    reply: Option<BatchReply<C>>,
 }
 
 struct Sink<E> {
@@ -174,12 +176,12 @@ struct Sink<E> {
 /// change to hand results and events out.
 pub(crate) struct ClientDispatch<C: Channels> {
     session: ClientSession,
-    calls: HashMap<CallToken, C::Call>,
+    calls: HashMap<CallToken, CallReply<C>>,
     batch_entries: HashMap<CallToken, (u64, usize)>,
     batches: HashMap<u64, Batch<C>>,
     next_batch: u64,
     subscriptions: HashMap<SubscriptionToken, Sink<C::Events>>,
-    pending_subscribes: HashMap<SubscriptionToken, C::Subscribe>,
+    pending_subscribes: HashMap<SubscriptionToken, SubscribeReply<C>>,
 }
 
 impl<C: Channels> std::fmt::Debug for ClientDispatch<C> {
@@ -224,7 +226,7 @@ impl<C: Channels> ClientDispatch<C> {
         method: &str,
         params: Option<&RawValue>,
         timeout: Option<Duration>,
-        reply: C::Call,
+        reply: CallReply<C>,
     ) {
         let timeout = timeout.unwrap_or(self.session.config().call_timeout);
         let token = self.session.call_with_timeout(now, method, params, timeout);
@@ -236,7 +238,7 @@ impl<C: Channels> ClientDispatch<C> {
         &mut self,
         now: Instant,
         calls: &[(&str, Option<&RawValue>)],
-        reply: C::Batch,
+        reply: BatchReply<C>,
     ) {
         let tokens = self.session.batch(now, calls);
         if tokens.is_empty() {
@@ -265,7 +267,7 @@ impl<C: Channels> ClientDispatch<C> {
         now: Instant,
         topic: &str,
         events: C::Events,
-        reply: C::Subscribe,
+        reply: SubscribeReply<C>,
     ) {
         let token = self.session.subscribe(now, topic);
         self.subscriptions.insert(token, Sink { events, dropped: None });
@@ -394,11 +396,8 @@ mod tests {
 
     struct Test;
     impl Channels for Test {
-        type Call = To<CallResult>;
-        type Batch = To<Vec<CallResult>>;
-        type Subscribe = To<Result<SubscriptionToken, ClientError>>;
+        type Reply<T: Send + 'static> = To<T>;
         type Events = Bounded;
-        type Done = To<()>;
     }
 
     fn id_of(d: &mut ClientDispatch<Test>) -> u64 {
