@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use wsrpc_core::auth::Hs256Jwt;
-use wsrpc_core::hub::{HubConfig, TopicPattern, TopicPolicy};
-use wsrpc_core::limit::{LimitConfig, Rate};
-use wsrpc_core::rpc::Router;
+use wsrpc_smol::auth::Hs256Jwt;
+use wsrpc_smol::hub::{HubConfig, TopicPattern, TopicPolicy};
+use wsrpc_smol::limit::{LimitConfig, Rate};
+use wsrpc_smol::{Router, Server};
 
 fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -37,7 +37,7 @@ fn main() -> std::io::Result<()> {
         Ok(json!({ "id": ctx.principal.id, "authenticated": ctx.principal.authenticated }))
     });
     let addr = SocketAddr::from(([127, 0, 0, 1], wsrpc_examples::port_arg()));
-    let server = wsrpc_smol::Server::builder()
+    let server = Server::builder()
         .router(router)
         .authenticator(jwt.clone())
         .hub(hub)

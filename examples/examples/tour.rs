@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wsrpc_core::limit::{LimitConfig, MethodClass, MethodClasses, Rate};
-use wsrpc_core::rpc::Router;
-use wsrpc_smol::{ClientError, ClientOptions, Server, SubscriptionEvent};
+use wsrpc_smol::limit::{LimitConfig, MethodClass, MethodClasses, Rate};
+use wsrpc_smol::{ClientError, ClientOptions, Router, Server, SubscriptionEvent};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

@@ -148,3 +148,8 @@ pub fn spawn_ticker(publish: impl Fn(u64) + Send + 'static, every: std::time::Du
         }
     });
 }
+
+/// The README's Rust snippets, compiled by `cargo test --doc` so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct Readme;
