@@ -522,7 +522,7 @@ impl ServerConnection {
                     config.auth.require_auth,
                     &creds,
                 ) {
-                    self.service.metrics().record_error(ErrorKind::Auth);
+                    // Counted as an auth error by its status, in `respond_error_with`.
                     return self.respond_auth_error(&e, HttpMeta { keep_alive: false, ..meta });
                 }
                 return self.respond_error_with(
