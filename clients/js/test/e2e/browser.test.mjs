@@ -575,3 +575,43 @@ test("a stopped server (SIGSTOP) is detected within heartbeat interval + timeout
   assert.equal(await p.evaluate(() => window.c.request("eth_chainId")), "0x1");
   await p.close();
 });
+
+test("wallet_bridge --demo serves a page that finds the wallet, calls it and shows newHeads", async () => {
+  const w = await wallet("--demo", "--block-ms", "200");
+  const p = await browser.newPage();
+  const errors = [];
+  p.on("pageerror", (e) => errors.push(e));
+  await p.goto(`http://127.0.0.1:${w.port}/demo`);
+  await p.waitForFunction(
+    () => document.getElementById("state").textContent === "open (ws)",
+    null,
+    {
+      timeout: 20000,
+    },
+  );
+  await p.waitForFunction(
+    () => /^0x/.test(document.getElementById("block").textContent),
+    null,
+    {
+      timeout: 10000,
+    },
+  );
+  await p.click("#accounts");
+  await p.waitForFunction(() =>
+    document
+      .getElementById("log")
+      .textContent.includes("← eth_requestAccounts"),
+  );
+  const page = await p.evaluate(() => ({
+    server: document.getElementById("server").textContent,
+    chain: document.getElementById("chain").textContent,
+    log: document.getElementById("log").textContent,
+  }));
+  assert.equal(page.server, `ws://127.0.0.1:${w.port}/ (wsrpc-wallet-bridge)`);
+  assert.equal(page.chain, "0x1");
+  assert.match(page.log, /connect \{"chainId":"0x1"\}/);
+  assert.deepEqual(errors, []);
+  if (process.env.WSRPC_DEMO_SCREENSHOT)
+    await p.screenshot({ path: process.env.WSRPC_DEMO_SCREENSHOT });
+  await p.close();
+});
