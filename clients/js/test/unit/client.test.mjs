@@ -413,3 +413,37 @@ test("port specs expand to ranges and lists", () => {
   assert.deepEqual(expandPorts([8766, 8769]), [8766, 8767, 8768, 8769]);
   assert.deepEqual(expandPorts([[1, 2], 5, [4, 5]]), [1, 2, 5, 4]);
 });
+
+test("the browser's online event cuts a long backoff short", async () => {
+  const target = new EventTarget();
+  globalThis.addEventListener = target.addEventListener.bind(target);
+  globalThis.removeEventListener = target.removeEventListener.bind(target);
+  try {
+    const world = new World();
+    world.behave = () => "refuse";
+    const { clock, client } = setup(
+      { random: () => 0.999, http: false },
+      world,
+    );
+    await clock.advance(1000 + 2000 + 4000); // three failures: the next wait is up to 8 s
+    const before = world.sockets.length;
+    await clock.advance(100);
+    assert.equal(world.sockets.length, before, "waiting");
+    world.behave = () => "open";
+    target.dispatchEvent(new Event("online"));
+    await clock.advance(1);
+    assert.equal(world.sockets.length, before + 1, "tried at once");
+    assert.equal(client.state, "open");
+    client.close();
+    target.dispatchEvent(new Event("online"));
+    await clock.advance(60000);
+    assert.equal(
+      world.sockets.length,
+      before + 1,
+      "a closed client stays closed",
+    );
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});
