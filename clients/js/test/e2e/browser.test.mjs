@@ -393,7 +393,7 @@ test("kill and restart the server: reconnect within the backoff bounds, reset on
   ).at;
   assert.ok(lostAt - killedAt < 1000, "the loss is seen at once");
   const tries = [lostAt, ...attempts.slice(attemptsBefore)];
-  const slack = 300; // timer and process scheduling
+  const slack = 500; // timer and process scheduling on a busy machine
   for (let i = 1; i < tries.length; i++) {
     const bound = Math.min(backoff.maxMs, backoff.minMs * 2 ** (i - 1));
     assert.ok(
@@ -566,7 +566,7 @@ test("a stopped server (SIGSTOP) is detected within heartbeat interval + timeout
   );
   const bound = heartbeat.everyMs + heartbeat.timeoutMs;
   assert.ok(
-    lost.at - stoppedAt <= bound + 300,
+    lost.at - stoppedAt <= bound + 500,
     `detected after ${lost.at - stoppedAt} ms (bound ${bound})`,
   );
   assert.match(lost.x.error.message, /heartbeat/);
