@@ -218,6 +218,7 @@ type Found =
   | { ws: WebSocketLike; url: string; health: ServerInfo | undefined }
   | { refused: ClientError }
   | { reachable: string }
+  | { wrong: string }
   | undefined;
 
 interface Outcome {
@@ -357,7 +358,7 @@ export function createClient(options: ClientOptions = {}): Client {
 
   /** Opens a WebSocket to `u` and checks who answers `rpc.health`. */
   const openWs = (u: string, ms: number, strict: boolean) =>
-    new Promise<Outcome | "failed" | "timeout">((resolve) => {
+    new Promise<Outcome | "failed" | "timeout" | "identity">((resolve) => {
       let sock: WebSocketLike;
       try {
         sock = new WS!(withToken(u));
@@ -365,7 +366,7 @@ export function createClient(options: ClientOptions = {}): Client {
         return resolve("failed");
       }
       let settled = false;
-      const finish = (r: Outcome | "failed" | "timeout") => {
+      const finish = (r: Outcome | "failed" | "timeout" | "identity") => {
         if (settled) return;
         settled = true;
         T.clearTimeout(timer);
@@ -392,7 +393,8 @@ export function createClient(options: ClientOptions = {}): Client {
         }
         if (m && typeof m === "object" && "method" in m) return;
         if (m?.id !== 0) return finish("failed");
-        if (!identified(m.result, strict)) return finish("failed");
+        if (!identified(m.result, strict))
+          return finish(m.result?.name === undefined ? "failed" : "identity");
         finish({ ws: sock, url: u, health: m.result });
       };
     });
@@ -439,6 +441,7 @@ export function createClient(options: ClientOptions = {}): Client {
   ): Promise<Found> => {
     const r = await openWs(u, ms, strict);
     if (typeof r !== "string") return r as Found;
+    if (r === "identity") return { wrong: u };
     // A refused upgrade looks like any failure to a page; the GET of the same URL answers
     // readably: 403/401 refused, anything else means HTTP reaches the server.
     if (r === "timeout" || !fetchFn) return undefined;
@@ -476,6 +479,7 @@ export function createClient(options: ClientOptions = {}): Client {
       found?: Outcome;
       refused?: ClientError;
       reachable: string[];
+      wrong?: string;
     }>((resolve) => {
       const strict = !!disc;
       const ms = disc ? (disc.probeTimeoutMs ?? 2000) : openTimeout;
@@ -483,11 +487,12 @@ export function createClient(options: ClientOptions = {}): Client {
       let running = 0;
       let found: Outcome | undefined;
       let refused: ClientError | undefined;
+      let wrong: string | undefined;
       const reachable: string[] = [];
       const pump = () => {
         if (found) return;
         if (next >= urls.length && running === 0)
-          return resolve({ refused, reachable });
+          return resolve({ refused, reachable, wrong });
         // The last good port goes alone first: usually it is the one.
         const width = fixed || next === 0 ? 1 : (disc!.concurrency ?? 6);
         while (running < width && next < urls.length) {
@@ -498,6 +503,7 @@ export function createClient(options: ClientOptions = {}): Client {
               if (found) r.ws.close();
               else resolve({ found: (found = r), reachable });
             } else if (r && "refused" in r) refused ??= r.refused;
+            else if (r && "wrong" in r) wrong ??= r.wrong;
             else if (r) reachable.push(r.reachable);
             pump();
           });
@@ -509,10 +515,17 @@ export function createClient(options: ClientOptions = {}): Client {
   const connect = async () => {
     retryTimer = undefined;
     const gen = ++generation;
-    const { found, refused, reachable } = await scan(candidates());
+    const { found, refused, reachable, wrong } = await scan(candidates());
     if (gen !== generation || state === "closed") return found?.ws?.close();
     if (found?.ws) return openedWs(found.ws, found.url, found.health);
     if (refused) return stop(refused);
+    // At a URL the caller gave, another server's name is worth saying (while scanning, it is
+    // what the check is for).
+    if (wrong && fixed)
+      emit(
+        "error",
+        new ClientError("identity", `${wrong} is not the server named ${name}`),
+      );
     if (useHttp && transport !== "http") {
       for (const u of reachable) {
         try {
@@ -579,6 +592,12 @@ export function createClient(options: ClientOptions = {}): Client {
     server = health;
     transport = "http";
     setState("open");
+    const e = new ClientError(
+      "unavailable",
+      "subscriptions need a WebSocket; only HTTP is up",
+    );
+    for (const t of topics.values())
+      t.waiters.splice(0).forEach(([, rej]) => rej(e));
     flush();
     // Keep trying the WebSocket, which subscriptions need.
     retry();
@@ -840,12 +859,18 @@ export function createClient(options: ClientOptions = {}): Client {
     const sock = ws;
     send(names.subscribe, params).then(
       (r) => {
-        if (sock !== ws || topics.get(t.topic) !== t) return;
         const res = (typeof r === "string" ? { subscription: r } : r) as {
           subscription: string;
           seq?: number;
           epoch?: number;
         };
+        if (sock !== ws) return;
+        if (topics.get(t.topic) !== t) {
+          // Given up while the answer was on its way: do not leave it subscribed.
+          if (!topics.has(t.topic))
+            send(names.unsubscribe, [res.subscription]).catch(() => {});
+          return;
+        }
         if (
           res.epoch !== undefined &&
           t.epoch !== undefined &&
@@ -908,6 +933,7 @@ export function createClient(options: ClientOptions = {}): Client {
         ]);
       }).catch((e) => {
         own.listeners.delete(fn);
+        if (!own.listeners.size && !own.active) topics.delete(topic);
         throw e;
       });
     }

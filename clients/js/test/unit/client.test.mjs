@@ -447,3 +447,40 @@ test("the browser's online event cuts a long backoff short", async () => {
     delete globalThis.removeEventListener;
   }
 });
+
+test("at a given URL, a server with another name is reported and not used", async () => {
+  const world = new World();
+  world.health = { status: "ok", name: "someone-else" };
+  const { clock, client } = setup({ name: "wallet", http: false }, world);
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  await clock.advance(5000);
+  assert.notEqual(client.state, "open");
+  assert.ok(errors.length >= 1);
+  assert.equal(errors[0].kind, "identity");
+  client.close();
+});
+
+test("a subscription waiting for the connection is told when only HTTP comes up", async () => {
+  const world = new World();
+  world.behave = () => "refuse";
+  const fetch = async (_url, init) =>
+    init?.method
+      ? new Response(
+          JSON.stringify({
+            jsonrpc: "2.0",
+            id: 0,
+            result: { status: "ok", name: "wsrpc" },
+          }),
+        )
+      : new Response("", { status: 426 });
+  const { clock, client } = setup({ fetch }, world);
+  const waiting = assert.rejects(
+    client.subscribe("t", () => {}),
+    (e) => e.kind === "unavailable",
+  );
+  await clock.advance(1);
+  await waiting;
+  assert.equal(client.transport, "http");
+  client.close();
+});
