@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::auth::{AuthPolicy, MessageSigner};
 use crate::hub::{Hub, HubConfig, PublishError, Published};
 use crate::limit::{LimitConfig, OriginLimiter};
-use crate::metrics::{Health, MethodId, Metrics, Snapshot};
+use crate::metrics::{Health, MethodId, Metrics, PubSubInfo, Snapshot};
 use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
 use crate::time::Now;
@@ -56,6 +56,8 @@ pub struct HttpConfig {
     pub metrics_path: String,
     /// Keep an idle HTTP connection open this long between requests [30 s].
     pub keep_alive_timeout: Duration,
+    /// Fixed `GET` answers for exact paths (a demo page, its script) [none].
+    pub routes: Vec<crate::http::StaticRoute>,
 }
 
 impl Default for HttpConfig {
@@ -65,14 +67,21 @@ impl Default for HttpConfig {
             health_path: "/health".into(),
             metrics_path: "/metrics".into(),
             keep_alive_timeout: Duration::from_secs(30),
+            routes: Vec::new(),
         }
     }
 }
+
+/// The server name [`ServiceConfig::name`] has unless set.
+pub const DEFAULT_SERVER_NAME: &str = "wsrpc";
 
 /// Everything configurable about a server, with DESIGN.md defaults.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServiceConfig {
+    /// The name `rpc.health` and `GET /health` report ["wsrpc"]; a client scanning a port
+    /// range accepts a port only when it answers with the name it expects.
+    pub name: String,
     /// WebSocket limits and timers (the handshake timeout also bounds an HTTP request).
     pub ws: ws::Config,
     /// JSON-RPC limits.
@@ -95,6 +104,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
+            name: DEFAULT_SERVER_NAME.into(),
             ws: ws::Config::default(),
             rpc: RpcConfig::default(),
             http: HttpConfig::default(),
@@ -110,6 +120,7 @@ impl Default for ServiceConfig {
 impl std::fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceConfig")
+            .field("name", &self.name)
             .field("ws", &self.ws)
             .field("rpc", &self.rpc)
             .field("http", &self.http)
@@ -169,7 +180,10 @@ impl Service {
     ) -> Arc<Self> {
         let mut metrics = Metrics::new(now.mono);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
-        let hub = Hub::new(config.hub.clone(), now.wall.as_nanos_u64());
+        // Microseconds: clients echo the epoch back, and JavaScript numbers are exact only up
+        // to 2^53 (nanoseconds since 1970 are above it; microseconds stay below until 2255).
+        let hub =
+            Hub::new(config.hub.clone(), u64::try_from(now.wall.0.as_micros()).unwrap_or(u64::MAX));
         let limit_config = Arc::new(config.limits.clone());
         let origin_limiter = OriginLimiter::new(limit_config.clone());
         let mut ws_config = config.ws.clone();
@@ -244,9 +258,21 @@ impl Service {
         self.hub.publish(topic, value)
     }
 
-    /// The health document served as `rpc.health` and `GET /health`.
+    /// The health document served as `rpc.health` and `GET /health`: the metrics' health
+    /// with the server's name and its subscription protocol.
     pub fn health(&self, now: Instant) -> Health {
-        self.snapshot(now).health()
+        let mut health = self.metrics.health(now);
+        health.name.clone_from(&self.config.name);
+        let m = &self.hub.config().methods;
+        health.pubsub = Some(PubSubInfo::new(
+            &m.subscribe,
+            &m.unsubscribe,
+            &m.notification,
+            (&m.lagged, &m.gap),
+            m.eth_style,
+            self.hub.epoch(),
+        ));
+        health
     }
 
     /// The metrics snapshot served as `rpc.metrics` and `GET /metrics`.
@@ -623,6 +649,23 @@ impl<L> ServerBuilder<L> {
     /// JSON-RPC limits.
     pub fn rpc(mut self, rpc: RpcConfig) -> Self {
         self.config.rpc = rpc;
+        self
+    }
+
+    /// The name `rpc.health` reports, which port-scanning clients check.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Answers `GET path` (and `HEAD`) with `body` as `content_type`.
+    pub fn static_route(
+        mut self,
+        path: impl Into<String>,
+        content_type: impl Into<String>,
+        body: impl Into<Arc<[u8]>>,
+    ) -> Self {
+        self.config.http.routes.push(crate::http::StaticRoute::new(path, content_type, body));
         self
     }
 

@@ -488,6 +488,62 @@ fn origin_policy_and_cors() {
 }
 
 #[test]
+fn refusals_are_readable_by_the_refused_page_and_get_probes_the_upgrade() {
+    let mut config = ServiceConfig::default();
+    config.auth.authenticator = Some(Arc::new(StaticToken::new("svc", "s3cret")));
+    config.auth.require_auth = true;
+    let svc = service(config);
+    // A refused origin learns it was refused (CORS echo on the 403), and nothing else.
+    let mut h = Http::new(&svc);
+    let r = h
+        .request(b"GET /?token=s3cret HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n");
+    assert_eq!(r[0].status, 403);
+    assert_eq!(r[0].header("access-control-allow-origin"), Some("https://evil.example"));
+    assert_eq!(r[0].header("vary"), Some("Origin"));
+    assert_eq!(r[0].body, b"origin not allowed\n");
+    // A garbled origin is never echoed.
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example/path\r\n\r\n");
+    assert_eq!((r[0].status, r[0].header("access-control-allow-origin")), (403, None));
+    // GET of the WebSocket URL: 401 for a bad token, 426 when the upgrade would be admitted.
+    let mut h = Http::new(&svc);
+    let r = h
+        .request(b"GET /?token=wrong HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:3000\r\n\r\n");
+    assert_eq!(r[0].status, 401);
+    assert_eq!(r[0].header("access-control-allow-origin"), Some("http://localhost:3000"));
+    let mut h = Http::new(&svc);
+    let r = h.request(
+        b"GET /?token=s3cret HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:3000\r\n\r\n",
+    );
+    assert_eq!(r[0].status, 426);
+    assert_eq!(r[0].header("access-control-allow-origin"), Some("http://localhost:3000"));
+}
+
+#[test]
+fn static_routes_answer_get_and_head_only() {
+    let mut config = ServiceConfig::default();
+    config.http.routes.push(wsrpc_core::http::StaticRoute::new(
+        "/demo",
+        "text/html; charset=utf-8",
+        &b"<!doctype html><p>demo</p>"[..],
+    ));
+    let svc = service(config);
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET /demo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].status, 200);
+    assert_eq!(r[0].header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r[0].body, b"<!doctype html><p>demo</p>");
+    let r = h.request(b"POST /demo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!((r[0].status, r[0].header("allow")), (405, Some("GET, HEAD")));
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET /demo HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n");
+    assert_eq!(r[0].status, 403, "the origin policy applies to static routes");
+    let mut h = Http::new(&svc);
+    let r = h.request(b"GET /demo/other HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r[0].status, 404);
+}
+
+#[test]
 fn bearer_tokens_on_http_and_query_tokens_on_upgrade() {
     let mut config = ServiceConfig::default();
     config.auth.authenticator = Some(Arc::new(StaticToken::new("alice", "s3cret")));

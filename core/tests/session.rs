@@ -400,6 +400,64 @@ fn eth_style_subscriptions() {
     assert_eq!(json_outs(&outs)[0]["result"], true);
 }
 
+#[test]
+fn eth_style_resume_extension_answers_with_the_position_and_replays_since() {
+    let mut config = hub_config();
+    config.hub.methods = wsrpc_core::hub::SubscriptionMethods::eth();
+    let mut h = Harness::new(config, Router::new());
+    let epoch = h.service.hub().epoch();
+    for n in 1..=3 {
+        h.service.publish("newHeads", &json!({"number": n})).unwrap();
+    }
+    // `since: null` asks for the position (an object answer), without replay.
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(&mut s, call("eth_subscribe", json!(["newHeads", {"since": null}]), 1));
+    let r = json_outs(&outs)[0]["result"].clone();
+    assert_eq!((r["seq"].as_u64(), r["epoch"].as_u64()), (Some(3), Some(epoch)), "{r}");
+    assert!(r["subscription"].as_str().unwrap().starts_with("0x"));
+    assert_eq!(outs.len(), 1, "nothing replayed without since");
+    // A resubscription with since and the same epoch gets exactly what followed.
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) =
+        h.send(&mut s, call("eth_subscribe", json!(["newHeads", {"since": 1, "epoch": epoch}]), 2));
+    let seqs: Vec<_> =
+        json_outs(&outs)[1..].iter().map(|n| n["params"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3]);
+    // Another epoch (the server restarted): the whole buffer, the client resets.
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(
+        &mut s,
+        call("eth_subscribe", json!(["newHeads", {"since": 3, "epoch": epoch + 1}]), 3),
+    );
+    assert_eq!(json_outs(&outs)[0]["result"]["epoch"], epoch);
+    assert_eq!(outs.len(), 4, "seq 1..=3 replayed");
+    // A bad since is an invalid-params error, and a standard call keeps the bare id.
+    let (outs, _) = h.send(&mut s, call("eth_subscribe", json!(["newHeads", {"since": "x"}]), 4));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32602);
+    let (outs, _) = h.send(&mut s, call("eth_subscribe", json!(["newHeads", {}]), 5));
+    assert!(json_outs(&outs)[0]["result"].is_string());
+}
+
+#[test]
+fn health_names_the_server_and_its_subscription_protocol() {
+    let mut config = hub_config();
+    config.name = "wsrpc-wallet-bridge".into();
+    config.hub.methods = wsrpc_core::hub::SubscriptionMethods::eth();
+    let mut h = Harness::new(config, Router::new());
+    let mut s = h.session(None, Principal::anonymous());
+    let (outs, _) = h.send(&mut s, json!({"jsonrpc": "2.0", "method": "rpc.health", "id": 1}));
+    let r = &json_outs(&outs)[0]["result"];
+    assert_eq!(r["name"], "wsrpc-wallet-bridge");
+    assert_eq!(r["pubsub"]["subscribe"], "eth_subscribe");
+    assert_eq!(r["pubsub"]["gap"], "eth_subscriptionGap");
+    assert_eq!(r["pubsub"]["eth_style"], true);
+    // The epoch fits a JavaScript number exactly (clients echo it back).
+    let epoch = r["pubsub"]["epoch"].as_u64().unwrap();
+    assert_eq!(epoch, h.service.hub().epoch());
+    assert_eq!(epoch, 1_700_000_000_000_000);
+    assert!(epoch < 1 << 53);
+}
+
 fn limited_config() -> ServiceConfig {
     let mut config = ServiceConfig::default();
     config.limits = LimitConfig::default();

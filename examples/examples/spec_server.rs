@@ -3,8 +3,9 @@
 //! and HTTP POST on one port, with default limits and policies (the specification's methods
 //! in the read-only rate class), so any conformance client can be pointed at it.
 //!
-//! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking`
-//! (prints `listening on ADDR` once ready).
+//! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking
+//! [--ticks-ms MS]` (prints `listening on ADDR` once ready). With `--ticks-ms`, `{"n": N}` is
+//! published to the topic `ticks` at that interval, for subscription clients.
 
 use std::net::SocketAddr;
 
@@ -22,6 +23,15 @@ fn main() {
         }
     };
     println!("listening on {}", server.local_addr());
+    if let Some(ms) = wsrpc_examples::arg("--ticks-ms").and_then(|v| v.parse::<u64>().ok()) {
+        let service = server.service().clone();
+        wsrpc_examples::spawn_ticker(
+            move |n| {
+                let _ = service.publish("ticks", &serde_json::json!({ "n": n }));
+            },
+            std::time::Duration::from_millis(ms.max(1)),
+        );
+    }
     // The server runs on its adapter's own threads until the process is stopped.
     loop {
         std::thread::park();

@@ -132,6 +132,15 @@ impl SpecServer {
             Self::Blocking(s) => s.local_addr(),
         }
     }
+
+    /// The shared state, for publishing.
+    pub fn service(&self) -> &std::sync::Arc<wsrpc_core::service::Service> {
+        match self {
+            Self::Smol(s) => s.service(),
+            Self::AsyncStd(s) => s.service(),
+            Self::Blocking(s) => s.service(),
+        }
+    }
 }
 
 /// The port from `--port`, or 0 (any free port).

@@ -82,6 +82,15 @@ impl OriginPolicy {
         };
         echo.then_some(trimmed)
     }
+
+    /// The value for `Access-Control-Allow-Origin` on a refusal (403, 401): the request's
+    /// origin when it is well-formed, so the page can read why it was refused and stop
+    /// retrying (a browser hides the status of a refused WebSocket handshake). The answer
+    /// carries nothing but the refusal.
+    pub fn refusal_origin_header<'o>(&self, origin: Option<&'o str>) -> Option<&'o str> {
+        let trimmed = origin?.trim_matches([' ', '\t']);
+        parse_origin(trimmed).is_some().then_some(trimmed)
+    }
 }
 
 /// The origins an [`OriginPolicy::AllowList`] allows.

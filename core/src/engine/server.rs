@@ -428,7 +428,9 @@ impl ServerConnection {
         };
         if let Err(e) = config.auth.origin.check(origin) {
             self.service.metrics().record_error(ErrorKind::Auth);
-            return self.respond_auth_error(&e, meta);
+            // Readable by the refused page, so a client stops retrying (see `refusal_origin_header`).
+            let allow_origin = config.auth.origin.refusal_origin_header(origin).map(str::to_owned);
+            return self.respond_auth_error(&e, HttpMeta { allow_origin, ..meta });
         }
         let path = request.path();
         let method = request.method();
@@ -460,12 +462,30 @@ impl ServerConnection {
                 meta,
             );
         }
+        if let Some(route) = crate::http::routes::find(&config.http.routes, path) {
+            if !matches!(method, "GET" | "HEAD") {
+                return self.respond_error_allow(405, "GET, HEAD", meta);
+            }
+            let (body, content_type) = (route.body.clone(), route.content_type.clone());
+            return self.respond(200, &[("Content-Type", &content_type)], &body, meta);
+        }
         if path != config.http.rpc_path {
             return self.respond_error(404, "not found", meta);
         }
         match method {
             "POST" => {}
             "GET" | "HEAD" => {
+                // A browser cannot see why an upgrade was refused; this GET of the same URL
+                // tells it readably: 401 for bad credentials, 426 when the upgrade would pass.
+                let creds = self.credentials(&request, now);
+                if let Err(e) = crate::auth::principal_for(
+                    config.auth.authenticator.as_deref(),
+                    config.auth.require_auth,
+                    &creds,
+                ) {
+                    // Counted as an auth error by its status, in `respond_error_with`.
+                    return self.respond_auth_error(&e, HttpMeta { keep_alive: false, ..meta });
+                }
                 return self.respond_error_with(
                     426,
                     "use a WebSocket upgrade or POST a JSON-RPC request",

@@ -4,5 +4,7 @@
 pub mod body;
 pub mod head;
 pub mod response;
+pub mod routes;
 
 pub use head::{HeadBuffer, HeadLimits, Headers, RequestHead, ResponseHead};
+pub use routes::StaticRoute;

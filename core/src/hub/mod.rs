@@ -36,7 +36,9 @@ pub struct SubscriptionMethods {
     /// The notice for a resubscription whose `since` is older than the replay buffer.
     pub gap: String,
     /// `eth_subscribe` style: the subscribe result is the bare subscription id, and the
-    /// first param names the topic (`["newHeads"]`).
+    /// first param names the topic (`["newHeads"]`). wsrpc's resume extension: a second
+    /// param with a `since` key (`["newHeads", {"since": N|null, "epoch": E}]`) replays as
+    /// `since` does and answers with the full `{subscription, topic, seq, epoch}` object.
     pub eth_style: bool,
 }
 

@@ -217,6 +217,7 @@ impl Metrics {
     }
 
     /// Whether the server is up, at `now`; cheaper than a snapshot (no lock, no allocation).
+    /// `name` and `pubsub` are left for the service to fill in.
     pub fn health(&self, now: Instant) -> Health {
         let (active, _) = Counters::read_open(
             &self.counters.connections_total,
@@ -227,6 +228,8 @@ impl Metrics {
             uptime_seconds: self.uptime(now).as_secs_f64(),
             connections_active: active,
             port: self.port(),
+            name: String::new(),
+            pubsub: None,
         }
     }
 }

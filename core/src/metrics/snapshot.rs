@@ -112,10 +112,15 @@ pub struct LatencyStats {
     pub p99_us: u64,
 }
 
-/// Whether the server is up; the small view for `GET /health` and `rpc.health`.
+/// Whether the server is up, and which server it is; the small view for `GET /health` and
+/// `rpc.health`.
 ///
-/// In JSON: `{"status": "ok", "uptime_seconds": 12.5, "connections_active": 1, "port": 8766}`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// In JSON: `{"status": "ok", "uptime_seconds": 12.5, "connections_active": 1, "port": 8766,
+/// "name": "wsrpc", "pubsub": {"subscribe": "subscribe", "unsubscribe": "unsubscribe",
+/// "notification": "subscription", "lagged": "lagged", "gap": "gap", "eth_style": false,
+/// "epoch": 1700000000000000}}`. A client scanning ports checks `name` before it trusts a
+/// port; `pubsub` tells it how to subscribe without being configured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Health {
     /// Always [`HealthStatus::Ok`] while the registry answers.
@@ -126,6 +131,55 @@ pub struct Health {
     pub connections_active: u64,
     /// The port the server is bound to, once known.
     pub port: Option<u16>,
+    /// The server's configured name; empty when read from a bare [`Metrics`](super::Metrics)
+    /// registry (the service fills it in).
+    #[serde(default)]
+    pub name: String,
+    /// The subscription protocol of the server; absent from a bare registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<PubSubInfo>,
+}
+
+/// How to subscribe on a server, as [`Health::pubsub`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PubSubInfo {
+    /// The subscribe method (`subscribe`, `eth_subscribe`).
+    pub subscribe: String,
+    /// The unsubscribe method.
+    pub unsubscribe: String,
+    /// The method of notifications carrying published values.
+    pub notification: String,
+    /// The method of the notice for notifications dropped from a slow consumer's outbox.
+    pub lagged: String,
+    /// The method of the notice for replay older than the buffer.
+    pub gap: String,
+    /// `eth_subscribe` style: positional params (`[topic, {"since": N, "epoch": E}]`).
+    pub eth_style: bool,
+    /// The hub's epoch: sequence numbers restart when it changes (a server restart).
+    pub epoch: u64,
+}
+
+impl PubSubInfo {
+    /// The info for these method names and epoch.
+    pub fn new(
+        subscribe: &str,
+        unsubscribe: &str,
+        notification: &str,
+        (lagged, gap): (&str, &str),
+        eth_style: bool,
+        epoch: u64,
+    ) -> Self {
+        Self {
+            subscribe: subscribe.into(),
+            unsubscribe: unsubscribe.into(),
+            notification: notification.into(),
+            lagged: lagged.into(),
+            gap: gap.into(),
+            eth_style,
+            epoch,
+        }
+    }
 }
 
 /// The `status` of a [`Health`] report, in JSON a snake_case string.
@@ -145,6 +199,8 @@ impl Snapshot {
             uptime_seconds: self.uptime_seconds,
             connections_active: self.connections.active,
             port: self.port,
+            name: String::new(),
+            pubsub: None,
         }
     }
 }
@@ -252,10 +308,11 @@ mod tests {
     #[test]
     fn health_is_small_and_says_ok() {
         let health = busy_snapshot().health();
-        let value = serde_json::to_value(health).unwrap();
+        let value = serde_json::to_value(&health).unwrap();
         assert_eq!(
             value,
-            json!({"status": "ok", "uptime_seconds": 1.5, "connections_active": 1, "port": 8766})
+            json!({"status": "ok", "uptime_seconds": 1.5, "connections_active": 1, "port": 8766,
+                "name": ""})
         );
         assert_eq!(serde_json::from_value::<Health>(value).unwrap(), health);
         assert!(serde_json::from_value::<HealthStatus>(json!("Ok")).is_err());

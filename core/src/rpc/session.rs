@@ -603,12 +603,30 @@ impl RpcSession {
         let service = self.service.clone();
         let hub = service.hub();
         let cfg = hub.config();
+        // In the eth style, `[name, {"since": N|null, "epoch": E}]` is wsrpc's resume
+        // extension: only a client that sends `since` gets the full object answer below.
+        let mut eth_resume = false;
         let (topic, since, epoch): (String, Option<u64>, Option<u64>) = if cfg.methods.eth_style {
             let v: Vec<serde_json::Value> = params.parse()?;
-            match v.first().and_then(|t| t.as_str()) {
-                Some(t) => (t.to_owned(), None, None),
-                None => return Err(RpcError::invalid_params("[0]: expected a subscription name")),
-            }
+            let Some(t) = v.first().and_then(|t| t.as_str()) else {
+                return Err(RpcError::invalid_params("[0]: expected a subscription name"));
+            };
+            let (since, epoch) = match v.get(1).and_then(|o| o.get("since")) {
+                Some(since) => {
+                    eth_resume = true;
+                    let number = |v: Option<&serde_json::Value>, what: &str| match v {
+                        None | Some(serde_json::Value::Null) => Ok(None),
+                        Some(n) => n.as_u64().map(Some).ok_or_else(|| {
+                            RpcError::invalid_params(format!(
+                                "[1].{what}: expected an unsigned integer"
+                            ))
+                        }),
+                    };
+                    (number(Some(since), "since")?, number(v[1].get("epoch"), "epoch")?)
+                }
+                None => (None, None),
+            };
+            (t.to_owned(), since, epoch)
         } else {
             #[derive(serde::Deserialize)]
             struct Sub {
@@ -650,7 +668,7 @@ impl RpcSession {
                 service.metrics().subscription_opened();
                 self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
                 log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?}", self.ctx.connection);
-                if cfg.methods.eth_style {
+                if cfg.methods.eth_style && !eth_resume {
                     return serde_json::value::to_raw_value(&*sub.key.subscription)
                         .map_err(RpcError::internal);
                 }
@@ -659,7 +677,7 @@ impl RpcSession {
             }
         };
         // Already subscribed: the same id again, nothing replayed twice.
-        if cfg.methods.eth_style {
+        if cfg.methods.eth_style && !eth_resume {
             return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
         }
         let v = serde_json::json!({ "subscription": &*key.subscription, "topic": topic, "epoch": hub.epoch() });
