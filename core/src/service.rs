@@ -17,7 +17,7 @@ use crate::ws;
 /// `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the 16 MiB limit).
 pub const DEFAULT_ASSEMBLY_BUDGET: u64 = 256 << 20;
 
-/// JSON-RPC limits (DESIGN.md defaults).
+/// JSON-RPC limits; the defaults are in brackets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RpcConfig {
@@ -68,7 +68,7 @@ impl Default for HttpConfig {
     }
 }
 
-/// Everything configurable about a server, with DESIGN.md defaults.
+/// Everything configurable about a server; each part documents its defaults.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServiceConfig {
@@ -321,7 +321,7 @@ pub enum Bind {
 }
 
 impl Default for Bind {
-    /// DESIGN.md: 127.0.0.1, ports 8766..=8800.
+    /// 127.0.0.1, ports 8766..=8800 tried in order.
     fn default() -> Self {
         Self::Range {
             ip: core::net::IpAddr::V4(core::net::Ipv4Addr::LOCALHOST),

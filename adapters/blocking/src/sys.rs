@@ -2,7 +2,7 @@
 //! a connection thread waits on its socket's readiness *and* a deadline in one call, and the
 //! notifier waits on the sockets of slow consumers. This is the crate's only `unsafe` code.
 //!
-//! Why it is worth it (DESIGN.md: unsafe only for a measured need). The server used to give
+//! Why it is worth it (`unsafe` only for a measured need). The server used to give
 //! each connection a reader thread (blocking `read`, chunks over a channel) and a driver
 //! thread: every request crossed two threads, and two threads per connection exhausted
 //! `vm.max_map_count` near 8,180 connections. With `poll` the one connection thread reads,

@@ -63,7 +63,7 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Exponential backoff with jitter for reconnecting (DESIGN.md: 1 s doubling to 30 s).
+/// Exponential backoff with jitter for reconnecting (defaults: 1 s doubling to 30 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
     /// The first delay.
