@@ -113,3 +113,103 @@ fn handler_errors_with_their_own_detail_still_reach_the_peer() {
     let v: Value = serde_json::from_str(&got[0]).unwrap();
     assert_eq!(v["error"]["data"]["why"], "because", "only internal errors lose their detail");
 }
+
+/// The members of a response a signature covers, as the exact text on the wire.
+#[derive(serde::Deserialize)]
+struct SignedResponse<'a> {
+    #[serde(borrow)]
+    error: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    id: &'a serde_json::value::RawValue,
+    sig: String,
+}
+
+#[test]
+fn every_error_response_is_signed_and_counted_as_sent() {
+    use wsrpc_core::auth::MessageSigner;
+    use wsrpc_core::limit::{MethodClass, Rate};
+    let signer = MessageSigner::new("shared key");
+    let mut config = ServiceConfig::default();
+    config.signing = Some(signer.clone());
+    config.rpc.max_request_size = 1024;
+    config.rpc.max_inflight_async = 1;
+    config.limits.classes = config
+        .limits
+        .classes
+        .clone()
+        .with_method("scarce", MethodClass::Sensitive)
+        .with_tiers(MethodClass::Sensitive, &[Rate::per_hour(1)]);
+    let mut r = Router::new();
+    r.method("scarce", |(): (), _| Ok(1))
+        .method("fail", |(): (), _| Err::<(), _>(RpcError::server(-32042, "custom")))
+        .async_method("later", |(): (), _| async { Ok(2) });
+    let (service, mut s, now) = session(config.clone(), r);
+    let signed = |method: &str, id: u64| {
+        let sig = signer.sign_request(method, &id.to_string(), "null");
+        format!(r#"{{"jsonrpc":"2.0","method":"{method}","id":{id},"sig":"{sig}"}}"#)
+    };
+    // Uses up the one token of `scarce` and the one async slot.
+    assert_eq!(exchange(&mut s, now, &signed("scarce", 1)).len(), 1);
+    s.handle_message(now, signed("later", 2).as_bytes());
+    assert!(matches!(s.poll_output(), Some(SessionOutput::Spawn(..))));
+    let too_large =
+        format!(r#"{{"jsonrpc":"2.0","method":"x","params":["{}"],"id":3}}"#, "a".repeat(2000));
+    let cases = [
+        ("parse error", "{not json".to_owned(), -32700),
+        ("request too large", too_large, -32005),
+        ("invalid request", r#"{"jsonrpc":"1.0","method":"scarce","id":4}"#.to_owned(), -32600),
+        ("bad signature", r#"{"jsonrpc":"2.0","method":"scarce","id":5}"#.to_owned(), -32004),
+        ("method not found", signed("nope", 6), -32601),
+        ("rate limited", signed("scarce", 7), -32005),
+        ("too many async calls", signed("later", 8), -32005),
+        ("handler error", signed("fail", 9), -32042),
+    ];
+    for (what, request, code) in cases {
+        let sent_before = service.snapshot(now).messages.sent;
+        let got = exchange(&mut s, now, &request);
+        assert_eq!(got.len(), 1, "{what}: {got:?}");
+        let v: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(v["error"]["code"], code, "{what}: {}", got[0]);
+        let r: SignedResponse<'_> =
+            serde_json::from_str(&got[0]).unwrap_or_else(|e| panic!("{what}: {e}: {}", got[0]));
+        signer
+            .verify_response(r.id.get(), r.error.get(), &r.sig)
+            .unwrap_or_else(|e| panic!("{what}: {e:?}: {}", got[0]));
+        assert_eq!(service.snapshot(now).messages.sent, sent_before + 1, "{what} counted as sent");
+    }
+    // The per-message rate limit, on a service of its own.
+    config.limits.message_rate = Some(Rate::per_hour(1));
+    let (service, mut s, now) = session(config, Router::new());
+    exchange(&mut s, now, &signed("nope", 1));
+    let got = exchange(&mut s, now, &signed("nope", 2));
+    let r: SignedResponse<'_> = serde_json::from_str(&got[0]).unwrap();
+    assert!(r.error.get().contains("-32005"), "{}", got[0]);
+    signer.verify_response(r.id.get(), r.error.get(), &r.sig).expect("signed");
+    assert_eq!(service.snapshot(now).messages.sent, 2);
+}
+
+#[test]
+fn answered_limit_rejections_are_counted_as_limit_errors() {
+    use wsrpc_core::limit::{MethodClass, Rate};
+    let mut config = ServiceConfig::default();
+    config.rpc.max_inflight_async = 1;
+    config.limits.classes = config
+        .limits
+        .classes
+        .clone()
+        .with_method("scarce", MethodClass::Sensitive)
+        .with_tiers(MethodClass::Sensitive, &[Rate::per_hour(1)]);
+    let mut r = Router::new();
+    r.method("scarce", |(): (), _| Ok(1)).async_method("later", |(): (), _| async { Ok(2) });
+    let (service, mut s, now) = session(config, r);
+    let limit_errors = || service.snapshot(now).errors["limit_exceeded"];
+    exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"scarce","id":1}"#);
+    s.handle_message(now, br#"{"jsonrpc":"2.0","method":"later","id":2}"#);
+    assert!(matches!(s.poll_output(), Some(SessionOutput::Spawn(..))));
+    assert_eq!(limit_errors(), 0);
+    exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"scarce","id":3}"#);
+    assert_eq!(limit_errors(), 1, "a call over its rate");
+    exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"later","id":4}"#);
+    assert_eq!(limit_errors(), 2, "an async call over the in-flight cap");
+    assert_eq!(service.snapshot(now).rate_limited, 2);
+}

@@ -315,7 +315,7 @@ impl RpcSession {
 
     fn push_error(&mut self, id: Option<&RawValue>, e: &RpcError) {
         let mut out = Vec::new();
-        message::write_error(&mut out, id, e);
+        self.write_error_response(&mut out, id, e);
         self.out.push_back(SessionOutput::Message(out));
     }
 
@@ -348,7 +348,7 @@ impl RpcSession {
         log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
         if let Some(id) = req.id {
             let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
-            message::write_error(
+            self.write_failure(
                 out,
                 Some(id),
                 &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
@@ -383,7 +383,7 @@ impl RpcSession {
             Ok(req) => req,
             Err(invalid) => {
                 metrics.record_error(ErrorKind::InvalidRequest);
-                message::write_error(out, invalid.id, &invalid.error);
+                self.write_error_response(out, invalid.id, &invalid.error);
                 return false;
             }
         };
@@ -406,7 +406,7 @@ impl RpcSession {
             if signer.verify_request(&req.method, id_raw, params_raw, sig).is_err() {
                 metrics.record_error(ErrorKind::Auth);
                 if let Some(id) = req.id {
-                    message::write_error(
+                    self.write_error_response(
                         out,
                         Some(id),
                         &RpcError::new(error::BAD_SIGNATURE, "Bad signature"),
@@ -445,7 +445,7 @@ impl RpcSession {
         let Some(method) = service.router().get(&req.method) else {
             metrics.record_error(ErrorKind::MethodNotFound);
             if let Some(id) = req.id {
-                message::write_error(out, Some(id), &RpcError::method_not_found());
+                self.write_error_response(out, Some(id), &RpcError::method_not_found());
             }
             return false;
         };
@@ -479,7 +479,7 @@ impl RpcSession {
                 if self.pending.len() >= max {
                     metrics.call_rate_limited();
                     if let Some(id) = req.id {
-                        message::write_error(
+                        self.write_failure(
                             out,
                             Some(id),
                             &RpcError::count_limit("async calls in flight", max),
@@ -574,9 +574,15 @@ impl RpcSession {
         let _ = start;
     }
 
+    /// Counts the error by its code, then answers it.
     fn write_failure(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
         self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
-        let start = out.len();
+        self.write_error_response(out, id, e);
+    }
+
+    /// Writes an error response, signed and counted as sent like a result: every error on
+    /// the wire goes through here (the caller counts the error itself).
+    fn write_error_response(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
         message::write_error(out, id, e);
         if let Some(signer) = self.service.config().signing.as_ref() {
             let mut body = Vec::new();
@@ -588,7 +594,6 @@ impl RpcSession {
             insert_sig(out, &sig);
         }
         self.service.metrics().message_sent();
-        let _ = start;
     }
 
     fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
