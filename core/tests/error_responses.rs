@@ -213,3 +213,39 @@ fn answered_limit_rejections_are_counted_as_limit_errors() {
     assert_eq!(limit_errors(), 2, "an async call over the in-flight cap");
     assert_eq!(service.snapshot(now).rate_limited, 2);
 }
+
+#[test]
+fn a_panicking_handler_is_answered_with_internal_error_and_the_session_lives_on() {
+    capture_logs();
+    let mut r = Router::new();
+    r.method("explode", |(n,): (u32,), _| -> Result<u32, RpcError> {
+        panic!("index {n} out of range in the quote table")
+    })
+    .method("add", |(a, b): (i64, i64), _| Ok(a + b))
+    // Its code before the first `.await` runs in the core too.
+    .async_method("explode_later", |(): (), _| -> std::future::Ready<Result<(), RpcError>> {
+        panic!("async handler set-up failed")
+    });
+    let (service, mut s, now) = session(ServiceConfig::default(), r);
+    let internal = r#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":1}"#;
+    let got = exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"explode","params":[7],"id":1}"#);
+    assert_eq!(got, [internal]);
+    assert!(logged("wsrpc::rpc", "index 7 out of range in the quote table"));
+    let got = exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":2}"#);
+    assert_eq!(got, [r#"{"jsonrpc":"2.0","result":5,"id":2}"#]);
+    // A notification gets nothing; a batch keeps its other answers.
+    let got = exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"explode","params":[8]}"#);
+    assert!(got.is_empty());
+    let got = exchange(
+        &mut s,
+        now,
+        r#"[{"jsonrpc":"2.0","method":"explode","params":[9],"id":1},{"jsonrpc":"2.0","method":"add","params":[1,1],"id":3}]"#,
+    );
+    assert_eq!(got, [format!(r#"[{internal},{{"jsonrpc":"2.0","result":2,"id":3}}]"#)]);
+    let got = exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"explode_later","id":1}"#);
+    assert_eq!(got, [internal]);
+    assert!(logged("wsrpc::rpc", "async handler set-up failed"));
+    let got = exchange(&mut s, now, r#"{"jsonrpc":"2.0","method":"add","params":[4,4],"id":4}"#);
+    assert_eq!(got, [r#"{"jsonrpc":"2.0","result":8,"id":4}"#]);
+    assert_eq!(service.snapshot(now).errors["internal"], 4);
+}

@@ -457,11 +457,13 @@ impl RpcSession {
         match &method.handler {
             Handler::Sync(f) => {
                 let start = service.clock_now().unwrap_or(now);
+                let ctx = &self.ctx;
+                let call = |o: &mut Vec<u8>| unwind_to_error(&req.method, || f(params, ctx, o));
                 match req.id {
                     // The result is serialized straight into the response.
-                    Some(id) => self.write_result_of(out, id, |o| f(params, &self.ctx, o)),
+                    Some(id) => self.write_result_of(out, id, call),
                     None => {
-                        if let Err(e) = f(params, &self.ctx, &mut Vec::new()) {
+                        if let Err(e) = call(&mut Vec::new()) {
                             metrics.record_error(ErrorKind::from_rpc_code(e.code));
                         }
                     }
@@ -487,7 +489,8 @@ impl RpcSession {
                     }
                     return false;
                 }
-                match f(params, &self.ctx) {
+                // The handler's code before its first `.await` runs here, in the core.
+                match unwind_to_error(&req.method, || f(params, &self.ctx)) {
                     Ok(fut) => {
                         let call = self.next_call;
                         self.next_call += 1;
@@ -721,6 +724,23 @@ fn subscribe_error(e: SubscribeError) -> RpcError {
         }
         e => RpcError::invalid_params(e),
     }
+}
+
+/// Runs handler code; a panic becomes -32603 (its message logged), so it never unwinds into
+/// the adapter and the connection lives on. Handlers only see the call's context and output
+/// buffer, and a failed call's partial output is discarded, so nothing half-updated remains.
+fn unwind_to_error<T>(
+    method: &str,
+    call: impl FnOnce() -> Result<T, RpcError>,
+) -> Result<T, RpcError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        Err(RpcError::internal(format_args!("handler {method} panicked: {why}")))
+    })
 }
 
 /// Adds `,"sig":"<hex>"` before the final `}` of a response object.
