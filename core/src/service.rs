@@ -13,8 +13,9 @@ use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
 use crate::ws;
 
-/// Bytes all connections of a service may hold in unfinished WebSocket messages, unless
-/// `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the 16 MiB limit).
+/// Bytes all connections of a service may hold in unfinished WebSocket messages and HTTP
+/// request bodies, unless `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the
+/// 16 MiB limit).
 pub const DEFAULT_ASSEMBLY_BUDGET: u64 = 256 << 20;
 
 /// JSON-RPC limits; the defaults are in brackets.

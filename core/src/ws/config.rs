@@ -33,7 +33,8 @@ pub struct Config {
     /// Subprotocols a server accepts, in order of preference.
     pub subprotocols: Vec<String>,
     /// A byte budget shared with other connections for unfinished messages [none here; a
-    /// server's `Service` shares one of 256 MiB among its connections unless one is set].
+    /// server's `Service` shares one of 256 MiB among its connections, and their HTTP
+    /// request bodies, unless one is set].
     pub assembly_budget: Option<super::AssemblyBudget>,
 }
 
