@@ -14,11 +14,12 @@ use crate::rpc::router::ConnectionId;
 use crate::time::Now;
 use crate::ws;
 
-/// Bytes all connections of a service may hold in unfinished WebSocket messages, unless
-/// `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the 16 MiB limit).
+/// Bytes all connections of a service may hold in unfinished WebSocket messages and HTTP
+/// request bodies, unless `ws.assembly_budget` sets a budget: 256 MiB (16 messages at the
+/// 16 MiB limit).
 pub const DEFAULT_ASSEMBLY_BUDGET: u64 = 256 << 20;
 
-/// JSON-RPC limits (DESIGN.md defaults).
+/// JSON-RPC limits; the defaults are in brackets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RpcConfig {
@@ -75,7 +76,7 @@ impl Default for HttpConfig {
 /// The server name [`ServiceConfig::name`] has unless set.
 pub const DEFAULT_SERVER_NAME: &str = "wsrpc";
 
-/// Everything configurable about a server, with DESIGN.md defaults.
+/// Everything configurable about a server; each part documents its defaults.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServiceConfig {
@@ -385,7 +386,7 @@ pub enum Bind {
 }
 
 impl Default for Bind {
-    /// DESIGN.md: 127.0.0.1, ports 8766..=8800.
+    /// 127.0.0.1, ports 8766..=8800 tried in order.
     fn default() -> Self {
         Self::Range {
             ip: core::net::IpAddr::V4(core::net::Ipv4Addr::LOCALHOST),

@@ -597,3 +597,78 @@ mod case10_misc {
         assert_eq!(rc.echoed(), vec![payload]);
     }
 }
+
+/// A protocol violation ends frame processing at once, wherever in a frame it is found.
+mod first_failure_is_final {
+    use super::*;
+    use wsrpc_core::ws::Event;
+
+    /// Violations caught by each stage of reading a frame, each followed by frames that would
+    /// produce output or events of their own (a ping, a message, a bad close, a close).
+    fn violations() -> Vec<(&'static str, Vec<u8>, CloseCode)> {
+        vec![
+            (
+                "header: reserved bits",
+                raw_frame(0xC1, Some(KEY), b"x", 0),
+                CloseCode::PROTOCOL_ERROR,
+            ),
+            ("frame start: stray continuation", cframe(true, 0x0, b"x"), CloseCode::PROTOCOL_ERROR),
+            ("payload: invalid UTF-8", text(b"caf\xC3\x28 mid-frame"), CloseCode::INVALID_PAYLOAD),
+            ("frame end: bad close code", close_frame(999, b""), CloseCode::PROTOCOL_ERROR),
+            ("frame end: truncated UTF-8", text(b"caf\xC3"), CloseCode::INVALID_PAYLOAD),
+        ]
+    }
+
+    fn trailing_frames() -> Vec<u8> {
+        let mut wire = cframe(true, 0x9, b"ping after");
+        wire.extend(text(b"message after"));
+        wire.extend(raw_frame(0xF2, Some(KEY), b"second violation", 0));
+        wire.extend(close_frame(1000, b""));
+        wire
+    }
+
+    #[test]
+    fn one_close_and_no_events_after_a_violation_in_one_read() {
+        for close_sent in [false, true] {
+            for (what, bad, code) in violations() {
+                let mut rc = RawClient::default_config();
+                if close_sent {
+                    rc.server.close(rc.now, CloseCode::GOING_AWAY, "bye").unwrap();
+                    rc.collect();
+                    rc.frames.clear();
+                }
+                let mut wire = text(b"before");
+                wire.extend(&bad);
+                wire.extend(trailing_frames());
+                // First the message before the violation, as a drive loop would take it.
+                let used = rc.server.handle_input(rc.now, &wire);
+                let mut events = Vec::new();
+                while let Some(e) = rc.server.poll_event() {
+                    events.push(e);
+                }
+                assert!(matches!(events[..], [Event::Message(_)]), "{what}: {events:?}");
+                // Then the rest, in one call: consumed whole, one close, nothing more.
+                assert_eq!(rc.server.handle_input(rc.now, &wire[used..]), wire.len() - used);
+                while let Some(e) = rc.server.poll_event() {
+                    events.push(e);
+                }
+                let closes: Vec<_> = events[1..]
+                    .iter()
+                    .map(|e| match e {
+                        Event::Closed(c) => c.code,
+                        other => panic!("{what}: only a close after the violation: {other:?}"),
+                    })
+                    .collect();
+                assert_eq!(closes, [code], "{what}, close sent first: {close_sent}");
+                rc.collect();
+                let sent: Vec<OpCode> = rc.frames.iter().map(|f| f.opcode).collect();
+                let expect_sent: &[OpCode] = if close_sent { &[] } else { &[OpCode::Close] };
+                assert_eq!(sent, expect_sent, "{what}, close sent first: {close_sent}");
+                if !close_sent {
+                    assert_eq!(rc.sent_close(), Some(code.0), "{what}");
+                }
+                assert!(!rc.server.is_open() && rc.server.error().is_some(), "{what}");
+            }
+        }
+    }
+}

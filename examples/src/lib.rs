@@ -66,7 +66,7 @@ pub fn spec_router() -> Router {
     r
 }
 
-/// The rate tokens of `spec_server`: the DESIGN.md defaults, with the specification's methods
+/// The rate tokens of `spec_server`: the default tiers, with the specification's methods
 /// (pure arithmetic and no-ops) in the read-only class (20/s, 200/min, 2,000/h per connection)
 /// rather than the default one (10/s), so a conformance client running the section 7 examples
 /// over one connection is not throttled, while a flood still is.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::{ConnEvent, Endpoint, HandlerResult, Input, Now, Outgoing, Output, Stall, Transmit};
 use crate::auth::{AuthError, Credentials, Principal, token_param};
-use crate::http::body::BodyReader;
+use crate::http::body::{BodyError, BodyReader};
 use crate::http::head::{HeadBuffer, RequestHead};
 use crate::http::response::write_response;
 use crate::metrics::{ErrorKind, PROMETHEUS_CONTENT_TYPE};
@@ -379,7 +379,13 @@ impl ServerConnection {
             }
             Err(e) => {
                 let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
-                self.respond_error(e.status(), &e.to_string(), meta);
+                // The shared budget is spent: a limit (503 is not counted by its status).
+                if e == BodyError::BudgetExhausted {
+                    self.service.metrics().record_error(ErrorKind::LimitExceeded);
+                }
+                let retry: Vec<_> =
+                    e.retry_after().map(|s| ("Retry-After", s)).into_iter().collect();
+                self.respond_error_with(e.status(), &e.to_string(), &retry, meta);
                 data.len()
             }
         }
@@ -576,7 +582,8 @@ impl ServerConnection {
             }
         };
         let body = match body {
-            Ok(b) => b,
+            // Bodies share the budget of unfinished WebSocket messages.
+            Ok(b) => b.charged_to(self.service.ws_config().assembly_budget.as_ref()),
             Err(e) => {
                 return self.respond_error(
                     e.status(),

@@ -1,5 +1,8 @@
 //! HTTP/1.1 message bodies: `Content-Length` and `chunked`, bounded while they arrive.
 
+use crate::ws::AssemblyBudget;
+use crate::ws::budget::Reservation;
+
 /// Why a body could not be read; each maps to a status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -11,6 +14,9 @@ pub enum BodyError {
     },
     /// Malformed chunked encoding, or conflicting length headers (400).
     Malformed(&'static str),
+    /// The budget shared with other connections' unfinished bodies and WebSocket messages is
+    /// spent (503, try again later).
+    BudgetExhausted,
 }
 
 impl BodyError {
@@ -19,6 +25,15 @@ impl BodyError {
         match self {
             Self::TooLarge { .. } => 413,
             Self::Malformed(_) => 400,
+            Self::BudgetExhausted => 503,
+        }
+    }
+
+    /// The `Retry-After` value to answer with, when waiting helps.
+    pub fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Self::BudgetExhausted => Some("1"),
+            _ => None,
         }
     }
 }
@@ -28,6 +43,9 @@ impl std::fmt::Display for BodyError {
         match self {
             Self::TooLarge { max } => write!(f, "body larger than {max} bytes"),
             Self::Malformed(why) => write!(f, "malformed body: {why}"),
+            Self::BudgetExhausted => {
+                f.write_str("server busy: too many request bodies in progress")
+            }
         }
     }
 }
@@ -74,6 +92,10 @@ pub struct BodyReader {
     body: Vec<u8>,
     max: usize,
     mode: Mode,
+    /// The shared budget the body is charged to, and what it holds of it (given back when
+    /// the reader is dropped or turned into its body).
+    budget: Option<AssemblyBudget>,
+    reservation: Reservation,
 }
 
 #[derive(Debug)]
@@ -92,7 +114,13 @@ impl BodyReader {
         if len > max {
             return Err(BodyError::TooLarge { max });
         }
-        Ok(Self { body: Vec::with_capacity(len.min(64 * 1024)), max, mode: Mode::Length(len) })
+        Ok(Self {
+            body: Vec::with_capacity(len.min(64 * 1024)),
+            max,
+            mode: Mode::Length(len),
+            budget: None,
+            reservation: Reservation::default(),
+        })
     }
 
     /// A chunked body of at most `max` bytes once decoded.
@@ -101,7 +129,18 @@ impl BodyReader {
             body: Vec::new(),
             max,
             mode: Mode::Chunked(Chunked::Size { value: 0, digits: 0, in_ext: false, line: 0 }),
+            budget: None,
+            reservation: Reservation::default(),
         }
+    }
+
+    /// Charges the body's memory to `budget`, the one unfinished WebSocket messages use,
+    /// beyond its first 64 KiB; a body the budget cannot cover fails with
+    /// [`BodyError::BudgetExhausted`].
+    #[must_use]
+    pub fn charged_to(mut self, budget: Option<&AssemblyBudget>) -> Self {
+        self.budget = budget.cloned();
+        self
     }
 
     /// Takes bytes of `data`; returns how many were used, and whether the body is complete.
@@ -109,6 +148,7 @@ impl BodyReader {
         match &mut self.mode {
             Mode::Length(len) => {
                 let take = (*len - self.body.len()).min(data.len());
+                charge(&mut self.reservation, self.budget.as_ref(), &self.body, take)?;
                 self.body.extend_from_slice(&data[..take]);
                 Ok((take, self.body.len() == *len))
             }
@@ -117,6 +157,7 @@ impl BodyReader {
                 while at < data.len() && *state != Chunked::Done {
                     if let Chunked::Data { remaining } = *state {
                         let take = remaining.min(data.len() - at);
+                        charge(&mut self.reservation, self.budget.as_ref(), &self.body, take)?;
                         self.body.extend_from_slice(&data[at..at + take]);
                         at += take;
                         *state = if take == remaining {
@@ -146,6 +187,19 @@ impl BodyReader {
     pub fn into_body(self) -> Vec<u8> {
         self.body
     }
+}
+
+/// Makes sure `reservation` covers the capacity `body` will have once `more` bytes are
+/// appended (a `Vec` grows to at least twice its capacity), before that memory is taken.
+fn charge(
+    reservation: &mut Reservation,
+    budget: Option<&AssemblyBudget>,
+    body: &Vec<u8>,
+    more: usize,
+) -> Result<(), BodyError> {
+    let (len, capacity) = (body.len(), body.capacity());
+    let after = if len + more > capacity { (len + more).max(2 * capacity) } else { capacity };
+    if reservation.cover(budget, after as u64) { Ok(()) } else { Err(BodyError::BudgetExhausted) }
 }
 
 /// One byte of the chunked framing (everything but chunk data).
@@ -269,6 +323,27 @@ mod tests {
             assert_eq!(body, b"Wikipedia in\r\n\r\nchunks.");
             assert_eq!(used, wire.len() - 4, "chop {chop}");
         }
+    }
+
+    #[test]
+    fn bodies_are_charged_beyond_their_first_64_kib_and_give_it_back() {
+        const KIB: usize = 1024;
+        let budget = AssemblyBudget::new(128 * KIB as u64);
+        let mut a = BodyReader::with_length(100 * KIB, 1 << 20).unwrap().charged_to(Some(&budget));
+        assert_eq!(a.push(&[b'a'; 64 * KIB]).unwrap(), (64 * KIB, false));
+        assert_eq!(budget.used(), 0, "the first 64 KiB are free");
+        assert_eq!(a.push(&[b'a'; KIB]).unwrap(), (KIB, false));
+        assert_eq!(budget.used(), 64 * KIB as u64, "the buffer doubled to 128 KiB");
+        let mut b = BodyReader::chunked(1 << 20).charged_to(Some(&budget));
+        let mut wire = b"30000\r\n".to_vec();
+        wire.extend_from_slice(&[b'b'; 0x30000]);
+        let err = b.push(&wire).unwrap_err();
+        assert_eq!((err.status(), err.retry_after()), (503, Some("1")));
+        drop(b);
+        assert_eq!(budget.used(), 64 * KIB as u64);
+        assert_eq!(a.push(&[b'a'; 35 * KIB]).unwrap(), (35 * KIB, true));
+        assert_eq!(a.into_body().len(), 100 * KIB);
+        assert_eq!(budget.used(), 0, "a complete body holds nothing");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use crate::ws::HandshakeError;
 
-/// Limits on a message head (DESIGN.md defaults: 8 KiB, 64 header lines).
+/// Limits on a message head (defaults: 8 KiB, 64 header lines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadLimits {
     /// Largest head in bytes, request line and blank line included.

@@ -69,7 +69,7 @@ impl SubscriptionMethods {
     }
 }
 
-/// Hub configuration; defaults from DESIGN.md.
+/// Hub configuration; the defaults are in brackets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HubConfig {

@@ -44,7 +44,7 @@ pub enum SlowConsumer {
     Close,
 }
 
-/// Bounds of one outbox (DESIGN.md: 1024 messages and 4 MiB).
+/// Bounds of one outbox (defaults: 1024 messages and 4 MiB, drop oldest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboxLimits {
     /// Most queued notifications.

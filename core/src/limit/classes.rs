@@ -57,7 +57,7 @@ impl fmt::Display for MethodClass {
 
 /// Maps method names to [`MethodClass`]es and holds each class's tiers.
 ///
-/// Start from [`default`](Self::default) (every method is `Default`, DESIGN.md tiers) or
+/// Start from [`default`](Self::default) (every method is `Default`, the tiers listed there) or
 /// [`eth_wallet`](Self::eth_wallet), adjust with the `with_*` builders, then call
 /// [`class_of`](Self::class_of) per call: an exact name wins, then the longest matching
 /// prefix, then [`MethodClass::Default`]. A class with no tiers is not limited.
@@ -82,7 +82,7 @@ pub struct MethodClasses {
 }
 
 impl Default for MethodClasses {
-    /// No method mapped; tiers from DESIGN.md: sensitive 1/s, 10/min, 100/h; read-only 20/s,
+    /// No method mapped; tiers: sensitive 1/s, 10/min, 100/h; read-only 20/s,
     /// 200/min, 2000/h; connection 5/s, 20/min, 100/h; default 10/s, 100/min, 1000/h.
     fn default() -> Self {
         let tiers = |second, minute, hour| -> Box<[Rate]> {

@@ -33,7 +33,7 @@ pub struct LimitConfig {
 }
 
 impl Default for LimitConfig {
-    /// DESIGN.md defaults: per origin and per connection, no message rate, 10,000 origin
+    /// Defaults: per origin and per connection, no message rate, 10,000 origin
     /// keys, close after 100 consecutive rejections.
     fn default() -> Self {
         Self {

@@ -186,7 +186,7 @@ pub fn encode_params(params: impl serde::Serialize) -> Result<Option<Box<RawValu
     Ok(if raw.get() == "null" { None } else { Some(raw) })
 }
 
-/// Exponential backoff with jitter for reconnecting [1 s doubling to 30 s].
+/// Exponential backoff with jitter for reconnecting (defaults: 1 s doubling to 30 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
     /// The first delay.

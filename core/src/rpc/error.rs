@@ -70,9 +70,11 @@ impl RpcError {
         Self::new(INVALID_PARAMS, format!("Invalid params: {detail}"))
     }
 
-    /// -32603 internal error.
+    /// -32603 internal error. The detail goes to the log (target `wsrpc::rpc`), never to the
+    /// peer: it may describe the server's insides.
     pub fn internal(detail: impl fmt::Display) -> Self {
-        Self::new(INTERNAL_ERROR, "Internal error").with_data(detail.to_string())
+        log::error!(target: "wsrpc::rpc", "internal error: {detail}");
+        Self::new(INTERNAL_ERROR, "Internal error")
     }
 
     /// A server error in -32000..=-32099.
@@ -169,6 +171,16 @@ mod tests {
         RpcError::new(1, "quote \" and \\ and \n").write_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["message"], "quote \" and \\ and \n");
+    }
+
+    #[test]
+    fn internal_errors_keep_their_detail_off_the_wire() {
+        let mut out = Vec::new();
+        RpcError::internal("connection to 10.0.0.7:5432 refused").write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"code":-32603,"message":"Internal error"}"#
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl RpcSession {
 
     fn push_error(&mut self, id: Option<&RawValue>, e: &RpcError) {
         let mut out = Vec::new();
-        message::write_error(&mut out, id, e);
+        self.write_error_response(&mut out, id, e);
         self.out.push_back(SessionOutput::Message(out));
     }
 
@@ -349,7 +349,7 @@ impl RpcSession {
         log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
         if let Some(id) = req.id {
             let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
-            message::write_error(
+            self.write_failure(
                 out,
                 Some(id),
                 &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
@@ -384,7 +384,7 @@ impl RpcSession {
             Ok(req) => req,
             Err(invalid) => {
                 metrics.record_error(ErrorKind::InvalidRequest);
-                message::write_error(out, invalid.id, &invalid.error);
+                self.write_error_response(out, invalid.id, &invalid.error);
                 return false;
             }
         };
@@ -407,7 +407,7 @@ impl RpcSession {
             if signer.verify_request(&req.method, id_raw, params_raw, sig).is_err() {
                 metrics.record_error(ErrorKind::Auth);
                 if let Some(id) = req.id {
-                    message::write_error(
+                    self.write_error_response(
                         out,
                         Some(id),
                         &RpcError::new(error::BAD_SIGNATURE, "Bad signature"),
@@ -446,7 +446,7 @@ impl RpcSession {
         let Some(method) = service.router().get(&req.method) else {
             metrics.record_error(ErrorKind::MethodNotFound);
             if let Some(id) = req.id {
-                message::write_error(out, Some(id), &RpcError::method_not_found());
+                self.write_error_response(out, Some(id), &RpcError::method_not_found());
             }
             return false;
         };
@@ -458,11 +458,13 @@ impl RpcSession {
         match &method.handler {
             Handler::Sync(f) => {
                 let start = service.clock_now().unwrap_or(now);
+                let ctx = &self.ctx;
+                let call = |o: &mut Vec<u8>| unwind_to_error(&req.method, || f(params, ctx, o));
                 match req.id {
                     // The result is serialized straight into the response.
-                    Some(id) => self.write_result_of(out, id, |o| f(params, &self.ctx, o)),
+                    Some(id) => self.write_result_of(out, id, call),
                     None => {
-                        if let Err(e) = f(params, &self.ctx, &mut Vec::new()) {
+                        if let Err(e) = call(&mut Vec::new()) {
                             metrics.record_error(ErrorKind::from_rpc_code(e.code));
                         }
                     }
@@ -480,7 +482,7 @@ impl RpcSession {
                 if self.pending.len() >= max {
                     metrics.call_rate_limited();
                     if let Some(id) = req.id {
-                        message::write_error(
+                        self.write_failure(
                             out,
                             Some(id),
                             &RpcError::count_limit("async calls in flight", max),
@@ -488,7 +490,8 @@ impl RpcSession {
                     }
                     return false;
                 }
-                match f(params, &self.ctx) {
+                // The handler's code before its first `.await` runs here, in the core.
+                match unwind_to_error(&req.method, || f(params, &self.ctx)) {
                     Ok(fut) => {
                         let call = self.next_call;
                         self.next_call += 1;
@@ -575,9 +578,15 @@ impl RpcSession {
         let _ = start;
     }
 
+    /// Counts the error by its code, then answers it.
     fn write_failure(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
         self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
-        let start = out.len();
+        self.write_error_response(out, id, e);
+    }
+
+    /// Writes an error response, signed and counted as sent like a result: every error on
+    /// the wire goes through here (the caller counts the error itself).
+    fn write_error_response(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
         message::write_error(out, id, e);
         if let Some(signer) = self.service.config().signing.as_ref() {
             let mut body = Vec::new();
@@ -589,7 +598,6 @@ impl RpcSession {
             insert_sig(out, &sig);
         }
         self.service.metrics().message_sent();
-        let _ = start;
     }
 
     fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
@@ -735,6 +743,23 @@ fn subscribe_error(e: SubscribeError) -> RpcError {
         }
         e => RpcError::invalid_params(e),
     }
+}
+
+/// Runs handler code; a panic becomes -32603 (its message logged), so it never unwinds into
+/// the adapter and the connection lives on. Handlers only see the call's context and output
+/// buffer, and a failed call's partial output is discarded, so nothing half-updated remains.
+fn unwind_to_error<T>(
+    method: &str,
+    call: impl FnOnce() -> Result<T, RpcError>,
+) -> Result<T, RpcError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        Err(RpcError::internal(format_args!("handler {method} panicked: {why}")))
+    })
 }
 
 /// Adds `,"sig":"<hex>"` before the final `}` of a response object.

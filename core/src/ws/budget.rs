@@ -18,9 +18,9 @@ struct Shared {
 }
 
 /// A budget for message bytes being assembled, shared by the connections whose
-/// [`Config`](super::Config) carries it. A message that would take it over its limit is
-/// refused with close 1013 (try again later); what is reserved is given back when the message
-/// is complete or dropped.
+/// [`Config`](super::Config) carries it (a server's HTTP request bodies draw on it too). A
+/// message that would take it over its limit is refused with close 1013 (try again later), a
+/// body with 503; what is reserved is given back when the message is complete or dropped.
 #[derive(Clone, Debug)]
 pub struct AssemblyBudget(Arc<Shared>);
 

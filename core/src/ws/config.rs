@@ -6,7 +6,7 @@ use crate::http::head::HeadLimits;
 
 /// Configuration shared by connections (wrap it in an `Arc` to share one copy).
 ///
-/// Defaults follow DESIGN.md: 16 MiB frames and messages, 8 KiB and 64 header lines for the
+/// Defaults: 16 MiB frames and messages, 8 KiB and 64 header lines for the
 /// handshake, a 10 s handshake timeout, a ping every 30 s of silence with 30 s to answer, no
 /// idle timeout and 5 s for the closing handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +33,8 @@ pub struct Config {
     /// Subprotocols a server accepts, in order of preference.
     pub subprotocols: Vec<String>,
     /// A byte budget shared with other connections for unfinished messages [none here; a
-    /// server's `Service` shares one of 256 MiB among its connections unless one is set].
+    /// server's `Service` shares one of 256 MiB among its connections, and their HTTP
+    /// request bodies, unless one is set].
     pub assembly_budget: Option<super::AssemblyBudget>,
 }
 

@@ -786,24 +786,13 @@ impl Connection {
     fn read_frames(&mut self, now: Instant, data: &[u8], events_before: usize) -> usize {
         let mut at = 0;
         while at < data.len() {
-            if self.rx.frame.is_none() {
-                match self.read_header(&data[at..]) {
-                    Ok(Some(used)) => at += used,
-                    Ok(None) => return data.len(),
-                    Err(e) => self.fail(e),
-                }
-                if let Err(e) = self.start_frame() {
+            match self.read_frame_step(now, &data[at..]) {
+                Ok(Some(used)) => at += used,
+                Ok(None) => return data.len(),
+                // The first violation ends reading: the rest is discarded unseen.
+                Err(e) => {
                     self.fail(e);
-                }
-            } else {
-                match self.read_payload(&data[at..]) {
-                    Ok(used) => at += used,
-                    Err(e) => self.fail(e),
-                }
-            }
-            if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
-                if let Err(e) = self.end_frame(now) {
-                    self.fail(e);
+                    return data.len();
                 }
             }
             if !self.state.reads_frames() {
@@ -814,6 +803,27 @@ impl Connection {
             }
         }
         at
+    }
+
+    /// Reads a frame header or payload bytes of the frame in progress from `data`, and ends
+    /// the frame when its payload is complete. Returns the bytes used, or `None` when `data`
+    /// was all taken into an unfinished header.
+    fn read_frame_step(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+    ) -> Result<Option<usize>, ProtocolError> {
+        let used = if self.rx.frame.is_none() {
+            let Some(used) = self.read_header(data)? else { return Ok(None) };
+            self.start_frame()?;
+            used
+        } else {
+            self.read_payload(data)?
+        };
+        if self.rx.frame.as_ref().is_some_and(|f| f.remaining == 0) {
+            self.end_frame(now)?;
+        }
+        Ok(Some(used))
     }
 
     /// Decodes a header, from `data` directly when it holds one whole, else through the
