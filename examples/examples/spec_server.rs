@@ -3,8 +3,9 @@
 //! and HTTP POST on one port, with default limits and policies (the specification's methods
 //! in the read-only rate class), so any conformance client can be pointed at it.
 //!
-//! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking`
-//! (prints `listening on ADDR` once ready).
+//! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking [--compression]`
+//! (prints `listening on ADDR` once ready). `--compression` accepts permessage-deflate with
+//! its defaults.
 
 use std::net::SocketAddr;
 
@@ -14,7 +15,11 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let addr = SocketAddr::from(([127, 0, 0, 1], wsrpc_examples::port_arg()));
     let adapter = wsrpc_examples::arg("--adapter").unwrap_or_else(|| "smol".into());
-    let server = match SpecServer::start(&adapter, addr) {
+    let mut ws = wsrpc_core::ws::Config::default();
+    if wsrpc_examples::flag("--compression") {
+        ws.enable_compression();
+    }
+    let server = match SpecServer::start_with(&adapter, addr, ws) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("spec_server: {e}");
