@@ -511,10 +511,13 @@ impl Connection {
     pub fn send(&mut self, now: Instant, message: Message) -> Result<(), SendError> {
         self.check_can_send()?;
         let opcode = message.kind.opcode();
-        if self.deflate.is_some() || message.data.len() < ZERO_COPY_THRESHOLD {
-            return self.send_data(now, opcode, &message.data);
+        match self.compress(&message.data) {
+            Some(compressed) => self.queue_owned_frame(opcode, 4, compressed),
+            None if message.data.len() < ZERO_COPY_THRESHOLD => {
+                self.queue_frame(true, opcode, &message.data)
+            }
+            None => self.queue_owned_frame(opcode, 0, message.data),
         }
-        self.queue_owned_frame(opcode, 0, message.data);
         self.note_sent(now);
         Ok(())
     }
@@ -635,16 +638,20 @@ impl Connection {
 
     fn send_data(&mut self, now: Instant, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.check_can_send()?;
-        match self.deflate.as_mut().and_then(|d| d.compress(payload)) {
-            Some(compressed) => {
-                let d = self.deflate.as_ref().expect("compressed with it");
-                d.counters().sent(payload.len(), compressed.len());
-                self.queue_owned_frame(opcode, 4, compressed);
-            }
+        match self.compress(payload) {
+            Some(compressed) => self.queue_owned_frame(opcode, 4, compressed),
             None => self.queue_frame(true, opcode, payload),
         }
         self.note_sent(now);
         Ok(())
+    }
+
+    /// The payload of a compressed message (counted), or `None` to send it as it is.
+    fn compress(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let d = self.deflate.as_mut()?;
+        let compressed = d.compress(payload)?;
+        d.counters().sent(payload.len(), compressed.len());
+        Some(compressed)
     }
 
     /// Queues one final frame with an owned payload: masked in place and, when large, queued

@@ -227,24 +227,24 @@ impl CompressionCounters {
 /// Idle contexts shared by the connections of one configuration.
 #[derive(Default)]
 struct Shared {
-    deflaters: Mutex<Vec<(u8, u32, Compress)>>,
-    inflaters: Mutex<Vec<Decompress>>,
+    deflaters: Mutex<Vec<(u8, u32, Box<Compress>)>>,
+    inflaters: Mutex<Vec<Box<Decompress>>>,
 }
 
 impl Shared {
-    fn take_deflater(&self, window: u8, level: u32) -> Compress {
+    fn take_deflater(&self, window: u8, level: u32) -> Box<Compress> {
         let mut idle = self.deflaters.lock().unwrap_or_else(PoisonError::into_inner);
         match idle.iter().position(|(w, l, _)| *w == window && *l == level) {
             Some(i) => idle.swap_remove(i).2,
             None => {
                 drop(idle);
-                Compress::new_with_window_bits(Compression::new(level), false, window)
+                Box::new(Compress::new_with_window_bits(Compression::new(level), false, window))
             }
         }
     }
 
     /// Takes back a context after use; it is reset first (zlib clears its 128 KiB hash).
-    fn give_deflater(&self, window: u8, level: u32, mut ctx: Compress) {
+    fn give_deflater(&self, window: u8, level: u32, mut ctx: Box<Compress>) {
         ctx.reset();
         let mut idle = self.deflaters.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < POOL_IDLE {
@@ -252,14 +252,14 @@ impl Shared {
         }
     }
 
-    fn take_inflater(&self) -> Decompress {
+    fn take_inflater(&self) -> Box<Decompress> {
         let ctx = self.inflaters.lock().unwrap_or_else(PoisonError::into_inner).pop();
         // Always a 15-bit window: it inflates any smaller one, zlib-rs allocates 32 KiB
         // anyway, and only at 15 bits is its reset free of a reallocation.
-        ctx.unwrap_or_else(|| Decompress::new_with_window_bits(false, MAX_WINDOW))
+        ctx.unwrap_or_else(|| Box::new(Decompress::new_with_window_bits(false, MAX_WINDOW)))
     }
 
-    fn give_inflater(&self, mut ctx: Decompress) {
+    fn give_inflater(&self, mut ctx: Box<Decompress>) {
         ctx.reset(false);
         let mut idle = self.inflaters.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < POOL_IDLE {
@@ -529,11 +529,12 @@ impl Sink<'_> {
 pub(crate) struct PerMessageDeflate {
     config: DeflateConfig,
     params: Negotiated,
-    /// This endpoint's compressor when it uses context takeover (made on first use).
-    tx: Option<Compress>,
+    /// This endpoint's compressor when it uses context takeover (made on first use). Boxed,
+    /// like `rx`: a connection without contexts stays small.
+    tx: Option<Box<Compress>>,
     /// The peer's messages' inflater: for the message in progress, or kept between messages
     /// under context takeover.
-    rx: Option<Decompress>,
+    rx: Option<Box<Decompress>>,
     tx_window: Option<u8>,
     tx_takeover: bool,
     rx_takeover: bool,
@@ -618,12 +619,16 @@ impl PerMessageDeflate {
         let level = self.config.level();
         if self.tx_takeover {
             let ctx = self.tx.get_or_insert_with(|| {
-                Compress::new_with_window_bits(Compression::new(level), false, window)
+                Box::new(Compress::new_with_window_bits(Compression::new(level), false, window))
             });
             // Under context takeover the peer's window holds what we compressed, so the
             // output is sent whatever its size.
             let out = deflate_message(ctx, payload, usize::MAX);
             self.config.counters.compressions.fetch_add(1, Ordering::Relaxed);
+            if out.is_none() {
+                // Half a message went into the context and none to the peer: start afresh.
+                self.tx = None;
+            }
             return out;
         }
         compress_pooled(&self.config, window, payload)
