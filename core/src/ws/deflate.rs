@@ -225,6 +225,8 @@ impl CompressionCounters {
 }
 
 /// Idle contexts shared by the connections of one configuration.
+// Boxed in the pool too: a context moves between the pool and a connection's box as is.
+#[allow(clippy::vec_box)]
 #[derive(Default)]
 struct Shared {
     deflaters: Mutex<Vec<(u8, u32, Box<Compress>)>>,
