@@ -21,7 +21,9 @@ fn main() -> std::io::Result<()> {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             ex.spawn(async move {
-                let _ = echo(stream).await;
+                if let Err(e) = echo(stream).await {
+                    eprintln!("soketto peer: connection ended: {e}");
+                }
             })
             .detach();
         }

@@ -464,12 +464,11 @@ pub fn validate_response<'a>(
         }
         None => MAX_WINDOW,
     };
+    // Our offer carried a value, which binds us whatever the answer (RFC 7692 §7.1.2.2: the
+    // server may ignore it and answer a larger one).
     let offered_client = clamp_window(config.client_max_window_bits);
     let client_window = match answer.client_max_window_bits {
-        Some(Some(v)) if v > offered_client => {
-            return Err(ExtensionResponseError::WindowAboveOffer("client_max_window_bits"));
-        }
-        Some(Some(v)) => v,
+        Some(Some(v)) => v.min(offered_client),
         _ => offered_client,
     };
     if config.server_no_context_takeover && !answer.server_no_context_takeover {
@@ -912,6 +911,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n.client_max_window_bits, 8);
+        // A larger client window than offered: the offer's value still binds the client.
+        let n = ok("permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=15")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.client_max_window_bits, 12);
         assert_eq!(validate_response(Some(&c), []), Ok(None));
         use ExtensionResponseError as E;
         let cases: &[(&str, E)] = &[
@@ -932,10 +936,6 @@ mod tests {
             (
                 "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits",
                 E::InvalidValue("client_max_window_bits"),
-            ),
-            (
-                "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits=13",
-                E::WindowAboveOffer("client_max_window_bits"),
             ),
             (
                 "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; foo",
