@@ -154,6 +154,33 @@ pub fn node_ws_compressed<A: Adapter>() {
     assert_compressed(&*server, &out);
 }
 
+/// Our compressing client (each adapter's) against a Python `websockets` server, which
+/// negotiates permessage-deflate by default: a large call answered, compressed both ways.
+pub fn client_against_python_websockets_server<A: Adapter>() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/server.py");
+    let mut child = Command::new(peers_dir().join("venv/bin/python"))
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python server starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    let port: u16 = first.strip_prefix("listening ").expect("listening PORT").parse().unwrap();
+    let mut options = wsrpc_core::rpc::client::ClientOptions::default();
+    options.ws.enable_compression();
+    let client = A::connect(&format!("ws://127.0.0.1:{port}/"), options).expect("connects");
+    let big = json!({"rows": vec![json!({"price": 40000.5, "qty": 1.5, "side": "buy"}); 200]});
+    assert_eq!(client.call("echo", big.clone()).unwrap(), big);
+    let negotiated = lines.next().expect("a line").unwrap();
+    assert_eq!(negotiated, "extensions permessage-deflate", "the server's view");
+    client.close();
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
 pub fn node_ws<A: Adapter>() {
     let (server, _p) = start_with_publisher::<A>();
     let out = run_peer("node".into(), "client.js", &server.url(), true);
@@ -238,6 +265,10 @@ macro_rules! interop_tests {
             #[test]
             fn node_ws_compressed() {
                 super::node_ws_compressed::<$adapter>();
+            }
+            #[test]
+            fn client_against_python_websockets_server() {
+                super::client_against_python_websockets_server::<$adapter>();
             }
             #[test]
             fn async_tungstenite_client() {
