@@ -11,7 +11,7 @@
 #   WSRPC_AUTOBAHN_DIR          install dir for the testsuite (default ~/.cache/wsrpc/autobahn)
 #   WSRPC_AUTOBAHN_SERVER_PORT  port of our echo server          (default 9001)
 #   WSRPC_AUTOBAHN_CLIENT_PORT  port of the wstest fuzzingserver (default 9002)
-#   WSRPC_AUTOBAHN_TIMEOUT      seconds allowed for each wstest / client run (default 1200)
+#   WSRPC_AUTOBAHN_TIMEOUT      seconds allowed for each wstest / client run (default 2700)
 #   WSRPC_PYTHON2               path to a python2.7 interpreter (default: found via pyenv)
 #   WSRPC_AUTOBAHN_NO_BUILD     if set, skip `cargo build` and use the existing binaries
 #   WSRPC_AUTOBAHN_SERIAL       if set, run the server and client roles one after the other
@@ -34,7 +34,7 @@ case "$SUITE" in all | plain | deflate) ;; *) echo "usage: $0 [all|server|client
 AB_DIR=${WSRPC_AUTOBAHN_DIR:-$HOME/.cache/wsrpc/autobahn}
 SERVER_PORT=${WSRPC_AUTOBAHN_SERVER_PORT:-9001}
 CLIENT_PORT=${WSRPC_AUTOBAHN_CLIENT_PORT:-9002}
-RUN_TIMEOUT=${WSRPC_AUTOBAHN_TIMEOUT:-1200}
+RUN_TIMEOUT=${WSRPC_AUTOBAHN_TIMEOUT:-2700}
 AGENT=wsrpc
 DEFLATE_AGENT=wsrpc-deflate
 REQUIREMENTS=$ROOT/scripts/autobahn/requirements.txt
