@@ -2,7 +2,7 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|all> [--servers a,b,c] [--quick] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
@@ -15,12 +15,13 @@ mod report;
 mod runner;
 mod servers;
 mod sys;
+mod wire;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|all> [--servers a,b,c] [--quick] [--json FILE]\n\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -39,7 +40,13 @@ fn main() -> ExitCode {
             }
             let Some(kind) = args.get(1) else { return usage() };
             let fanout = args.iter().any(|a| a == "--fanout");
-            match servers::serve(kind, fanout) {
+            let payload = args
+                .iter()
+                .position(|a| a == "--payload")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            match servers::serve(kind, fanout, payload) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -67,7 +74,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "all")) => {
+        Some(
+            scenario @ ("echo" | "calls" | "fanout" | "idle" | "echo-deflate" | "fanout-deflate"
+            | "idle-deflate" | "all"),
+        ) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
             while let Some(a) = it.next() {
@@ -95,10 +105,18 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle"]
-                .into_iter()
-                .filter(|s| scenario == "all" || *s == scenario)
-                .collect();
+            let scenarios: Vec<&'static str> = [
+                "echo",
+                "calls",
+                "fanout",
+                "idle",
+                "echo-deflate",
+                "fanout-deflate",
+                "idle-deflate",
+            ]
+            .into_iter()
+            .filter(|s| scenario == "all" || *s == scenario)
+            .collect();
             match runner::run(&scenarios, &options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

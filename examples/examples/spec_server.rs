@@ -4,8 +4,9 @@
 //! in the read-only rate class), so any conformance client can be pointed at it.
 //!
 //! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking
-//! [--ticks-ms MS]` (prints `listening on ADDR` once ready). With `--ticks-ms`, `{"n": N}` is
-//! published to the topic `ticks` at that interval, for subscription clients.
+//! [--ticks-ms MS] [--compression]` (prints `listening on ADDR` once ready). With `--ticks-ms`,
+//! `{"n": N}` is published to the topic `ticks` at that interval, for subscription clients;
+//! `--compression` accepts permessage-deflate with its defaults.
 
 use std::net::SocketAddr;
 
@@ -15,7 +16,11 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let addr = SocketAddr::from(([127, 0, 0, 1], wsrpc_examples::port_arg()));
     let adapter = wsrpc_examples::arg("--adapter").unwrap_or_else(|| "smol".into());
-    let server = match SpecServer::start(&adapter, addr) {
+    let mut ws = wsrpc_core::ws::Config::default();
+    if wsrpc_examples::flag("--compression") {
+        ws.enable_compression();
+    }
+    let server = match SpecServer::start_with(&adapter, addr, ws) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("spec_server: {e}");

@@ -22,6 +22,11 @@ pub fn arg(name: &str) -> Option<String> {
     None
 }
 
+/// Whether `--name` is on the command line.
+pub fn flag(name: &str) -> bool {
+    std::env::args().skip(1).any(|a| a == name)
+}
+
 /// A fast generator seeded from the operating system, for client mask keys.
 pub fn os_seeded_entropy() -> Box<Xoshiro256> {
     let mut seed = [0u8; 8];
@@ -93,11 +98,21 @@ impl SpecServer {
     /// Starts the specification's methods (`spec_router`, `spec_limits`, every other option
     /// at its default) on `adapter` (`smol`, `async-std` or `blocking`) at `addr`.
     pub fn start(adapter: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(adapter, addr, wsrpc_core::ws::Config::default())
+    }
+
+    /// [`start`](Self::start) with WebSocket settings `ws` (for example compression on).
+    pub fn start_with(
+        adapter: &str,
+        addr: SocketAddr,
+        ws: wsrpc_core::ws::Config,
+    ) -> std::io::Result<Self> {
         Ok(match adapter {
             "smol" => Self::Smol(
                 wsrpc_smol::Server::builder()
                     .router(spec_router())
                     .limits(spec_limits())
+                    .websocket(ws)
                     .bind(addr)
                     .start()?,
             ),
@@ -105,6 +120,7 @@ impl SpecServer {
                 wsrpc_async_std::Server::builder()
                     .router(spec_router())
                     .limits(spec_limits())
+                    .websocket(ws)
                     .bind(addr)
                     .start()?,
             ),
@@ -112,6 +128,7 @@ impl SpecServer {
                 wsrpc_blocking::Server::builder()
                     .router(spec_router())
                     .limits(spec_limits())
+                    .websocket(ws)
                     .bind(addr)
                     .start()?,
             ),

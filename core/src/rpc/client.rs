@@ -314,6 +314,13 @@ impl ClientOptions {
         self
     }
 
+    /// Offers permessage-deflate with its defaults (see [`ws::deflate::DeflateConfig`]);
+    /// used when the server accepts it.
+    pub fn compression(mut self) -> Self {
+        self.ws.enable_compression();
+        self
+    }
+
     /// Another server of the same service: reconnects rotate through the URL given to
     /// `connect` and these, in order, resuming subscriptions with `since` on whichever
     /// answers.
