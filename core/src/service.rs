@@ -1,14 +1,16 @@
 //! The state a server's connections share: configuration, router, hub, rate limiters,
 //! metrics and the injected clock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthPolicy, MessageSigner};
-use crate::hub::{Hub, HubConfig, PublishError, Published};
+use crate::hub::{
+    BrokerDriver, BrokerLink, BrokerRunning, Hub, HubConfig, PublishError, Published,
+};
 use crate::limit::{LimitConfig, OriginLimiter};
-use crate::metrics::{Health, MethodId, Metrics, Snapshot};
+use crate::metrics::{BrokerState, Health, MethodId, Metrics, Snapshot};
 use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
 use crate::ws;
@@ -134,8 +136,10 @@ pub struct Service {
     ws_config: Arc<ws::Config>,
     router: Router,
     method_ids: Vec<MethodId>,
-    hub: Hub,
+    hub: Arc<Hub>,
     metrics: Metrics,
+    /// The running broker driver, stopped at shutdown.
+    broker: Mutex<Option<Box<dyn BrokerRunning>>>,
     limit_config: Arc<LimitConfig>,
     origin_limiter: OriginLimiter,
     clock: Option<Box<dyn Clock>>,
@@ -174,9 +178,27 @@ impl Service {
         unix_at_start: Duration,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
+        Self::build(config, router, start, unix_at_start, clock, None)
+    }
+
+    /// The service, with a broker when `broker` is given: its driver is started here with
+    /// the link to the hub.
+    fn build(
+        config: ServiceConfig,
+        router: Router,
+        start: Instant,
+        unix_at_start: Duration,
+        clock: Option<Box<dyn Clock>>,
+        broker: Option<Box<dyn BrokerDriver>>,
+    ) -> Arc<Self> {
         let mut metrics = Metrics::new(start);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
-        let hub = Hub::new(config.hub.clone(), unix_at_start.as_nanos() as u64);
+        let epoch = unix_at_start.as_nanos() as u64;
+        let hub = Arc::new(match broker {
+            Some(_) => Hub::with_bridge(config.hub.clone(), epoch),
+            None => Hub::new(config.hub.clone(), epoch),
+        });
+        let running = broker.map(|driver| driver.start(BrokerLink::new(hub.clone())));
         let limit_config = Arc::new(config.limits.clone());
         let origin_limiter = OriginLimiter::new(limit_config.clone());
         let mut ws_config = config.ws.clone();
@@ -193,6 +215,7 @@ impl Service {
             method_ids,
             hub,
             metrics,
+            broker: Mutex::new(running),
             limit_config,
             origin_limiter,
             clock,
@@ -249,6 +272,11 @@ impl Service {
     }
 
     /// Publishes `value` to `topic` (callable from any thread).
+    ///
+    /// A topic shared with other instances through the broker is numbered by the broker:
+    /// the call returns once the message is queued for it, with the answer to come in
+    /// [`Published::pending`] (`Published::wait` blocks for it); it fails at once with
+    /// [`PublishError::BrokerUnavailable`] while the broker is down.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -267,7 +295,24 @@ impl Service {
         let mut snapshot = self.metrics.snapshot(now);
         // Drops happen in the hub, on the publisher's thread, when an outbox overflows.
         snapshot.lagged_drops = self.hub.stats().dropped;
+        snapshot.broker = self.hub.broker_stats();
         snapshot
+    }
+
+    /// The broker's state, when the server has one.
+    pub fn broker_state(&self) -> Option<BrokerState> {
+        self.hub.broker_stats().map(|s| s.state)
+    }
+
+    /// Stops the broker driver, if any (idempotent): the broker counts as down from then
+    /// on, publishes waiting for it fail. Adapters call it at the end of a shutdown; dropping
+    /// the service does it too.
+    pub fn stop_broker(&self) {
+        let running = self.broker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(running) = running {
+            running.stop();
+            self.hub.close_bridge();
+        }
     }
 
     /// Records the port the server is bound to, for the snapshot.
@@ -303,6 +348,12 @@ impl Service {
     pub(crate) fn release(&self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connection_closed();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop_broker();
     }
 }
 
@@ -378,6 +429,7 @@ pub struct ServerBuilder<L> {
     pub bind: Bind,
     /// Measure synchronous handlers with the adapter's clock [yes].
     pub measure_handlers: bool,
+    broker: Option<Box<dyn BrokerDriver>>,
     launcher: std::marker::PhantomData<fn() -> L>,
 }
 
@@ -387,6 +439,7 @@ impl<L> std::fmt::Debug for ServerBuilder<L> {
             .field("router", &self.router)
             .field("config", &self.config)
             .field("bind", &self.bind)
+            .field("broker", &self.broker.is_some())
             .finish()
     }
 }
@@ -398,6 +451,7 @@ impl<L> Default for ServerBuilder<L> {
             config: ServiceConfig::default(),
             bind: Bind::default(),
             measure_handlers: true,
+            broker: None,
             launcher: std::marker::PhantomData,
         }
     }
@@ -498,7 +552,22 @@ impl<L> ServerBuilder<L> {
         self
     }
 
-    /// Builds the service (for adapters): started at `start`, wall clock `unix_at_start`.
+    /// Shares topics with other server instances through a broker, driven by `driver`
+    /// (`wsrpc_redis::RedisExt::redis` sets a Redis one). Which topics is
+    /// `config.hub.bridge.topics` [all].
+    pub fn broker(mut self, driver: impl BrokerDriver) -> Self {
+        self.broker = Some(Box::new(driver));
+        self
+    }
+
+    /// [`broker`](Self::broker) with a boxed driver.
+    pub fn broker_boxed(mut self, driver: Box<dyn BrokerDriver>) -> Self {
+        self.broker = Some(driver);
+        self
+    }
+
+    /// Builds the service (for adapters): started at `start`, wall clock `unix_at_start`;
+    /// a broker driver given to [`broker`](Self::broker) is started here.
     pub fn into_service(
         self,
         start: Instant,
@@ -506,6 +575,8 @@ impl<L> ServerBuilder<L> {
         clock: Option<Box<dyn Clock>>,
     ) -> (Arc<Service>, Bind) {
         let clock = if self.measure_handlers { clock } else { None };
-        (Service::with_clock(self.config, self.router, start, unix_at_start, clock), self.bind)
+        let service =
+            Service::build(self.config, self.router, start, unix_at_start, clock, self.broker);
+        (service, self.bind)
     }
 }

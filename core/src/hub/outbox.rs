@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use super::SubscribeError;
 use crate::ws::SharedFrame;
 
 /// A topic as its notifications name it.
@@ -63,6 +64,7 @@ impl Default for OutboxLimits {
 
 /// What a connection takes out of its outbox.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum OutboxItem {
     /// A notification to send.
     Notification(Delivery),
@@ -87,18 +89,87 @@ pub enum OutboxItem {
     },
     /// The outbox overflowed under [`SlowConsumer::Close`]: close the connection with 1008.
     Overflowed,
+    /// A subscription to a broker-bridged topic that waited for the broker is established:
+    /// answer the subscribe call (what follows for the topic is its replay, then live
+    /// notifications).
+    Subscribed {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The topic's latest sequence number.
+        seq: u64,
+        /// The epoch the sequence numbers count in.
+        epoch: u64,
+    },
+    /// A subscription that waited for the broker was refused: answer the subscribe call with
+    /// this error; the subscription is gone.
+    SubscribeFailed {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// Why.
+        error: SubscribeError,
+    },
+    /// The topic's epoch changed (the broker lost its history): sequence numbers start over
+    /// in `epoch`; what the client kept of the old epoch is not continued.
+    Reset {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The broker went away: notifications from `from` on are held up until it is back,
+    /// then delivered from its history or reported as a gap.
+    Stalled {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The first sequence number that may be late or missing.
+        from: u64,
+    },
+}
+
+/// Notices about a subscription itself, never dropped for a slow consumer (a dropped
+/// answer would leave a call unanswered).
+#[derive(Clone, Debug)]
+pub(crate) enum Control {
+    Subscribed { topic: Arc<TopicKey>, seq: u64, epoch: u64 },
+    SubscribeFailed { topic: Arc<TopicKey>, error: SubscribeError },
+    Reset { topic: Arc<TopicKey>, epoch: u64 },
+    Stalled { topic: Arc<TopicKey>, from: u64 },
+}
+
+impl Control {
+    fn topic(&self) -> &Arc<TopicKey> {
+        match self {
+            Self::Subscribed { topic, .. }
+            | Self::SubscribeFailed { topic, .. }
+            | Self::Reset { topic, .. }
+            | Self::Stalled { topic, .. } => topic,
+        }
+    }
+
+    fn into_item(self) -> OutboxItem {
+        match self {
+            Self::Subscribed { topic, seq, epoch } => OutboxItem::Subscribed { topic, seq, epoch },
+            Self::SubscribeFailed { topic, error } => OutboxItem::SubscribeFailed { topic, error },
+            Self::Reset { topic, epoch } => OutboxItem::Reset { topic, epoch },
+            Self::Stalled { topic, from } => OutboxItem::Stalled { topic, from },
+        }
+    }
 }
 
 #[derive(Debug)]
 enum Queued {
     Delivery(Delivery),
     Gap { topic: Arc<TopicKey>, from: u64, to: u64 },
+    Control(Control),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Queued>,
     bytes: usize,
+    /// Control notices taken out of the queue to make room, oldest first; sent before
+    /// anything else (they were older than all of it).
+    control: VecDeque<Control>,
     /// Dropped ranges not yet reported, oldest first.
     lagged: Vec<(Arc<TopicKey>, u64, u64)>,
     overflowed: bool,
@@ -158,7 +229,7 @@ impl Outbox {
         if inner.closed || inner.overflowed {
             return None;
         }
-        let was_empty = inner.queue.is_empty() && inner.lagged.is_empty();
+        let was_empty = inner.is_empty();
         let size = delivery.size();
         let full = |i: &Inner| {
             i.queue.len() >= self.limits.max_messages || i.bytes + size > self.limits.max_bytes
@@ -184,6 +255,7 @@ impl Outbox {
                             Some(Queued::Gap { topic, from, to }) => {
                                 note_lag(&mut inner.lagged, &topic, from, to)
                             }
+                            Some(Queued::Control(c)) => inner.control.push_back(c),
                             None => break,
                         }
                     }
@@ -203,16 +275,26 @@ impl Outbox {
 
     /// Queues a gap notice (replay could not cover what the client asked for).
     pub(crate) fn push_gap(&self, topic: Arc<TopicKey>, from: u64, to: u64) -> Option<Waker> {
+        self.push_queued(Queued::Gap { topic, from, to })
+    }
+
+    /// Queues a notice about a subscription (never dropped for a slow consumer).
+    pub(crate) fn push_control(&self, control: Control) -> Option<Waker> {
+        self.push_queued(Queued::Control(control))
+    }
+
+    fn push_queued(&self, item: Queued) -> Option<Waker> {
         let mut inner = self.lock();
         if inner.closed || inner.overflowed {
             return None;
         }
-        let was_empty = inner.queue.is_empty() && inner.lagged.is_empty();
-        inner.queue.push_back(Queued::Gap { topic, from, to });
+        let was_empty = inner.is_empty();
+        inner.queue.push_back(item);
         if was_empty { inner.waker.clone() } else { None }
     }
 
-    /// Moves up to `max` items into `out`, lag notices first; returns how many.
+    /// Moves up to `max` items into `out`, rescued control notices first, then lag notices;
+    /// returns how many.
     pub fn drain_into(&self, out: &mut VecDeque<OutboxItem>, max: usize) -> usize {
         let mut inner = self.lock();
         if inner.overflowed {
@@ -220,7 +302,12 @@ impl Outbox {
             return 1;
         }
         let mut n = 0;
-        let lag_count = inner.lagged.len().min(max);
+        while n < max {
+            let Some(c) = inner.control.pop_front() else { break };
+            out.push_back(c.into_item());
+            n += 1;
+        }
+        let lag_count = inner.lagged.len().min(max - n);
         for (topic, from, to) in inner.lagged.drain(..lag_count) {
             out.push_back(OutboxItem::Lagged { topic, from, to });
             n += 1;
@@ -233,6 +320,7 @@ impl Outbox {
                     OutboxItem::Notification(d)
                 }
                 Queued::Gap { topic, from, to } => OutboxItem::Gap { topic, from, to },
+                Queued::Control(c) => c.into_item(),
             });
             n += 1;
         }
@@ -245,7 +333,7 @@ impl Outbox {
     /// Whether anything is waiting.
     pub fn has_pending(&self) -> bool {
         let inner = self.lock();
-        inner.overflowed || !inner.queue.is_empty() || !inner.lagged.is_empty()
+        inner.overflowed || !inner.is_empty()
     }
 
     /// Queued notifications and bytes.
@@ -266,10 +354,12 @@ impl Outbox {
                 false
             }
             Queued::Gap { topic: t, .. } => !Arc::ptr_eq(t, topic),
+            Queued::Control(c) => !Arc::ptr_eq(c.topic(), topic),
             Queued::Delivery(_) => true,
         });
         inner.bytes -= freed;
         inner.lagged.retain(|(t, ..)| !Arc::ptr_eq(t, topic));
+        inner.control.retain(|c| !Arc::ptr_eq(c.topic(), topic));
     }
 
     /// Refuses further deliveries and releases what is queued (the connection is gone).
@@ -277,9 +367,16 @@ impl Outbox {
         let mut inner = self.lock();
         inner.closed = true;
         inner.queue = VecDeque::new();
+        inner.control = VecDeque::new();
         inner.lagged = Vec::new();
         inner.bytes = 0;
         inner.waker = None;
+    }
+}
+
+impl Inner {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.lagged.is_empty() && self.control.is_empty()
     }
 }
 
@@ -451,6 +548,34 @@ mod tests {
             "{items:?}"
         );
         assert_eq!(o.usage(), (0, 0));
+    }
+
+    #[test]
+    fn control_notices_survive_drop_oldest_and_come_first() {
+        let o = Outbox::new(
+            1,
+            OutboxLimits {
+                max_messages: 3,
+                max_bytes: 1 << 20,
+                slow_consumer: SlowConsumer::DropOldest,
+            },
+        );
+        let t = key("t");
+        let _ = o.push_control(Control::Subscribed { topic: t.clone(), seq: 0, epoch: 9 });
+        for seq in 1..=10 {
+            let _ = o.push(delivery(&t, seq, 10));
+        }
+        let items = drain(&o);
+        assert!(
+            matches!(items[0], OutboxItem::Subscribed { seq: 0, epoch: 9, .. }),
+            "the answer is never dropped: {items:?}"
+        );
+        assert!(matches!(items[1], OutboxItem::Lagged { from: 1, to: 7, .. }), "{items:?}");
+        assert_eq!(items.len(), 5);
+        // Purged with its topic like everything else.
+        let _ = o.push_control(Control::Reset { topic: t.clone(), epoch: 2 });
+        o.purge(&t);
+        assert!(!o.has_pending());
     }
 
     #[test]

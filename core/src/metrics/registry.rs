@@ -213,6 +213,7 @@ impl Metrics {
             },
             lagged_drops: read(&c.lagged_drops),
             methods,
+            broker: None,
         }
     }
 
@@ -227,6 +228,7 @@ impl Metrics {
             uptime_seconds: self.uptime(now).as_secs_f64(),
             connections_active: active,
             port: self.port(),
+            broker: None,
         }
     }
 }

@@ -50,6 +50,45 @@ pub struct Snapshot {
     pub lagged_drops: u64,
     /// Latencies of each registered method, by method name.
     pub methods: BTreeMap<String, LatencyStats>,
+    /// The broker that topics shared between server instances go through, when there is one
+    /// (absent from the JSON otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerStats>,
+}
+
+/// Whether the broker is reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BrokerState {
+    /// Connected: publishes to bridged topics are accepted.
+    Up,
+    /// Not connected (yet, or any more): publishes to bridged topics fail fast.
+    Down,
+}
+
+/// The broker bridge's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Up or down now.
+    pub state: BrokerState,
+    /// Publishes the broker numbered.
+    pub publishes: u64,
+    /// Publishes that failed: refused while down, refused by the broker, or unanswered when
+    /// it went away.
+    pub publish_failures: u64,
+    /// Times the broker came back after the first connection.
+    pub reconnects: u64,
+    /// Messages received from the broker (from every instance, this one included).
+    pub messages: u64,
+    /// Notifications queued for subscribers here from those messages.
+    pub deliveries: u64,
+    /// Holes reported to subscribers as `gap` (neither the live stream nor the history had
+    /// the messages).
+    pub gaps: u64,
+    /// Epoch changes seen (the broker lost a topic's history), told as `reset`.
+    pub resets: u64,
 }
 
 /// Connections opened since the start, and open now.
@@ -114,11 +153,13 @@ pub struct LatencyStats {
 
 /// Whether the server is up; the small view for `GET /health` and `rpc.health`.
 ///
-/// In JSON: `{"status": "ok", "uptime_seconds": 12.5, "connections_active": 1, "port": 8766}`.
+/// In JSON: `{"status": "ok", "uptime_seconds": 12.5, "connections_active": 1, "port": 8766}`,
+/// plus `"broker": "up"` or `"down"` when topics go through a broker.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Health {
-    /// Always [`HealthStatus::Ok`] while the registry answers.
+    /// [`HealthStatus::Ok`] while the registry answers, unless the server has a broker and it
+    /// is down: [`HealthStatus::Unavailable`].
     pub status: HealthStatus,
     /// Seconds since the registry's start.
     pub uptime_seconds: f64,
@@ -126,6 +167,19 @@ pub struct Health {
     pub connections_active: u64,
     /// The port the server is bound to, once known.
     pub port: Option<u16>,
+    /// The broker's state, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerState>,
+}
+
+impl Health {
+    /// The HTTP status `GET /health` answers with: 200, or 503 while the broker is down.
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            HealthStatus::Unavailable => 503,
+            HealthStatus::Ok => 200,
+        }
+    }
 }
 
 /// The `status` of a [`Health`] report, in JSON a snake_case string.
@@ -135,16 +189,25 @@ pub struct Health {
 pub enum HealthStatus {
     /// Serving: `"ok"`.
     Ok,
+    /// The broker that topics go through is down: `"unavailable"` (publishes to them fail,
+    /// their subscribers stall).
+    Unavailable,
 }
 
 impl Snapshot {
     /// The health part of this snapshot.
     pub fn health(&self) -> Health {
+        let broker = self.broker.map(|b| b.state);
         Health {
-            status: HealthStatus::Ok,
+            status: if broker == Some(BrokerState::Down) {
+                HealthStatus::Unavailable
+            } else {
+                HealthStatus::Ok
+            },
             uptime_seconds: self.uptime_seconds,
             connections_active: self.connections.active,
             port: self.port,
+            broker,
         }
     }
 }
@@ -259,5 +322,39 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<Health>(value).unwrap(), health);
         assert!(serde_json::from_value::<HealthStatus>(json!("Ok")).is_err());
+        assert_eq!(health.http_status(), 200);
+    }
+
+    #[test]
+    fn a_broker_down_makes_health_unavailable_and_503() {
+        let mut snapshot = busy_snapshot();
+        let stats = BrokerStats {
+            state: BrokerState::Down,
+            publishes: 5,
+            publish_failures: 2,
+            reconnects: 1,
+            messages: 9,
+            deliveries: 18,
+            gaps: 0,
+            resets: 0,
+        };
+        snapshot.broker = Some(stats);
+        let health = snapshot.health();
+        assert_eq!(health.http_status(), 503);
+        let value = serde_json::to_value(health).unwrap();
+        assert_eq!(value["status"], json!("unavailable"));
+        assert_eq!(value["broker"], json!("down"));
+        snapshot.broker = Some(BrokerStats { state: BrokerState::Up, ..stats });
+        assert_eq!(snapshot.health().http_status(), 200);
+        assert_eq!(serde_json::to_value(snapshot.health()).unwrap()["broker"], json!("up"));
+        let value = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(value["broker"]["publish_failures"], json!(2));
+        let back: Snapshot = serde_json::from_value(value).unwrap();
+        assert_eq!(back, snapshot);
+        let text = snapshot.to_prometheus();
+        assert!(text.contains("wsrpc_broker_up 1\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_publish_failures_total 2\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_reconnects_total 1\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_deliveries_total 18\n"), "{text}");
     }
 }

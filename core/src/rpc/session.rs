@@ -87,6 +87,8 @@ pub struct RpcSession {
     outbox: Arc<Outbox>,
     /// Active subscriptions by subscription id.
     subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
+    /// Subscribe calls waiting for a broker-bridged topic to be in step, by subscription id.
+    pending_subscribes: HashMap<Arc<str>, Vec<u64>>,
     out: VecDeque<SessionOutput>,
     drained: VecDeque<OutboxItem>,
     pending: HashMap<u64, PendingCall>,
@@ -125,6 +127,7 @@ impl RpcSession {
             limiter,
             outbox,
             subscriptions: HashMap::new(),
+            pending_subscribes: HashMap::new(),
             out: VecDeque::new(),
             drained: VecDeque::new(),
             pending: HashMap::new(),
@@ -265,25 +268,41 @@ impl RpcSession {
     /// then applies).
     #[must_use]
     pub fn poll_output_with(&mut self, notifications: bool) -> Option<SessionOutput> {
-        if let Some(o) = self.out.pop_front() {
-            return Some(o);
-        }
-        if self.closing || !notifications {
-            return None;
-        }
-        if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
-            // Nothing queued: an idle connection keeps no grown buffers (small ones stay, so a
-            // steady call rate does not allocate per call).
-            if self.drained.capacity() > 8 {
-                self.drained = VecDeque::new();
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
             }
-            if self.out.capacity() > 8 {
-                self.out = VecDeque::new();
+            if self.closing || !notifications {
+                return None;
             }
-            return None;
+            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+                // Nothing queued: an idle connection keeps no grown buffers (small ones stay,
+                // so a steady call rate does not allocate per call).
+                if self.drained.capacity() > 8 {
+                    self.drained = VecDeque::new();
+                }
+                if self.out.capacity() > 8 {
+                    self.out = VecDeque::new();
+                }
+                return None;
+            }
+            match self.drained.pop_front()? {
+                // A subscription that waited for the broker: its answer goes out first (into
+                // `out`), then what follows it in the outbox.
+                OutboxItem::Subscribed { topic, seq, epoch } => {
+                    self.finish_subscribe(&topic, Ok((seq, epoch)));
+                }
+                OutboxItem::SubscribeFailed { topic, error } => {
+                    self.finish_subscribe(&topic, Err(error));
+                }
+                item => return Some(self.output_of(item)),
+            }
         }
+    }
+
+    fn output_of(&mut self, item: OutboxItem) -> SessionOutput {
         let hub = self.service.hub();
-        Some(match self.drained.pop_front()? {
+        match item {
             // Unsubscribing purges the outbox and `drained`: everything here is for a live
             // subscription.
             OutboxItem::Notification(d) => {
@@ -304,7 +323,42 @@ impl RpcSession {
                 self.closing = true;
                 SessionOutput::Close(CloseCode::POLICY_VIOLATION, "slow consumer")
             }
-        })
+            OutboxItem::Reset { topic, epoch } => {
+                let mut out = Vec::new();
+                hub.write_link_notice(&mut out, &topic, Some(epoch), None);
+                SessionOutput::Message(out)
+            }
+            OutboxItem::Stalled { topic, from } => {
+                let mut out = Vec::new();
+                hub.write_link_notice(&mut out, &topic, None, Some(from));
+                SessionOutput::Message(out)
+            }
+            // Taken in `poll_output_with`.
+            OutboxItem::Subscribed { .. } | OutboxItem::SubscribeFailed { .. } => {
+                unreachable!("answered before")
+            }
+        }
+    }
+
+    /// Answers the subscribe calls that waited for `topic`'s broker side.
+    fn finish_subscribe(&mut self, topic: &TopicKey, result: Result<(u64, u64), SubscribeError>) {
+        let Some(calls) = self.pending_subscribes.remove(&topic.subscription) else { return };
+        let result = match result {
+            Ok((seq, epoch)) => {
+                let eth = self.service.config().hub.methods.eth_style;
+                subscribe_result(eth, topic, Some(seq), epoch)
+            }
+            Err(e) => {
+                if self.subscriptions.remove(&topic.subscription).is_some() {
+                    self.service.metrics().subscriptions_closed(1);
+                }
+                Err(subscribe_error(e))
+            }
+        };
+        let now = self.ctx.now;
+        for call in calls {
+            self.complete(CallId(call), result.clone(), now);
+        }
     }
 
     /// Whether [`poll_output`](Self::poll_output) has something (cheap; locks the outbox).
@@ -418,13 +472,26 @@ impl RpcSession {
         let methods = &service.config().hub.methods;
         // Subscriptions take no rate token: a reconnecting client resubscribes everything at
         // once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
-        if req.method == methods.subscribe || req.method == methods.unsubscribe {
-            let subscribe = req.method == methods.subscribe;
-            let result = if subscribe {
-                self.subscribe(now, Params(req.params))
-            } else {
-                self.unsubscribe(Params(req.params))
+        if req.method == methods.subscribe {
+            let result = match self.subscribe(now, Params(req.params)) {
+                Ok(SubscribeAnswer::Now(value)) => Ok(value),
+                Ok(SubscribeAnswer::Pending(subscription)) => {
+                    // Answered when the broker side is ready (`finish_subscribe`).
+                    let call = self.next_call;
+                    self.next_call += 1;
+                    let id = req.id.map(|i| i.to_owned());
+                    let pending = PendingCall { id, method_index: None, started: now, slot };
+                    self.pending.insert(call, pending);
+                    self.pending_subscribes.entry(subscription).or_default().push(call);
+                    return true;
+                }
+                Err(e) => Err(e),
             };
+            self.answer(out, req.id, result);
+            return false;
+        }
+        if req.method == methods.unsubscribe {
+            let result = self.unsubscribe(Params(req.params));
             self.answer(out, req.id, result);
             return false;
         }
@@ -591,7 +658,7 @@ impl RpcSession {
         let _ = start;
     }
 
-    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
+    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
         let _ = now;
         if self.ctx.transport == Transport::Http {
             return Err(RpcError::new(
@@ -648,21 +715,20 @@ impl RpcSession {
                     .map_err(subscribe_error)?;
                 service.metrics().subscription_opened();
                 self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
-                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?}", self.ctx.connection);
-                if cfg.methods.eth_style {
-                    return serde_json::value::to_raw_value(&*sub.key.subscription)
-                        .map_err(RpcError::internal);
+                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?} pending={}", self.ctx.connection, sub.pending);
+                if sub.pending {
+                    return Ok(SubscribeAnswer::Pending(sub.key.subscription.clone()));
                 }
-                let v = serde_json::json!({ "subscription": &*sub.key.subscription, "topic": topic, "seq": sub.seq, "epoch": sub.epoch });
-                return serde_json::value::to_raw_value(&v).map_err(RpcError::internal);
+                return subscribe_result(cfg.methods.eth_style, &sub.key, Some(sub.seq), sub.epoch)
+                    .map(SubscribeAnswer::Now);
             }
         };
         // Already subscribed: the same id again, nothing replayed twice.
-        if cfg.methods.eth_style {
-            return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
+        if self.pending_subscribes.contains_key(&key.subscription) {
+            return Ok(SubscribeAnswer::Pending(key.subscription.clone()));
         }
-        let v = serde_json::json!({ "subscription": &*key.subscription, "topic": topic, "epoch": hub.epoch() });
-        serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+        subscribe_result(cfg.methods.eth_style, &key, None, hub.epoch_of(&topic))
+            .map(SubscribeAnswer::Now)
     }
 
     fn unsubscribe(&mut self, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
@@ -672,12 +738,25 @@ impl RpcSession {
                 self.service.hub().unsubscribe(&self.outbox, &key.name);
                 self.drained.retain(|item| match item {
                     OutboxItem::Notification(d) => !Arc::ptr_eq(&d.topic, &key),
-                    OutboxItem::Lagged { topic, .. } | OutboxItem::Gap { topic, .. } => {
-                        !Arc::ptr_eq(topic, &key)
-                    }
+                    OutboxItem::Lagged { topic, .. }
+                    | OutboxItem::Gap { topic, .. }
+                    | OutboxItem::Subscribed { topic, .. }
+                    | OutboxItem::SubscribeFailed { topic, .. }
+                    | OutboxItem::Reset { topic, .. }
+                    | OutboxItem::Stalled { topic, .. } => !Arc::ptr_eq(topic, &key),
                     OutboxItem::Overflowed => true,
                 });
                 self.service.metrics().subscriptions_closed(1);
+                if let Some(calls) = self.pending_subscribes.remove(&key.subscription) {
+                    let e = RpcError::new(
+                        error::UNAVAILABLE,
+                        "Unsubscribed before the subscription was established",
+                    );
+                    let now = self.ctx.now;
+                    for call in calls {
+                        self.complete(CallId(call), Err(e.clone()), now);
+                    }
+                }
                 true
             }
             None => false,
@@ -705,8 +784,34 @@ impl Drop for RpcSession {
     }
 }
 
+/// What a subscribe call answers: now, or once the broker side of the topic is ready.
+enum SubscribeAnswer {
+    Now(Box<RawValue>),
+    Pending(Arc<str>),
+}
+
+/// The result of a subscribe call: the bare id (eth style), or the id, topic, position and
+/// epoch (`seq` is left out when answering a repeated subscribe).
+fn subscribe_result(
+    eth_style: bool,
+    key: &TopicKey,
+    seq: Option<u64>,
+    epoch: u64,
+) -> Result<Box<RawValue>, RpcError> {
+    if eth_style {
+        return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
+    }
+    let mut v = serde_json::json!({ "subscription": &*key.subscription, "topic": &*key.name, "epoch": epoch });
+    if let Some(seq) = seq {
+        v["seq"] = seq.into();
+    }
+    serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+}
+
 fn subscribe_error(e: SubscribeError) -> RpcError {
     match e {
+        SubscribeError::Unavailable => RpcError::new(error::UNAVAILABLE, "Broker unavailable")
+            .with_data(serde_json::json!({ "broker": "down" })),
         SubscribeError::Forbidden => {
             RpcError::forbidden("Not permitted to subscribe to this topic")
         }
