@@ -1070,13 +1070,21 @@ impl Hub {
         let tickets = {
             let mut s = lock(&bridge.shared);
             s.closed |= close;
+            if !s.up {
+                // Already down: topics stalled then, nothing waits for an answer.
+                return;
+            }
             s.up = false;
             bridge.up.store(false, Ordering::Release);
             // Commands not taken yet are moot: every topic is subscribed and read anew.
             s.commands.clear();
             std::mem::take(&mut s.tickets)
         };
-        log::warn!(target: "wsrpc::hub", "broker down: {reason}; {} publishes without an answer", tickets.len());
+        if close {
+            log::info!(target: "wsrpc::hub", "broker stopped; {} publishes without an answer", tickets.len());
+        } else {
+            log::warn!(target: "wsrpc::hub", "broker down: {reason}; {} publishes without an answer", tickets.len());
+        }
         bridge.counters.publish_failures.fetch_add(tickets.len() as u64, Ordering::Relaxed);
         for slot in tickets.into_values() {
             slot.resolve(Err(PublishError::BrokerFailed(format!(
