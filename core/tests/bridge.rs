@@ -320,10 +320,25 @@ fn a_new_epoch_resets_subscribers_and_resumes_with_a_stale_epoch_replay_it_all()
     let mut s = h.session();
     h.subscribe_fresh(&mut s, "t", 1, 40);
     h.message("t", 41, 1, json!(41));
-    // The broker lost the topic (FLUSHALL): the next message is 1 of epoch 2.
+    // The broker lost the topic (FLUSHALL): the next message is 1 of epoch 2. Only a read
+    // says which epoch is current; then the new one is read from its start.
     h.message("t", 1, 2, json!("new"));
-    assert_eq!(summary(&drain(&mut s)), ["n41", "reset2", "n1"]);
+    assert_eq!(summary(&drain(&mut s)), ["n41"]);
+    let id = match &h.commands()[..] {
+        [BrokerCommand::History { id, since: Some(41), .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    h.event(BrokerEvent::History { id, topic: "t".into(), epoch: 2, top: 1, entries: vec![] });
+    assert_eq!(summary(&drain(&mut s)), ["reset2"]);
+    let id = match &h.commands()[..] {
+        [BrokerCommand::History { id, since: Some(0), .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    let one = entries(1..=1);
+    h.event(BrokerEvent::History { id, topic: "t".into(), epoch: 2, top: 1, entries: one });
+    assert_eq!(summary(&drain(&mut s)), ["n1"]);
     h.message("t", 2, 2, json!("new"));
+    assert_eq!(summary(&drain(&mut s)), ["n2"]);
     // A client that knew epoch 1 resumes: told about the reset, given all of epoch 2.
     let mut r = h.session();
     h.call(&mut r, "subscribe", json!({"topic": "t", "since": 41, "epoch": 1}));
@@ -334,25 +349,36 @@ fn a_new_epoch_resets_subscribers_and_resumes_with_a_stale_epoch_replay_it_all()
 }
 
 #[test]
-fn a_history_read_that_finds_a_new_epoch_resets() {
+fn a_history_read_that_finds_a_new_epoch_resets_and_drops_the_old_epochs_stragglers() {
     let mut h = Harness::up();
     let mut s = h.session();
     h.subscribe_fresh(&mut s, "t", 1, 5);
     h.message("t", 9, 1, json!(9));
     let id = match &h.commands()[..] {
-        [BrokerCommand::History { id, .. }] => *id,
+        [BrokerCommand::History { id, since: Some(5), .. }] => *id,
         other => panic!("{other:?}"),
     };
-    h.event(BrokerEvent::History {
-        id,
-        topic: "t".into(),
-        epoch: 4,
-        top: 2,
-        entries: entries(1..=2),
-    });
-    // The held 9 was of the old epoch: a reset back to it; its 6..=8 are gone.
-    let got = summary(&drain(&mut s));
-    assert_eq!(got[..3], ["reset4", "n1", "n2"], "{got:?}");
+    h.event(BrokerEvent::History { id, topic: "t".into(), epoch: 4, top: 2, entries: vec![] });
+    assert_eq!(summary(&drain(&mut s)), ["reset4"]);
+    let id = match &h.commands()[..] {
+        [BrokerCommand::History { id, since: Some(0), .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    let two = entries(1..=2);
+    h.event(BrokerEvent::History { id, topic: "t".into(), epoch: 4, top: 2, entries: two });
+    // The held 9 was of the old epoch, sent before the loss: dropped.
+    assert_eq!(summary(&drain(&mut s)), ["n1", "n2"]);
+    assert!(h.commands().is_empty());
+    // A straggler of the old epoch arriving live is checked by a read, and dropped.
+    h.message("t", 10, 1, json!(10));
+    let id = match &h.commands()[..] {
+        [BrokerCommand::History { id, since: Some(2), .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    h.event(BrokerEvent::History { id, topic: "t".into(), epoch: 4, top: 2, entries: vec![] });
+    h.message("t", 3, 4, json!(3));
+    assert_eq!(summary(&drain(&mut s)), ["n3"]);
+    assert_eq!(h.service.snapshot(h.now).broker.unwrap().resets, 1);
 }
 
 #[test]

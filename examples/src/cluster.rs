@@ -170,12 +170,17 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and upgrades.
     pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::connect_to(addr, "/")
+    }
+
+    /// Connects and upgrades at `target` (a path, with a `?token=` query for instance).
+    pub fn connect_to(addr: SocketAddr, target: &str) -> std::io::Result<Self> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(
             format!(
-                "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
             .as_bytes(),

@@ -803,7 +803,9 @@ impl Hub {
     }
 
     /// Applies a live message to a topic in step: delivered when next, dropped when already
-    /// seen, else held while the history fills the hole. Returns false when it started a read.
+    /// seen, else held while the history fills the hole. Another epoch is held too: only a
+    /// history read says which epoch is current (a message of the old one may arrive late,
+    /// through the other connection). Returns false when it started a read.
     fn apply_live(
         &self,
         t: &mut Topic,
@@ -813,20 +815,18 @@ impl Hub {
         after: &mut After,
     ) -> bool {
         let link = t.link.as_deref_mut().expect("a bridged topic");
-        if link.epoch != Some(epoch) {
-            self.reset(t, epoch, after);
-        }
-        let link = t.link.as_deref_mut().expect("a bridged topic");
         let last = link.last;
-        if seq <= last {
-            return true;
-        }
-        if seq == last + 1 {
-            self.deliver(t, seq, payload, after);
-            return true;
+        if link.epoch == Some(epoch) {
+            if seq <= last {
+                return true;
+            }
+            if seq == last + 1 {
+                self.deliver(t, seq, payload, after);
+                return true;
+            }
         }
         link.held.push_back(Held { seq, epoch, payload: payload.into() });
-        log::debug!(target: "wsrpc::hub", "topic {}: {seq} after {last}; reading the history", t.key.name);
+        log::debug!(target: "wsrpc::hub", "topic {}: {seq} (epoch {epoch}) after {last}; reading the history", t.key.name);
         self.start_read(t, Some(last), after);
         false
     }
@@ -927,7 +927,15 @@ impl Hub {
                 link.epoch = Some(epoch);
                 link.last = top;
             }
-            Some(e) if e != epoch => self.reset(t, epoch, after),
+            Some(e) if e != epoch => {
+                self.reset(t, epoch, after);
+                if since != Some(0) {
+                    // The read was for the old epoch's numbers: read the new one from its start
+                    // (the held messages wait for it).
+                    self.start_read(t, Some(0), after);
+                    return;
+                }
+            }
             Some(_) => {}
         }
         let mut valid = Vec::with_capacity(entries.len());
@@ -961,6 +969,10 @@ impl Hub {
         let overflowed = std::mem::replace(&mut link.overflowed, false);
         let mut held = held.into_iter();
         while let Some(h) = held.next() {
+            if Some(h.epoch) != t.link.as_deref().and_then(|l| l.epoch) {
+                // Of an epoch the read did not find current: sent before it ended.
+                continue;
+            }
             if !self.apply_live(t, h.seq, h.epoch, &h.payload, after) {
                 // A hole among the held messages: a new read started; keep the rest for it.
                 let link = t.link.as_deref_mut().expect("a bridged topic");
