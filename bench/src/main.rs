@@ -2,15 +2,22 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|cluster|all> [--servers a,b,c] [--quick] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
 //! client in another (`wsrpc-bench client SPEC`, pinned to CPU 1, one thread); a fresh server
 //! per run; servers alternate A B A B … for several rounds and the table shows medians.
 //! Server CPU per operation comes from `/proc/PID/stat` over the measured window.
+//!
+//! `cluster` runs two `wsrpc-cluster` instances sharing topics through a private
+//! `redis-server` (all three pinned to CPU 0), the load client subscribing half its
+//! connections to each, next to one `wsrpc-smol` instance without Redis under the same load;
+//! then it kills an instance under its clients and measures how long they take to resume on
+//! the other.
 
 mod client;
+mod cluster;
 mod report;
 mod runner;
 mod servers;
@@ -20,7 +27,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|cluster|all> [--servers a,b,c] [--quick] [--json FILE]\n\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -38,8 +45,18 @@ fn main() -> ExitCode {
                 eprintln!("serve: cannot pin to CPU 0: {e}");
             }
             let Some(kind) = args.get(1) else { return usage() };
-            let fanout = args.iter().any(|a| a == "--fanout");
-            match servers::serve(kind, fanout) {
+            let value = |name: &str| {
+                args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+            };
+            let publishing = match (value("--rate"), value("--topics")) {
+                (Some(rate), Some(topics)) => servers::Publishing::Paced {
+                    rate: rate.parse().unwrap_or(1),
+                    topics: topics.parse().unwrap_or(1),
+                },
+                _ if args.iter().any(|a| a == "--fanout") => servers::Publishing::Window,
+                _ => servers::Publishing::None,
+            };
+            match servers::serve(kind, publishing, value("--redis").as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -67,7 +84,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "all")) => {
+        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "cluster" | "all")) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
             while let Some(a) = it.next() {
@@ -95,7 +112,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle"]
+            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle", "cluster"]
                 .into_iter()
                 .filter(|s| scenario == "all" || *s == scenario)
                 .collect();

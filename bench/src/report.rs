@@ -25,6 +25,12 @@ fn cpu_us(r: &Report) -> f64 {
     r.server_cpu_s * 1e6 / r.ops as f64
 }
 
+/// A metric only the Redis setup has: shown without a peer.
+const REDIS_CPU: &str = "redis_cpu_us/publish";
+
+/// The peer column of a row that has none.
+pub(crate) const NO_PEER: &str = "—";
+
 fn metrics(scenario: &str) -> Vec<Metric> {
     let m = |name, unit, higher_is_better, get| Metric { name, unit, higher_is_better, get };
     match scenario {
@@ -76,6 +82,24 @@ fn metrics(scenario: &str) -> Vec<Metric> {
                 false,
                 |r| r.p99_us / 1000.0,
             ),
+        ],
+        "cluster" => vec![
+            m("deliveries/s", "notifications received/s (higher is better)", true, rate),
+            m(
+                "cpu_us/delivery",
+                "server CPU µs per delivery, both instances (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m("p50_delay_ms", "publish→receipt ms (lower is better)", false, |r| {
+                r.p50_us / 1000.0
+            }),
+            m("p99_delay_ms", "publish→receipt ms (lower is better)", false, |r| {
+                r.p99_us / 1000.0
+            }),
+            m(REDIS_CPU, "Redis CPU µs per publish (from INFO; ours only)", false, |r| {
+                if r.publishes == 0 { f64::NAN } else { r.redis_cpu_s * 1e6 / r.publishes as f64 }
+            }),
         ],
         "idle" => vec![m(
             "KiB/conn",
@@ -139,6 +163,20 @@ pub(crate) fn rows(
         for metric in metrics(scenario) {
             for &server in ours {
                 let value = median(values(results, &case.name, server, &metric));
+                if metric.name == REDIS_CPU {
+                    rows.push(Row {
+                        scenario: scenario.into(),
+                        case: case.name.clone(),
+                        server: server.into(),
+                        peer: NO_PEER.into(),
+                        metric: metric.name.into(),
+                        value: finite(value),
+                        peer_value: None,
+                        unit: metric.unit.into(),
+                        ratio: None,
+                    });
+                    continue;
+                }
                 for &peer in peers {
                     let peer_value = median(values(results, &case.name, peer, &metric));
                     let ratio = if metric.higher_is_better {
@@ -192,7 +230,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                 if scenario != "idle" {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
                 }
-                if scenario == "fanout" {
+                if scenario == "fanout" || scenario == "cluster" {
                     let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
                     let lagged: u64 = rs.iter().map(|r| r.lagged).sum();
                     cells.push(format!("gaps {gaps}, lag notices {lagged} (all rounds)"));
@@ -225,7 +263,7 @@ pub(crate) fn brief(case: &Case, r: &Report) -> String {
             r.p99_us,
             100.0 * r.server_cpu_s / r.window_s,
             100.0 * r.client_cpu_s / r.window_s,
-            if case.scenario == "fanout" {
+            if case.scenario == "fanout" || case.scenario == "cluster" {
                 format!(", gaps {} lagged {}", r.gaps, r.lagged)
             } else {
                 String::new()
@@ -276,6 +314,7 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
     let _ = writeln!(t, "|---|---|---|---|---:|---|---:|---:|");
     for r in rows {
         let ratio = r.ratio.map_or_else(|| "—".into(), |x| format!("{x:.2}"));
+        let peer_value = if r.peer == NO_PEER { NO_PEER.into() } else { opt(r.peer_value) };
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -285,7 +324,7 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
             r.server,
             opt(r.value),
             r.peer,
-            opt(r.peer_value),
+            peer_value,
             ratio
         );
     }

@@ -18,6 +18,31 @@ use serde::Serialize;
 
 /// Messages the publisher may be ahead of the slowest subscriber.
 pub(crate) const PUBLISH_WINDOW: u64 = 8;
+
+/// How a server process publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Publishing {
+    /// It does not.
+    None,
+    /// On [`TOPIC`], as fast as the client's acks allow ([`PUBLISH_WINDOW`] ahead).
+    Window,
+    /// `rate` messages a second, round-robin over topics `t0`..`t{topics-1}`, from the
+    /// client's start signal on.
+    Paced { rate: u64, topics: u64 },
+}
+
+impl Publishing {
+    /// The `serve` arguments that ask for it.
+    pub(crate) fn args(self) -> Vec<String> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Window => vec!["--fanout".into()],
+            Self::Paced { rate, topics } => {
+                vec!["--rate".into(), rate.to_string(), "--topics".into(), topics.to_string()]
+            }
+        }
+    }
+}
 /// The topic of the fan-out scenario.
 pub(crate) const TOPIC: &str = "t";
 /// Capacity of per-connection queues for notifications, the same for ours and the peer.
@@ -30,6 +55,7 @@ pub(crate) const ALL: &[&str] = &[
     "wsrpc-smol",
     "wsrpc-async-std",
     "wsrpc-blocking",
+    "wsrpc-cluster",
     "wsrpc-echo",
     "jsonrpsee",
     "tokio-tungstenite",
@@ -55,9 +81,13 @@ fn ready(port: u16, udp: Option<&UdpSocket>) {
     let _ = io::stdout().flush();
 }
 
-/// Serves `kind` until killed.
-pub(crate) fn serve(kind: &str, fanout: bool) -> io::Result<()> {
-    let udp = if fanout { Some(UdpSocket::bind("127.0.0.1:0")?) } else { None };
+/// Serves `kind` until killed; `wsrpc-cluster` is an instance sharing topics through the
+/// Redis at `redis`.
+pub(crate) fn serve(kind: &str, publishing: Publishing, redis: Option<&str>) -> io::Result<()> {
+    let udp = match publishing {
+        Publishing::None => None,
+        _ => Some(UdpSocket::bind("127.0.0.1:0")?),
+    };
     match kind {
         "wsrpc-smol" => {
             let server = wsrpc_smol::Server::builder()
@@ -67,8 +97,24 @@ pub(crate) fn serve(kind: &str, fanout: bool) -> io::Result<()> {
                 .start()?;
             let server = Arc::new(server);
             let s = server.clone();
-            start_publisher(udp.as_ref(), move |t| {
-                let _ = s.publish(TOPIC, t);
+            start_publisher(udp.as_ref(), publishing, move |topic, t| {
+                let _ = s.publish(topic, t);
+            })?;
+            ready(server.local_addr().port(), udp.as_ref());
+            park_forever()
+        }
+        "wsrpc-cluster" => {
+            let url = redis.ok_or_else(|| io::Error::other("wsrpc-cluster needs --redis URL"))?;
+            let server =
+                wsrpc_examples::cluster::start_instance_with(url, localhost(), wsrpc_config())?;
+            if !wsrpc_examples::cluster::wait_until_up(server.service(), Duration::from_secs(10)) {
+                return Err(io::Error::other(format!("Redis at {url} is not reachable")));
+            }
+            let service = server.service().clone();
+            // The broker numbers each message: queued here, delivered when Redis sends it back
+            // (the answer is not waited for).
+            start_publisher(udp.as_ref(), publishing, move |topic, t| {
+                let _ = service.publish(topic, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
             park_forever()
@@ -81,8 +127,8 @@ pub(crate) fn serve(kind: &str, fanout: bool) -> io::Result<()> {
                 .start()?;
             let server = Arc::new(server);
             let s = server.clone();
-            start_publisher(udp.as_ref(), move |t| {
-                let _ = s.publish(TOPIC, t);
+            start_publisher(udp.as_ref(), publishing, move |topic, t| {
+                let _ = s.publish(topic, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
             park_forever()
@@ -95,8 +141,8 @@ pub(crate) fn serve(kind: &str, fanout: bool) -> io::Result<()> {
                 .start()?;
             let server = Arc::new(server);
             let s = server.clone();
-            start_publisher(udp.as_ref(), move |t| {
-                let _ = s.publish(TOPIC, t);
+            start_publisher(udp.as_ref(), publishing, move |topic, t| {
+                let _ = s.publish(topic, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
             park_forever()
@@ -139,12 +185,33 @@ fn wsrpc_config() -> wsrpc_core::service::ServiceConfig {
 /// Spawns the publisher thread when there is an ack socket.
 fn start_publisher(
     udp: Option<&UdpSocket>,
-    publish: impl Fn(&Tick) + Send + 'static,
+    publishing: Publishing,
+    publish: impl Fn(&str, &Tick) + Send + 'static,
 ) -> io::Result<()> {
     let Some(udp) = udp else { return Ok(()) };
     let udp = udp.try_clone()?;
-    std::thread::Builder::new().name("publisher".into()).spawn(move || publisher(&udp, publish))?;
+    std::thread::Builder::new().name("publisher".into()).spawn(move || match publishing {
+        Publishing::Paced { rate, topics } => paced(&udp, rate, topics, publish),
+        _ => publisher(&udp, |t| publish(TOPIC, t)),
+    })?;
     Ok(())
+}
+
+/// Waits for the client's start signal, then publishes `rate` a second, round-robin over
+/// `topics` topics, each message on time (late ones are sent at once, never skipped).
+fn paced(udp: &UdpSocket, rate: u64, topics: u64, publish: impl Fn(&str, &Tick)) {
+    let names: Vec<String> = (0..topics.max(1)).map(|k| format!("t{k}")).collect();
+    let _ = udp.set_read_timeout(None);
+    let _ = udp.recv(&mut [0u8; 16]);
+    let start = Instant::now();
+    for seq in 1u64.. {
+        let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate.max(1));
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        publish(&names[(seq % names.len() as u64) as usize], &Tick { seq, ts: unix_nanos() });
+    }
 }
 
 /// Waits for the client's start signal, then publishes as fast as the window allows.
@@ -326,7 +393,7 @@ mod peers {
             )
             .map_err(io::Error::other)?;
         let tx2 = tx.clone();
-        start_publisher(udp.as_ref(), move |t| {
+        start_publisher(udp.as_ref(), Publishing::Window, move |_, t| {
             if let Ok(raw) = serde_json::value::to_raw_value(t) {
                 let _ = tx2.send(SubscriptionMessage::from(raw));
             }

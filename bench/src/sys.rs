@@ -10,6 +10,15 @@ pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }
 
+/// Pins another process (all its threads started later, and its main thread) to one CPU.
+pub(crate) fn pin_process_to_cpu(pid: u32, cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let pid =
+        rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    rustix::thread::sched_setaffinity(Some(pid), &set).map_err(io::Error::from)
+}
+
 /// Raises the soft file limit to the hard limit (20,000 here); returns the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};

@@ -654,3 +654,33 @@ fn a_ticket_resolves_for_an_awaiting_task() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_driver_far_behind_refuses_new_topics_instead_of_queueing_without_bound() {
+    let mut c = config();
+    c.hub.bridge.max_in_flight = 1;
+    c.hub.max_topics = 400;
+    let mut h = Harness::new(c);
+    h.event(BrokerEvent::Up);
+    let mut s = h.session();
+    // Subscribe/unsubscribe churn on invented topics while the driver takes nothing.
+    let mut refused_at = None;
+    for i in 0..2_000 {
+        h.call(&mut s, "subscribe", json!([format!("churn:{i}")]));
+        let out = drain(&mut s);
+        if let [answer] = &out[..] {
+            assert_eq!(answer["error"]["code"], -32002, "{out:?}");
+            refused_at = Some(i);
+            break;
+        }
+        let msg = json!({"jsonrpc": "2.0", "method": "unsubscribe", "params": [format!("0x{:x}", i + 1)], "id": 2});
+        s.handle_message(h.now, msg.to_string().as_bytes());
+        let _ = drain(&mut s);
+    }
+    let refused_at = refused_at.expect("refused once the queue is full");
+    let queued = h.commands().len();
+    assert!(queued <= 1_201 + 2, "{queued} commands queued after {refused_at} topics");
+    // Drained, new topics are taken again.
+    h.call(&mut s, "subscribe", json!(["fresh"]));
+    assert!(drain(&mut s).is_empty(), "waiting for the broker, not refused");
+}

@@ -18,6 +18,34 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Sends one command to the Redis at `addr` and returns the first line of the reply, or a
+/// bulk reply's body (`+OK`, `:3`, `-ERR ...`, or the text of `INFO`).
+pub fn command(addr: SocketAddr, args: &[&str]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end().to_owned();
+    if let Some(len) = line.strip_prefix('$') {
+        let Ok(len) = len.parse::<usize>() else { return Ok(line) };
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        return Ok(String::from_utf8_lossy(&body).into_owned());
+    }
+    Ok(line)
+}
+
+/// The value of `name:` in the text of `INFO`.
+pub fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+}
+
 /// A `redis-server` child process.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -82,31 +110,12 @@ impl RedisServer {
     /// Sends one command and returns the first line of the reply, or a bulk reply's body
     /// (`+OK`, `:3`, `-ERR ...`, or the text of `INFO`).
     pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let line = line.trim_end().to_owned();
-        if let Some(len) = line.strip_prefix('$') {
-            let Ok(len) = len.parse::<usize>() else { return Ok(line) };
-            let mut body = vec![0; len];
-            r.read_exact(&mut body)?;
-            return Ok(String::from_utf8_lossy(&body).into_owned());
-        }
-        Ok(line)
+        command(self.addr(), args)
     }
 
     /// A field of `INFO` (`used_cpu_sys`, `total_commands_processed`, ...).
     pub fn info_field(&self, name: &str) -> Option<String> {
-        let info = self.command(&["INFO", "all"]).ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+        info_field(&self.command(&["INFO", "all"]).ok()?, name)
     }
 
     /// Kills it (SIGKILL); everything it held is lost.

@@ -330,6 +330,9 @@ struct Shared {
 #[derive(Debug)]
 pub(super) struct Bridge {
     pub(super) config: BridgeConfig,
+    /// Most commands queued for a driver that does not keep up: beyond it subscribing to a
+    /// bridged topic nobody here listens to yet is refused as if the broker were down.
+    max_queued: usize,
     shared: Mutex<Shared>,
     up: AtomicBool,
     next_id: AtomicU64,
@@ -337,8 +340,13 @@ pub(super) struct Bridge {
 }
 
 impl Bridge {
-    pub(super) fn new(config: BridgeConfig) -> Self {
+    pub(super) fn new(config: BridgeConfig, max_topics: usize) -> Self {
+        // Every topic has at most a subscribe and a read in flight, plus an unsubscribe of
+        // an earlier incarnation; publishes are bounded by their tickets.
+        let max_queued =
+            config.max_in_flight.saturating_add(max_topics.saturating_mul(3)).max(1024);
         Self {
+            max_queued,
             config,
             shared: Mutex::new(Shared::default()),
             up: AtomicBool::new(false),
@@ -352,10 +360,12 @@ impl Bridge {
     }
 
     /// Queues `command` when the broker is up; returns whether it did, and the driver's waker
-    /// when the queue was empty (to wake after the caller's locks are released).
-    fn push(&self, command: BrokerCommand, wakers: &mut Vec<Waker>) -> bool {
+    /// when the queue was empty (to wake after the caller's locks are released). A `new`
+    /// topic's first subscribe is also refused while the driver is far behind (every other
+    /// command is bounded by the topics that exist).
+    fn push(&self, command: BrokerCommand, new: bool, wakers: &mut Vec<Waker>) -> bool {
         let mut s = lock(&self.shared);
-        if !s.up {
+        if !s.up || (new && s.commands.len() >= self.max_queued) {
             return false;
         }
         if s.commands.is_empty() {
@@ -606,7 +616,7 @@ impl Hub {
                 let need = link.need(since).unwrap_or(link.last).min(link.last);
                 let id = bridge.id();
                 let cmd = self.history_command(id, &t.key.name, Some(need));
-                if !bridge.push(cmd, &mut after.wakers) {
+                if !bridge.push(cmd, false, &mut after.wakers) {
                     return Err(SubscribeError::Unavailable);
                 }
                 link.state = LinkState::Reading { id, since: Some(need) };
@@ -615,7 +625,7 @@ impl Hub {
             LinkState::Idle | LinkState::Down => {
                 let token = bridge.id();
                 let cmd = BrokerCommand::Subscribe { topic: t.key.name.clone(), token };
-                if !bridge.push(cmd, &mut after.wakers) {
+                if !bridge.push(cmd, true, &mut after.wakers) {
                     return Err(SubscribeError::Unavailable);
                 }
                 link.state = LinkState::Subscribing { token };
@@ -729,7 +739,7 @@ impl Hub {
         let id = bridge.id();
         let cmd = self.history_command(id, &t.key.name, since);
         let link = t.link.as_deref_mut().expect("a bridged topic");
-        if bridge.push(cmd, &mut after.wakers) {
+        if bridge.push(cmd, false, &mut after.wakers) {
             link.state = LinkState::Reading { id, since };
         } else {
             self.stall(t, after);
@@ -1068,7 +1078,7 @@ impl Hub {
                 }
                 let token = bridge.id();
                 let cmd = BrokerCommand::Subscribe { topic: name.clone(), token };
-                if bridge.push(cmd, &mut after.wakers) {
+                if bridge.push(cmd, false, &mut after.wakers) {
                     link.state = LinkState::Subscribing { token };
                 }
             }
@@ -1140,8 +1150,11 @@ impl Hub {
     pub(super) fn unlink(&self, t: &Topic) {
         if t.link.as_ref().is_some_and(|l| !matches!(l.state, LinkState::Idle)) {
             let mut wakers = Vec::new();
-            self.bridge_ref()
-                .push(BrokerCommand::Unsubscribe { topic: t.key.name.clone() }, &mut wakers);
+            self.bridge_ref().push(
+                BrokerCommand::Unsubscribe { topic: t.key.name.clone() },
+                false,
+                &mut wakers,
+            );
             for w in wakers {
                 w.wake();
             }

@@ -316,7 +316,7 @@ impl Hub {
     }
 
     fn build(config: HubConfig, epoch: u64, bridged: bool) -> Self {
-        let bridge = bridged.then(|| bridge::Bridge::new(config.bridge.clone()));
+        let bridge = bridged.then(|| bridge::Bridge::new(config.bridge.clone(), config.max_topics));
         Self {
             config,
             epoch,
