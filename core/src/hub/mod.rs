@@ -4,6 +4,10 @@
 //! A [`Hub`] is shared by every connection of a server across threads without a runtime:
 //! publishing locks one topic, encodes the notification once, and pushes a shared frame into
 //! each subscriber's [`Outbox`], waking connections whose outbox was empty.
+//!
+//! With a broker (`ServerBuilder::broker`), topics covered by [`BridgeConfig::topics`] are
+//! shared with other servers: the broker numbers their messages and every server delivers
+//! them in that order (see the bridge's [`BrokerCommand`] and [`BrokerEvent`]).
 
 mod bridge;
 mod outbox;
