@@ -36,6 +36,8 @@ const CALL: Duration = Duration::from_secs(10);
 
 /// A private Redis, or `None` (after saying so) when `redis-server` is missing.
 fn redis() -> Option<RedisServer> {
+    // `RUST_LOG=wsrpc=debug` shows the bridge's decisions of a failing test.
+    let _ = env_logger::builder().is_test(true).try_init();
     if !redis_server::available() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -731,4 +733,108 @@ fn an_idle_instance_only_probes() {
     assert_eq!(a.health(), 200);
     let stats = a.service().snapshot(Instant::now()).broker.unwrap();
     assert_eq!((stats.publishes, stats.messages), (0, 0));
+}
+
+/// A TCP relay to Redis that can freeze what Redis sends on one of its connections, the
+/// failure of a pub/sub connection that stays open while nothing arrives on it.
+struct Relay {
+    addr: SocketAddr,
+    frozen: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Relay {
+    fn start(redis: SocketAddr) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(redis) else { continue };
+                let pipe =
+                    |mut from: std::net::TcpStream,
+                     mut to: std::net::TcpStream,
+                     freeze: Option<Arc<std::sync::Mutex<Vec<usize>>>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                let Ok(k) = from.read(&mut buf) else { break };
+                                if k == 0 {
+                                    break;
+                                }
+                                // Frozen: Redis's bytes are held back, the connection stays open.
+                                while freeze
+                                    .as_ref()
+                                    .is_some_and(|f| f.lock().unwrap().contains(&n))
+                                {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                if to.write_all(&buf[..k]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
+                pipe(server, client, Some(f.clone()));
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    fn freeze(&self, connection: usize) {
+        self.frozen.lock().unwrap().push(connection);
+    }
+}
+
+#[test]
+fn a_silent_pubsub_connection_is_caught_by_the_probe_and_nothing_is_lost() {
+    let _serial = serial();
+    let Some(redis) = redis() else { return };
+    let relay = Relay::start(redis.addr());
+    let mut options = wsrpc_redis::RedisOptions::new(format!("redis://{}", relay.addr));
+    options.probe_interval = Duration::from_millis(200);
+    options.probe_timeout = Duration::from_secs(1);
+    let cell = Arc::new(OnceLock::new());
+    let a = wsrpc_smol::Server::builder()
+        .config(config())
+        .router(cluster::router(cell.clone()))
+        .redis_with(options)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .start()
+        .unwrap();
+    let _ = cell.set(Arc::downgrade(a.service()));
+    assert!(cluster::wait_until_up(a.service(), LONG));
+    let mut s = RawClient::connect(a.local_addr()).unwrap();
+    subscribe(&mut s, "t", None);
+    let publish = |n: u64| a.service().publish("t", &n).unwrap().wait().unwrap().seq;
+    for n in 1..=5 {
+        publish(n);
+    }
+    assert_eq!(seqs(&read_until(&mut s, 5)), [1, 2, 3, 4, 5]);
+    // The relay's second connection is the pub/sub one (the command connection comes first).
+    relay.freeze(1);
+    // Publishes still succeed: Redis counts the frozen connection as a subscriber.
+    let mut last = 0;
+    for n in 6..=15 {
+        last = publish(n);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last, 15);
+    wait_for("a reconnection", || {
+        a.service().snapshot(Instant::now()).broker.is_some_and(|b| b.reconnects >= 1)
+    });
+    for n in 16..=20 {
+        last = a.service().publish("t", &n).unwrap().wait().unwrap().seq;
+    }
+    let events = read_until(&mut s, last);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Lagged { from: 6, to: None, .. })),
+        "{events:?}"
+    );
+    assert_eq!(seqs(&events), (6..=20).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    assert!(!events.iter().any(|e| matches!(e, Event::Gap { .. })));
 }
