@@ -744,7 +744,6 @@ struct Relay {
 
 impl Relay {
     fn start(redis: SocketAddr) -> Self {
-        use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -753,41 +752,43 @@ impl Relay {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
                 let Ok(server) = std::net::TcpStream::connect(redis) else { continue };
-                let pipe =
-                    |mut from: std::net::TcpStream,
-                     mut to: std::net::TcpStream,
-                     freeze: Option<Arc<std::sync::Mutex<Vec<usize>>>>| {
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 16 * 1024];
-                            loop {
-                                let Ok(k) = from.read(&mut buf) else { break };
-                                if k == 0 {
-                                    break;
-                                }
-                                // Frozen: Redis's bytes are held back, the connection stays open.
-                                while freeze
-                                    .as_ref()
-                                    .is_some_and(|f| f.lock().unwrap().contains(&n))
-                                {
-                                    std::thread::sleep(Duration::from_millis(20));
-                                }
-                                if to.write_all(&buf[..k]).is_err() {
-                                    break;
-                                }
-                            }
-                            let _ = to.shutdown(std::net::Shutdown::Write);
-                        });
-                    };
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
-                pipe(server, client, Some(f.clone()));
+                let up = client.try_clone().unwrap();
+                let to_redis = server.try_clone().unwrap();
+                std::thread::spawn(move || relay_copy(up, to_redis, None));
+                let f = f.clone();
+                std::thread::spawn(move || relay_copy(server, client, Some((f, n))));
             }
         });
         Self { addr, frozen }
     }
 
+    /// Holds back what Redis sends on the relay's `connection`-th connection (from 0).
     fn freeze(&self, connection: usize) {
         self.frozen.lock().unwrap().push(connection);
     }
+}
+
+/// Copies `from` to `to` until either ends, holding the bytes back while connection `n` of
+/// `frozen` is listed there.
+fn relay_copy(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    frozen: Option<(Arc<std::sync::Mutex<Vec<usize>>>, usize)>,
+) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(k) = from.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        while frozen.as_ref().is_some_and(|(f, n)| f.lock().unwrap().contains(n)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if to.write_all(&buf[..k]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 #[test]
