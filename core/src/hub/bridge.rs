@@ -1006,7 +1006,6 @@ impl Hub {
         let link = t.link.as_deref_mut().expect("a bridged topic");
         let pending = std::mem::take(&mut link.pending);
         let mut again: Option<u64> = None;
-        let mut served = 0u64;
         for p in pending {
             let link = t.link.as_deref_mut().expect("a bridged topic");
             let need = link.need(p.since);
@@ -1020,14 +1019,12 @@ impl Hub {
             };
             if covered {
                 self.serve(t, p, true, after);
-                served += 1;
             } else {
                 let n = need.unwrap_or(0);
                 again = Some(again.map_or(n, |a| a.min(n)));
                 t.link.as_deref_mut().expect("a bridged topic").pending.push(p);
             }
         }
-        let _ = served;
         if let Some(since) = again {
             self.start_read(t, Some(since), after);
         }
