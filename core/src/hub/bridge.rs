@@ -767,10 +767,7 @@ impl Hub {
             self.subscriptions_active.fetch_sub(pending.len() as u64, Ordering::Relaxed);
         }
         for p in pending {
-            let failed = Control::SubscribeFailed {
-                topic: t.key.clone(),
-                error: SubscribeError::Unavailable,
-            };
+            let failed = Control::SubscribeFailed { topic: t.key.clone() };
             after.wakers.extend(p.outbox.push_control(failed));
         }
     }

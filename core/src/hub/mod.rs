@@ -405,7 +405,9 @@ impl Hub {
 
     /// Queues notification `seq` carrying `json` for every subscriber and keeps it for
     /// replay; returns how many subscribers it was queued for.
-    #[inline]
+    // Inlined: the local publish path must not pay a call with seven arguments for sharing
+    // this loop with the bridge.
+    #[inline(always)]
     fn fan_out(
         &self,
         key: &Arc<TopicKey>,
@@ -560,14 +562,19 @@ impl Hub {
         }
     }
 
-    /// Removes the topic named `name` when nobody uses it any more.
+    /// Removes the topic named `name` when nobody uses it any more (a look under the read
+    /// lock first: mostly it is still used).
     fn remove_if_unused(&self, name: &str) {
         let unused = |topics: &HashMap<Arc<str>, Arc<Mutex<Topic>>>| {
             topics.get(name).is_some_and(|t| lock(t).removable())
         };
-        if !unused(&self.topics.read().unwrap_or_else(|p| p.into_inner())) {
-            return;
+        if unused(&self.topics.read().unwrap_or_else(|p| p.into_inner())) {
+            self.remove_unused(name);
         }
+    }
+
+    /// Removes the topic named `name` if nobody uses it, under the map's write lock.
+    fn remove_unused(&self, name: &str) {
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = topics.get(name) {
             let mut g = lock(t);
@@ -693,7 +700,7 @@ impl Hub {
         if unused {
             // Topics that only subscribers created go away with them, so names invented by
             // clients cannot accumulate.
-            self.remove_if_unused(topic);
+            self.remove_unused(topic);
         }
         removed
     }

@@ -268,47 +268,69 @@ impl RpcSession {
     /// then applies).
     #[must_use]
     pub fn poll_output_with(&mut self, notifications: bool) -> Option<SessionOutput> {
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        if self.closing || !notifications {
+            return None;
+        }
+        if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+            // Nothing queued: an idle connection keeps no grown buffers (small ones stay, so a
+            // steady call rate does not allocate per call).
+            if self.drained.capacity() > 8 {
+                self.drained = VecDeque::new();
+            }
+            if self.out.capacity() > 8 {
+                self.out = VecDeque::new();
+            }
+            return None;
+        }
+        match self.drained.pop_front()? {
+            // Unsubscribing purges the outbox and `drained`: everything here is for a live
+            // subscription.
+            OutboxItem::Notification(d) => {
+                self.service.metrics().message_sent();
+                Some(SessionOutput::Notification(d.frame))
+            }
+            item => self.poll_rare(item),
+        }
+    }
+
+    /// The output for anything but a notification, kept out of the notification path.
+    #[cold]
+    #[inline(never)]
+    fn poll_rare(&mut self, mut item: OutboxItem) -> Option<SessionOutput> {
         loop {
-            if let Some(o) = self.out.pop_front() {
-                return Some(o);
-            }
-            if self.closing || !notifications {
-                return None;
-            }
-            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
-                // Nothing queued: an idle connection keeps no grown buffers (small ones stay,
-                // so a steady call rate does not allocate per call).
-                if self.drained.capacity() > 8 {
-                    self.drained = VecDeque::new();
-                }
-                if self.out.capacity() > 8 {
-                    self.out = VecDeque::new();
-                }
-                return None;
-            }
-            match self.drained.pop_front()? {
+            match item {
                 // A subscription that waited for the broker: its answer goes out first (into
                 // `out`), then what follows it in the outbox.
                 OutboxItem::Subscribed { topic, seq, epoch } => {
                     self.finish_subscribe(&topic, Ok((seq, epoch)));
                 }
-                OutboxItem::SubscribeFailed { topic, error } => {
-                    self.finish_subscribe(&topic, Err(error));
+                OutboxItem::SubscribeFailed { topic } => {
+                    self.finish_subscribe(&topic, Err(SubscribeError::Unavailable));
                 }
-                item => return Some(self.output_of(item)),
+                other => return Some(self.notice(other)),
+            }
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
+            }
+            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+                return None;
+            }
+            item = self.drained.pop_front()?;
+            if let OutboxItem::Notification(d) = item {
+                self.service.metrics().message_sent();
+                return Some(SessionOutput::Notification(d.frame));
             }
         }
     }
 
-    fn output_of(&mut self, item: OutboxItem) -> SessionOutput {
+    /// The message of a notice (lagged, gap, reset, stalled) or the close of an overflow.
+    #[cold]
+    fn notice(&mut self, item: OutboxItem) -> SessionOutput {
         let hub = self.service.hub();
         match item {
-            // Unsubscribing purges the outbox and `drained`: everything here is for a live
-            // subscription.
-            OutboxItem::Notification(d) => {
-                self.service.metrics().message_sent();
-                SessionOutput::Notification(d.frame)
-            }
             OutboxItem::Lagged { topic, from, to } => {
                 let mut out = Vec::new();
                 hub.write_notice(&mut out, true, &topic, from, to);
@@ -334,9 +356,9 @@ impl RpcSession {
                 SessionOutput::Message(out)
             }
             // Taken in `poll_output_with`.
-            OutboxItem::Subscribed { .. } | OutboxItem::SubscribeFailed { .. } => {
-                unreachable!("answered before")
-            }
+            OutboxItem::Notification(_)
+            | OutboxItem::Subscribed { .. }
+            | OutboxItem::SubscribeFailed { .. } => unreachable!("handled before"),
         }
     }
 
@@ -724,7 +746,9 @@ impl RpcSession {
             }
         };
         // Already subscribed: the same id again, nothing replayed twice.
-        if self.pending_subscribes.contains_key(&key.subscription) {
+        if !self.pending_subscribes.is_empty()
+            && self.pending_subscribes.contains_key(&key.subscription)
+        {
             return Ok(SubscribeAnswer::Pending(key.subscription.clone()));
         }
         subscribe_result(cfg.methods.eth_style, &key, None, hub.epoch_of(&topic))
@@ -736,18 +760,14 @@ impl RpcSession {
         let removed = match self.subscriptions.remove(id.as_str()) {
             Some(key) => {
                 self.service.hub().unsubscribe(&self.outbox, &key.name);
-                self.drained.retain(|item| match item {
-                    OutboxItem::Notification(d) => !Arc::ptr_eq(&d.topic, &key),
-                    OutboxItem::Lagged { topic, .. }
-                    | OutboxItem::Gap { topic, .. }
-                    | OutboxItem::Subscribed { topic, .. }
-                    | OutboxItem::SubscribeFailed { topic, .. }
-                    | OutboxItem::Reset { topic, .. }
-                    | OutboxItem::Stalled { topic, .. } => !Arc::ptr_eq(topic, &key),
-                    OutboxItem::Overflowed => true,
-                });
+                self.drained.retain(|item| item.topic().is_none_or(|t| !Arc::ptr_eq(t, &key)));
                 self.service.metrics().subscriptions_closed(1);
-                if let Some(calls) = self.pending_subscribes.remove(&key.subscription) {
+                let waiting = if self.pending_subscribes.is_empty() {
+                    None
+                } else {
+                    self.pending_subscribes.remove(&key.subscription)
+                };
+                if let Some(calls) = waiting {
                     let e = RpcError::new(
                         error::UNAVAILABLE,
                         "Unsubscribed before the subscription was established",
@@ -801,11 +821,16 @@ fn subscribe_result(
     if eth_style {
         return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
     }
-    let mut v = serde_json::json!({ "subscription": &*key.subscription, "topic": &*key.name, "epoch": epoch });
-    if let Some(seq) = seq {
-        v["seq"] = seq.into();
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        subscription: &'a str,
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        epoch: u64,
     }
-    serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+    let r = Answer { subscription: &key.subscription, topic: &key.name, seq, epoch };
+    serde_json::value::to_raw_value(&r).map_err(RpcError::internal)
 }
 
 fn subscribe_error(e: SubscribeError) -> RpcError {
