@@ -220,6 +220,10 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
             let mut cells = Vec::new();
             for metric in metrics(scenario) {
                 let v = values(results, &case.name, server, &metric);
+                if metric.name == REDIS_CPU && v.iter().all(|x| !x.is_finite()) {
+                    // A server without Redis.
+                    continue;
+                }
                 let (lo, hi) = spread(&v);
                 cells.push(format!("{} {} [{}–{}]", metric.name, num(median(v)), num(lo), num(hi)));
             }
