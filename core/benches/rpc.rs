@@ -161,6 +161,32 @@ fn benches(c: &mut Criterion) {
             drain_all(&mut subs);
         })
     });
+    // The per-publish and per-subscribe cost outside the fan-out loop (topic lookup, locks,
+    // encoding): where a check for broker-bridged topics would show.
+    let svc = service(unlimited());
+    let mut one = subscribers(&svc, 1);
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(50);
+    g.bench_function("publish_1_subscriber", |b| {
+        b.iter(|| {
+            svc.publish("t", &[1, 2, 3]).unwrap();
+            drain_all(&mut one);
+        })
+    });
+    let mut s = session(&svc);
+    let now = Instant::now();
+    let sub = br#"{"jsonrpc":"2.0","method":"subscribe","params":["u"],"id":1}"#;
+    g.bench_function("subscribe_unsubscribe", |b| {
+        b.iter(|| {
+            s.handle_message(now, sub);
+            let Some(SessionOutput::Message(m)) = s.poll_output() else { panic!("no answer") };
+            let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+            let id = v["result"]["subscription"].as_str().unwrap();
+            let unsub =
+                format!(r#"{{"jsonrpc":"2.0","method":"unsubscribe","params":["{id}"],"id":2}}"#);
+            one_call(&mut s, now, unsub.as_bytes())
+        })
+    });
     g.finish();
 }
 

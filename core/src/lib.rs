@@ -50,6 +50,9 @@
 //! - [`ws`]: RFC 6455 handshake, frames, masking, UTF-8, close and the [`ws::Connection`].
 //! - [`http`]: HTTP/1.1 heads, shared by the upgrade and plain requests on the same port.
 //! - [`entropy`]: the injected randomness for client mask keys.
+//! - [`hub`]: topics, per-topic sequence numbers and replay, fan-out into bounded outboxes,
+//!   and the broker bridge through which several servers share topics (commands out, events
+//!   in; `wsrpc-redis` drives it).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

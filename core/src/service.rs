@@ -1,14 +1,16 @@
 //! The state a server's connections share: configuration, router, hub, rate limiters,
 //! metrics and the injected clock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthPolicy, MessageSigner};
-use crate::hub::{Hub, HubConfig, PublishError, Published};
+use crate::hub::{
+    BrokerDriver, BrokerLink, BrokerRunning, Hub, HubConfig, PublishError, Published,
+};
 use crate::limit::{LimitConfig, OriginLimiter};
-use crate::metrics::{Health, MethodId, Metrics, PubSubInfo, Snapshot};
+use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
 use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
 use crate::time::Now;
@@ -147,8 +149,10 @@ pub struct Service {
     ws_config: Arc<ws::Config>,
     router: Router,
     method_ids: Vec<MethodId>,
-    hub: Hub,
+    hub: Arc<Hub>,
     metrics: Metrics,
+    /// The running broker driver, stopped at shutdown.
+    broker: Mutex<Option<Box<dyn BrokerRunning>>>,
     limit_config: Arc<LimitConfig>,
     origin_limiter: OriginLimiter,
     clock: Option<Box<dyn Clock>>,
@@ -179,12 +183,28 @@ impl Service {
         now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
+        Self::build(config, router, now, clock, None)
+    }
+
+    /// The service, with a broker when `broker` is given: its driver is started here with
+    /// the link to the hub.
+    fn build(
+        config: ServiceConfig,
+        router: Router,
+        now: Now,
+        clock: Option<Box<dyn Clock>>,
+        broker: Option<Box<dyn BrokerDriver>>,
+    ) -> Arc<Self> {
         let mut metrics = Metrics::new(now.mono);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
         // Microseconds: clients echo the epoch back, and JavaScript numbers are exact only up
         // to 2^53 (nanoseconds since 1970 are above it; microseconds stay below until 2255).
-        let hub =
-            Hub::new(config.hub.clone(), u64::try_from(now.wall.0.as_micros()).unwrap_or(u64::MAX));
+        let epoch = u64::try_from(now.wall.0.as_micros()).unwrap_or(u64::MAX);
+        let hub = Arc::new(match broker {
+            Some(_) => Hub::with_bridge(config.hub.clone(), epoch),
+            None => Hub::new(config.hub.clone(), epoch),
+        });
+        let running = broker.map(|driver| driver.start(BrokerLink::new(hub.clone())));
         let limit_config = Arc::new(config.limits.clone());
         let origin_limiter = OriginLimiter::new(limit_config.clone());
         let mut ws_config = config.ws.clone();
@@ -205,6 +225,7 @@ impl Service {
             method_ids,
             hub,
             metrics,
+            broker: Mutex::new(running),
             limit_config,
             origin_limiter,
             clock,
@@ -255,6 +276,11 @@ impl Service {
     }
 
     /// Publishes `value` to `topic` (callable from any thread).
+    ///
+    /// A topic shared with other instances through the broker is numbered by the broker:
+    /// the call returns once the message is queued for it, with the answer to come in
+    /// [`Published::pending`] (`Published::wait` blocks for it); it fails at once with
+    /// [`PublishError::BrokerUnavailable`] while the broker is down.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -264,7 +290,8 @@ impl Service {
     }
 
     /// The health document served as `rpc.health` and `GET /health`: the metrics' health
-    /// with the server's name and its subscription protocol.
+    /// with the server's name, its subscription protocol and its broker's state (unavailable
+    /// while a configured broker is down).
     pub fn health(&self, now: Instant) -> Health {
         let mut health = self.metrics.health(now);
         health.name.clone_from(&self.config.name);
@@ -277,6 +304,10 @@ impl Service {
             m.eth_style,
             self.hub.epoch(),
         ));
+        health.broker = self.broker_state();
+        if health.broker == Some(BrokerState::Down) {
+            health.status = crate::metrics::HealthStatus::Unavailable;
+        }
         health
     }
 
@@ -285,7 +316,24 @@ impl Service {
         let mut snapshot = self.metrics.snapshot(now);
         // Drops happen in the hub, on the publisher's thread, when an outbox overflows.
         snapshot.lagged_drops = self.hub.stats().dropped;
+        snapshot.broker = self.hub.broker_stats();
         snapshot
+    }
+
+    /// The broker's state, when the server has one.
+    pub fn broker_state(&self) -> Option<BrokerState> {
+        self.hub.broker_stats().map(|s| s.state)
+    }
+
+    /// Stops the broker driver, if any (idempotent): the broker counts as down from then
+    /// on, publishes waiting for it fail. Adapters call it at the end of a shutdown; dropping
+    /// the service does it too.
+    pub fn stop_broker(&self) {
+        let running = self.broker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(running) = running {
+            running.stop();
+            self.hub.close_bridge();
+        }
     }
 
     /// Records the port the server is bound to, for the snapshot.
@@ -321,6 +369,12 @@ impl Service {
     pub(crate) fn release(&self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connection_closed();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop_broker();
     }
 }
 
@@ -444,6 +498,7 @@ pub struct ServerBuilder<L> {
     bind: Bind,
     measure_handlers: bool,
     threads: Threads,
+    broker: Option<Box<dyn BrokerDriver>>,
     launcher: std::marker::PhantomData<fn() -> L>,
 }
 
@@ -526,6 +581,7 @@ impl<L> std::fmt::Debug for ServerBuilder<L> {
             .field("router", &self.router)
             .field("config", &self.config)
             .field("bind", &self.bind)
+            .field("broker", &self.broker.is_some())
             .finish()
     }
 }
@@ -538,6 +594,7 @@ impl<L> Default for ServerBuilder<L> {
             bind: Bind::default(),
             measure_handlers: true,
             threads: Threads::default(),
+            broker: None,
             launcher: std::marker::PhantomData,
         }
     }
@@ -686,8 +743,23 @@ impl<L> ServerBuilder<L> {
         self
     }
 
+    /// Shares topics with other server instances through a broker, driven by `driver`
+    /// (`wsrpc_redis::RedisExt::redis` sets a Redis one). Which topics is
+    /// `config.hub.bridge.topics` [all].
+    pub fn broker(mut self, driver: impl BrokerDriver) -> Self {
+        self.broker = Some(Box::new(driver));
+        self
+    }
+
+    /// [`broker`](Self::broker) with a boxed driver.
+    pub fn broker_boxed(mut self, driver: Box<dyn BrokerDriver>) -> Self {
+        self.broker = Some(driver);
+        self
+    }
+
     /// Builds the service (for adapters), started at `now`; `clock` measures synchronous
-    /// handlers. Fails when the router refused a method name.
+    /// handlers; a broker driver given to [`broker`](Self::broker) is started here. Fails
+    /// when the router refused a method name.
     pub fn into_parts(
         self,
         now: Now,
@@ -695,7 +767,7 @@ impl<L> ServerBuilder<L> {
     ) -> Result<ServerParts, StartError> {
         self.router.check().map_err(StartError::Router)?;
         let clock = if self.measure_handlers { clock } else { None };
-        let service = Service::with_clock(self.config, self.router, now, clock);
+        let service = Service::build(self.config, self.router, now, clock, self.broker);
         Ok(ServerParts { service, bind: self.bind, threads: self.threads })
     }
 }

@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 
+pub mod cluster;
+pub mod redis_server;
+
 use serde_json::json;
 use wsrpc_core::Xoshiro256;
 use wsrpc_core::limit::{LimitConfig, MethodClass};

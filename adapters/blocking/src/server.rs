@@ -223,6 +223,7 @@ impl Server {
         if let Some(pool) = self.pool.take() {
             pool.stop(end.max(Instant::now() + POOL_WAIT));
         }
+        self.service().stop_broker();
         log::info!(target: "wsrpc::http", "stopped addr={}", self.local_addr());
     }
 }

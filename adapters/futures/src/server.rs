@@ -222,6 +222,7 @@ impl ServerHandle {
             self.registry.force_close();
             self.registry.wait_idle().await;
         }
+        self.service().stop_broker();
     }
 }
 

@@ -457,8 +457,11 @@ impl ServerConnection {
                 return self.respond_error(400, "unexpected body", meta);
             }
             if path == config.http.health_path {
-                let body = serde_json::to_vec(&self.service.health(now.mono)).unwrap_or_default();
-                return self.respond(200, &[("Content-Type", "application/json")], &body, meta);
+                let health = self.service.health(now.mono);
+                let body = serde_json::to_vec(&health).unwrap_or_default();
+                // 503 while the broker that topics go through is down.
+                let status = health.http_status();
+                return self.respond(status, &[("Content-Type", "application/json")], &body, meta);
             }
             let body = self.service.snapshot(now.mono).to_prometheus();
             return self.respond(

@@ -4,7 +4,12 @@
 //! A [`Hub`] is shared by every connection of a server across threads without a runtime:
 //! publishing locks one topic, encodes the notification once, and pushes a shared frame into
 //! each subscriber's [`Outbox`], waking connections whose outbox was empty.
+//!
+//! With a broker (`ServerBuilder::broker`), topics covered by [`BridgeConfig::topics`] are
+//! shared with other servers: the broker numbers their messages and every server delivers
+//! them in that order (see the bridge's [`BrokerCommand`] and [`BrokerEvent`]).
 
+mod bridge;
 mod outbox;
 mod policy;
 
@@ -12,7 +17,12 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::task::Waker;
 
+pub use bridge::{
+    BridgeConfig, BridgedTopics, BrokerCommand, BrokerDriver, BrokerEvent, BrokerLink,
+    BrokerRunning, PublishTicket, Sequenced,
+};
 pub use outbox::{Delivery, Outbox, OutboxItem, OutboxLimits, SlowConsumer, TopicKey};
 pub use policy::{
     SubscribeError, TopicPattern, TopicPolicy, check_policy, topic_kind, validate_topic,
@@ -35,6 +45,9 @@ pub struct SubscriptionMethods {
     pub lagged: String,
     /// The notice for a resubscription whose `since` is older than the replay buffer.
     pub gap: String,
+    /// The notice that a broker-bridged topic's epoch changed (the broker lost its history):
+    /// sequence numbers start over.
+    pub reset: String,
     /// `eth_subscribe` style: the subscribe result is the bare subscription id, and the
     /// first param names the topic (`["newHeads"]`). wsrpc's resume extension: a second
     /// param with a `since` key (`["newHeads", {"since": N|null, "epoch": E}]`) replays as
@@ -50,6 +63,7 @@ impl Default for SubscriptionMethods {
             notification: "subscription".into(),
             lagged: "lagged".into(),
             gap: "gap".into(),
+            reset: "reset".into(),
             eth_style: false,
         }
     }
@@ -64,6 +78,7 @@ impl SubscriptionMethods {
             notification: "eth_subscription".into(),
             lagged: "eth_subscriptionLagged".into(),
             gap: "eth_subscriptionGap".into(),
+            reset: "eth_subscriptionReset".into(),
             eth_style: true,
         }
     }
@@ -92,6 +107,8 @@ pub struct HubConfig {
     pub max_topics: usize,
     /// Method names.
     pub methods: SubscriptionMethods,
+    /// Which topics go through the broker, when the server has one.
+    pub bridge: BridgeConfig,
 }
 
 impl Default for HubConfig {
@@ -105,6 +122,7 @@ impl Default for HubConfig {
             max_topic_len: 128,
             max_topics: 10_000,
             methods: SubscriptionMethods::default(),
+            bridge: BridgeConfig::default(),
         }
     }
 }
@@ -117,6 +135,17 @@ pub enum PublishError {
     InvalidTopic(SubscribeError),
     /// The value could not be serialized, or the given text is not JSON.
     Json(serde_json::Error),
+    /// The topic goes through a broker that is down: nothing was published (delivering it
+    /// locally would fork the topic's numbering between instances).
+    BrokerUnavailable,
+    /// The broker refused the publish, or went away before it answered (then the message
+    /// may have been published).
+    BrokerFailed(String),
+    /// Too many publishes are waiting for the broker's answer.
+    Backlog {
+        /// The configured bound ([`BridgeConfig::max_in_flight`]).
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for PublishError {
@@ -124,6 +153,31 @@ impl std::fmt::Display for PublishError {
         match self {
             Self::InvalidTopic(e) => write!(f, "cannot publish: {e}"),
             Self::Json(e) => write!(f, "cannot publish: {e}"),
+            Self::BrokerUnavailable => f.write_str("cannot publish: the broker is unavailable"),
+            Self::BrokerFailed(why) => write!(f, "publish failed at the broker: {why}"),
+            Self::Backlog { max } => {
+                write!(f, "cannot publish: {max} publishes already wait for the broker")
+            }
+        }
+    }
+}
+
+impl PublishError {
+    /// The JSON-RPC error a `publish` method answers with: -32602 for a bad topic or value,
+    /// -32002 when the broker is unavailable or failed, -32005 for a backlog.
+    pub fn to_rpc_error(&self) -> crate::rpc::RpcError {
+        use crate::rpc::RpcError;
+        use crate::rpc::error::{LIMIT_EXCEEDED, UNAVAILABLE};
+        match self {
+            Self::InvalidTopic(_) | Self::Json(_) => RpcError::invalid_params(self),
+            Self::BrokerUnavailable => RpcError::new(UNAVAILABLE, "Broker unavailable")
+                .with_data(serde_json::json!({ "broker": "down" })),
+            Self::BrokerFailed(why) => RpcError::new(UNAVAILABLE, "Broker failed")
+                .with_data(serde_json::json!({ "broker": "failed", "detail": why })),
+            Self::Backlog { max } => {
+                RpcError::new(LIMIT_EXCEEDED, "Limit exceeded: publishes waiting for the broker")
+                    .with_data(serde_json::json!({ "limit": "broker_in_flight", "max": max }))
+            }
         }
     }
 }
@@ -131,12 +185,33 @@ impl std::fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 /// What a publish did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// On a topic bridged through a broker the broker numbers the message, so the publish
+/// returns as soon as it is queued for the broker, with `seq` 0 and the [`PublishTicket`] in
+/// `pending`; [`wait`](Self::wait) (or awaiting the ticket) gives the number.
+#[derive(Debug)]
+#[non_exhaustive]
 pub struct Published {
-    /// The sequence number it got.
+    /// The sequence number it got (0 while `pending`).
     pub seq: u64,
-    /// Subscribers it was queued for.
+    /// The epoch the number counts in (0 while `pending`).
+    pub epoch: u64,
+    /// Subscribers on this server it was queued for (0 while `pending`: they receive it when
+    /// it comes back from the broker, like everyone else's).
     pub subscribers: usize,
+    /// The broker's answer to come, for a bridged topic.
+    pub pending: Option<PublishTicket>,
+}
+
+impl Published {
+    /// The message's sequence number and epoch, blocking until the broker answers for a
+    /// bridged topic.
+    pub fn wait(self) -> Result<Sequenced, PublishError> {
+        match self.pending {
+            Some(ticket) => ticket.wait(),
+            None => Ok(Sequenced { seq: self.seq, epoch: self.epoch }),
+        }
+    }
 }
 
 /// A new subscription.
@@ -146,8 +221,13 @@ pub struct Subscribed {
     pub key: Arc<TopicKey>,
     /// The topic's latest sequence number at the time of subscribing.
     pub seq: u64,
-    /// The hub's epoch; sequence numbers restart when it changes (a server restart).
+    /// The hub's epoch (a bridged topic's: the broker's); sequence numbers restart when it
+    /// changes (a server restart, a broker that lost its history).
     pub epoch: u64,
+    /// A bridged topic is not in step with the broker yet: `seq` and `epoch` are 0, the
+    /// outbox gets [`OutboxItem::Subscribed`] (or `SubscribeFailed`) when it is, then the
+    /// replay.
+    pub pending: bool,
 }
 
 /// Counters of a hub.
@@ -177,6 +257,21 @@ struct Topic {
     idle_queued: bool,
     /// Removed from the map: whoever still holds it looks the name up again.
     dead: bool,
+    /// Set for a topic shared through the broker.
+    link: Option<Box<bridge::TopicLink>>,
+}
+
+impl Topic {
+    /// Whether someone is subscribed (or waiting to be).
+    fn in_use(&self) -> bool {
+        !self.subscribers.is_empty() || self.link.as_ref().is_some_and(|l| l.has_pending())
+    }
+
+    /// Whether the topic may leave the map: unused, and for a local topic without replay
+    /// (a bridged topic's replay is stale once the broker channel is left).
+    fn removable(&self) -> bool {
+        !self.in_use() && (self.link.is_some() || self.replay.is_empty())
+    }
 }
 
 /// A topic that had no subscribers when queued: an eviction candidate. Stale when the map
@@ -203,6 +298,8 @@ pub struct Hub {
     published: AtomicU64,
     deliveries: AtomicU64,
     dropped: AtomicU64,
+    /// Set when the server has a broker.
+    bridge: Option<bridge::Bridge>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +311,18 @@ impl Hub {
     /// A hub; `epoch` identifies this run (sequence numbers start over when it changes), so
     /// seed it from something that differs between restarts, such as the start time.
     pub fn new(config: HubConfig, epoch: u64) -> Self {
+        Self::build(config, epoch, false)
+    }
+
+    /// A hub whose topics covered by `config.bridge` go through a broker, driven through the
+    /// [`BrokerLink`] the service gives the driver. The broker counts as down until the
+    /// driver reports it up.
+    pub(crate) fn with_bridge(config: HubConfig, epoch: u64) -> Self {
+        Self::build(config, epoch, true)
+    }
+
+    fn build(config: HubConfig, epoch: u64, bridged: bool) -> Self {
+        let bridge = bridged.then(|| bridge::Bridge::new(config.bridge.clone(), config.max_topics));
         Self {
             config,
             epoch,
@@ -227,6 +336,7 @@ impl Hub {
             published: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            bridge,
         }
     }
 
@@ -264,38 +374,27 @@ impl Hub {
 
     fn publish_serialized(&self, topic: &str, json: &[u8]) -> Result<Published, PublishError> {
         validate_topic(topic, self.config.max_topic_len).map_err(PublishError::InvalidTopic)?;
+        if let Some(bridge) = &self.bridge {
+            if bridge.config.topics.covers(topic) {
+                return self.publish_bridged(bridge, topic, json.to_vec());
+            }
+        }
         let name = topic;
         let mut wakers = Vec::new();
         let published = loop {
             let Some(topic) = self.topic(name, true) else {
                 // A new topic while every kept one has subscribers: nobody can receive it.
                 self.published.fetch_add(1, Ordering::Relaxed);
-                return Ok(Published { seq: 0, subscribers: 0 });
+                return Ok(Published { seq: 0, epoch: self.epoch, subscribers: 0, pending: None });
             };
             let mut t = lock(&topic);
             if t.dead {
                 continue;
             }
             t.seq += 1;
-            let frame =
-                SharedFrame::new(MessageKind::Text, &self.notification(&t.key, t.seq, json));
-            let delivery = Delivery { topic: t.key.clone(), seq: t.seq, frame };
-            let mut dropped = 0;
-            for outbox in &t.subscribers {
-                let (waker, n) = outbox.push(delivery.clone());
-                wakers.extend(waker);
-                dropped += n;
-            }
-            if dropped > 0 {
-                self.dropped.fetch_add(dropped, Ordering::Relaxed);
-            }
-            if self.config.replay_capacity > 0 {
-                if t.replay.len() == self.config.replay_capacity {
-                    t.replay.pop_front();
-                }
-                t.replay.push_back(delivery);
-            }
-            break Published { seq: t.seq, subscribers: t.subscribers.len() };
+            let t = &mut *t;
+            let n = self.fan_out(&t.key, &t.subscribers, &mut t.replay, t.seq, json, &mut wakers);
+            break Published { seq: t.seq, epoch: self.epoch, subscribers: n, pending: None };
         };
         // Wake outside the topic lock: waking may be a syscall (a thread unpark).
         for w in wakers {
@@ -304,6 +403,40 @@ impl Hub {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.deliveries.fetch_add(published.subscribers as u64, Ordering::Relaxed);
         Ok(published)
+    }
+
+    /// Queues notification `seq` carrying `json` for every subscriber and keeps it for
+    /// replay; returns how many subscribers it was queued for.
+    // Inlined: the local publish path must not pay a call with seven arguments for sharing
+    // this loop with the bridge.
+    #[inline(always)]
+    fn fan_out(
+        &self,
+        key: &Arc<TopicKey>,
+        subscribers: &[Arc<Outbox>],
+        replay: &mut VecDeque<Delivery>,
+        seq: u64,
+        json: &[u8],
+        wakers: &mut Vec<Waker>,
+    ) -> usize {
+        let frame = SharedFrame::new(MessageKind::Text, &self.notification(key, seq, json));
+        let delivery = Delivery { topic: key.clone(), seq, frame };
+        let mut dropped = 0;
+        for outbox in subscribers {
+            let (waker, n) = outbox.push(delivery.clone());
+            wakers.extend(waker);
+            dropped += n;
+        }
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if self.config.replay_capacity > 0 {
+            if replay.len() == self.config.replay_capacity {
+                replay.pop_front();
+            }
+            replay.push_back(delivery);
+        }
+        subscribers.len()
     }
 
     /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":S,"topic":T,"seq":N,"result":V}}`
@@ -340,6 +473,33 @@ impl Hub {
         });
     }
 
+    /// Writes a `reset` notice (`epoch` is the topic's new epoch), or with `stalled_from` a
+    /// `lagged` notice without an end: the broker went away, what follows `stalled_from - 1`
+    /// arrives when it is back, or is reported as a gap.
+    pub(crate) fn write_link_notice(
+        &self,
+        out: &mut Vec<u8>,
+        key: &TopicKey,
+        epoch: Option<u64>,
+        stalled_from: Option<u64>,
+    ) {
+        let methods = &self.config.methods;
+        let method = if stalled_from.is_some() { &methods.lagged } else { &methods.reset };
+        crate::rpc::message::write_notification(out, method, |o| {
+            o.extend_from_slice(b"{\"subscription\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.subscription);
+            o.extend_from_slice(b",\"topic\":");
+            let _ = serde_json::to_writer(&mut *o, &*key.name);
+            if let Some(epoch) = epoch {
+                let _ = write!(o, ",\"epoch\":{epoch}");
+            }
+            if let Some(from) = stalled_from {
+                let _ = write!(o, ",\"missed_from\":{from},\"broker\":\"down\"");
+            }
+            o.push(b'}');
+        });
+    }
+
     /// The topic named `name`; with `create`, made when missing. `None` when it is missing
     /// and either `create` is false or `max_topics` topics exist and all have subscribers.
     fn topic(&self, name: &str, create: bool) -> Option<Arc<Mutex<Topic>>> {
@@ -363,6 +523,11 @@ impl Hub {
         }
         let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = name.into();
+        let link = self
+            .bridge
+            .as_ref()
+            .filter(|b| b.config.topics.covers(name))
+            .map(|_| Box::new(bridge::TopicLink::new()));
         let t = Arc::new(Mutex::new(Topic {
             key: Arc::new(TopicKey {
                 name: key.clone(),
@@ -373,6 +538,7 @@ impl Hub {
             replay: VecDeque::new(),
             idle_queued: true,
             dead: false,
+            link,
         }));
         let mut idle = lock(&self.idle);
         idle.push_back((key.clone(), Arc::downgrade(&t)));
@@ -390,7 +556,36 @@ impl Hub {
     /// Marks a topic about to leave the map (the caller holds the map's write lock).
     fn retire(&self, t: &mut Topic) {
         t.dead = true;
-        self.seq_floor.fetch_max(t.seq, Ordering::AcqRel);
+        if t.link.is_some() {
+            // The broker numbers it; only its channel subscription is left to end.
+            self.unlink(t);
+        } else {
+            self.seq_floor.fetch_max(t.seq, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes the topic named `name` when nobody uses it any more (a look under the read
+    /// lock first: mostly it is still used).
+    fn remove_if_unused(&self, name: &str) {
+        let unused = |topics: &HashMap<Arc<str>, Arc<Mutex<Topic>>>| {
+            topics.get(name).is_some_and(|t| lock(t).removable())
+        };
+        if unused(&self.topics.read().unwrap_or_else(|p| p.into_inner())) {
+            self.remove_unused(name);
+        }
+    }
+
+    /// Removes the topic named `name` if nobody uses it, under the map's write lock.
+    fn remove_unused(&self, name: &str) {
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = topics.get(name) {
+            let mut g = lock(t);
+            if g.removable() {
+                self.retire(&mut g);
+                drop(g);
+                topics.remove(name);
+            }
+        }
     }
 
     /// Removes the topic idle longest; false when every topic has subscribers.
@@ -403,7 +598,7 @@ impl Hub {
                 continue;
             }
             let mut g = lock(t);
-            if g.subscribers.is_empty() {
+            if !g.in_use() {
                 self.retire(&mut g);
                 drop(g);
                 topics.remove(&name);
@@ -444,6 +639,18 @@ impl Hub {
             if t.dead {
                 continue;
             }
+            if t.link.is_some() {
+                let mut after = bridge::After::default();
+                let r = self.subscribe_bridged(&mut t, outbox, since, &mut after);
+                drop(t);
+                for w in after.wakers {
+                    w.wake();
+                }
+                if r.is_err() {
+                    self.remove_if_unused(topic);
+                }
+                return r;
+            }
             if !t.subscribers.iter().any(|o| o.id() == outbox.id()) {
                 t.subscribers.push(outbox.clone());
                 self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
@@ -462,7 +669,7 @@ impl Hub {
                     self.dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
             }
-            break Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch };
+            break Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch, pending: false };
         };
         for w in wakers {
             w.wake();
@@ -477,16 +684,17 @@ impl Hub {
             let mut t = lock(&topic_arc);
             let before = t.subscribers.len();
             t.subscribers.retain(|o| o.id() != outbox.id());
+            let was_pending = t.link.as_mut().is_some_and(|l| l.remove_pending(outbox));
             // No publish reaches this outbox any more (the topic lock orders them); drop what
             // is still queued so it is never delivered after the unsubscribe.
             outbox.purge(&t.key);
-            let topic_idle = t.subscribers.is_empty();
+            let topic_idle = !t.in_use();
             if topic_idle && !t.idle_queued {
                 t.idle_queued = true;
                 let entry = (t.key.name.clone(), Arc::downgrade(&topic_arc));
                 lock(&self.idle).push_back(entry);
             }
-            (t.subscribers.len() < before, topic_idle && t.replay.is_empty())
+            (t.subscribers.len() < before || was_pending, t.removable())
         };
         if removed {
             self.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
@@ -494,17 +702,17 @@ impl Hub {
         if unused {
             // Topics that only subscribers created go away with them, so names invented by
             // clients cannot accumulate.
-            let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = topics.get(topic) {
-                let mut t2 = lock(t);
-                if t2.subscribers.is_empty() && t2.replay.is_empty() {
-                    self.retire(&mut t2);
-                    drop(t2);
-                    topics.remove(topic);
-                }
-            }
+            self.remove_unused(topic);
         }
         removed
+    }
+
+    /// The epoch of `topic`'s sequence numbers: the broker's for a bridged topic in step with
+    /// it, else the hub's.
+    pub fn epoch_of(&self, topic: &str) -> u64 {
+        self.topic(topic, false)
+            .and_then(|t| lock(&t).link.as_ref().map(|l| l.epoch()))
+            .map_or(self.epoch, |e| e.unwrap_or(0))
     }
 
     /// Counters.

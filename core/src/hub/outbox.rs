@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+#[cfg(doc)]
+use super::SubscribeError;
 use crate::ws::SharedFrame;
 
 /// A topic as its notifications name it.
@@ -63,6 +65,7 @@ impl Default for OutboxLimits {
 
 /// What a connection takes out of its outbox.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum OutboxItem {
     /// A notification to send.
     Notification(Delivery),
@@ -87,20 +90,89 @@ pub enum OutboxItem {
     },
     /// The outbox overflowed under [`SlowConsumer::Close`]: close the connection with 1008.
     Overflowed,
+    /// A subscription to a broker-bridged topic that waited for the broker is established:
+    /// answer the subscribe call (what follows for the topic is its replay, then live
+    /// notifications).
+    Subscribed {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The topic's latest sequence number.
+        seq: u64,
+        /// The epoch the sequence numbers count in.
+        epoch: u64,
+    },
+    /// A subscription that waited for the broker was refused because the broker became
+    /// unavailable ([`SubscribeError::Unavailable`]): answer the subscribe call so; the
+    /// subscription is gone.
+    SubscribeFailed {
+        /// The topic.
+        topic: Arc<TopicKey>,
+    },
+    /// The topic's epoch changed (the broker lost its history): sequence numbers start over
+    /// in `epoch`; what the client kept of the old epoch is not continued.
+    Reset {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The broker went away: notifications from `from` on are held up until it is back,
+    /// then delivered from its history or reported as a gap.
+    Stalled {
+        /// The topic.
+        topic: Arc<TopicKey>,
+        /// The first sequence number that may be late or missing.
+        from: u64,
+    },
 }
 
-#[derive(Debug)]
-enum Queued {
-    Delivery(Delivery),
-    Gap { topic: Arc<TopicKey>, from: u64, to: u64 },
+impl OutboxItem {
+    /// The topic it is about (none for an overflow).
+    pub fn topic(&self) -> Option<&Arc<TopicKey>> {
+        match self {
+            Self::Notification(d) => Some(&d.topic),
+            Self::Lagged { topic, .. }
+            | Self::Gap { topic, .. }
+            | Self::Subscribed { topic, .. }
+            | Self::SubscribeFailed { topic }
+            | Self::Reset { topic, .. }
+            | Self::Stalled { topic, .. } => Some(topic),
+            Self::Overflowed => None,
+        }
+    }
+}
+
+/// Notices about a subscription itself, never dropped for a slow consumer (a dropped
+/// answer would leave a call unanswered).
+#[derive(Clone, Debug)]
+pub(crate) enum Control {
+    Subscribed { topic: Arc<TopicKey>, seq: u64, epoch: u64 },
+    SubscribeFailed { topic: Arc<TopicKey> },
+    Reset { topic: Arc<TopicKey>, epoch: u64 },
+    Stalled { topic: Arc<TopicKey>, from: u64 },
+}
+
+impl Control {
+    fn into_item(self) -> OutboxItem {
+        match self {
+            Self::Subscribed { topic, seq, epoch } => OutboxItem::Subscribed { topic, seq, epoch },
+            Self::SubscribeFailed { topic } => OutboxItem::SubscribeFailed { topic },
+            Self::Reset { topic, epoch } => OutboxItem::Reset { topic, epoch },
+            Self::Stalled { topic, from } => OutboxItem::Stalled { topic, from },
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    queue: VecDeque<Queued>,
+    /// Notifications, gap notices and control notices, in order: stored as they are
+    /// drained, so draining only moves them.
+    queue: VecDeque<OutboxItem>,
     bytes: usize,
-    /// Dropped ranges not yet reported, oldest first.
-    lagged: Vec<(Arc<TopicKey>, u64, u64)>,
+    /// What must go out before the queue, oldest first: control notices taken out of the
+    /// queue to make room (they were older than all of it) and the ranges dropped for a slow
+    /// consumer (`Lagged`).
+    notices: VecDeque<OutboxItem>,
     overflowed: bool,
     closed: bool,
     waker: Option<Waker>,
@@ -158,7 +230,7 @@ impl Outbox {
         if inner.closed || inner.overflowed {
             return None;
         }
-        let was_empty = inner.queue.is_empty() && inner.lagged.is_empty();
+        let was_empty = inner.is_empty();
         let size = delivery.size();
         let full = |i: &Inner| {
             i.queue.len() >= self.limits.max_messages || i.bytes + size > self.limits.max_bytes
@@ -176,43 +248,54 @@ impl Outbox {
                 SlowConsumer::DropOldest => {
                     while full(&inner) {
                         match inner.queue.pop_front() {
-                            Some(Queued::Delivery(old)) => {
+                            Some(OutboxItem::Notification(old)) => {
                                 *dropped += 1;
                                 inner.bytes -= old.size();
-                                note_lag(&mut inner.lagged, &old.topic, old.seq, old.seq);
+                                note_lag(&mut inner.notices, &old.topic, old.seq, old.seq);
                             }
-                            Some(Queued::Gap { topic, from, to }) => {
-                                note_lag(&mut inner.lagged, &topic, from, to)
+                            Some(OutboxItem::Gap { topic, from, to }) => {
+                                note_lag(&mut inner.notices, &topic, from, to)
                             }
+                            Some(item) => inner.notices.push_back(item),
                             None => break,
                         }
                     }
                     if full(&inner) {
                         // Larger than the whole outbox: it can never be delivered.
                         *dropped += 1;
-                        note_lag(&mut inner.lagged, &delivery.topic, delivery.seq, delivery.seq);
+                        note_lag(&mut inner.notices, &delivery.topic, delivery.seq, delivery.seq);
                         return was_empty.then(|| inner.waker.clone()).flatten();
                     }
                 }
             }
         }
         inner.bytes += size;
-        inner.queue.push_back(Queued::Delivery(delivery));
+        inner.queue.push_back(OutboxItem::Notification(delivery));
         if was_empty { inner.waker.clone() } else { None }
     }
 
     /// Queues a gap notice (replay could not cover what the client asked for).
     pub(crate) fn push_gap(&self, topic: Arc<TopicKey>, from: u64, to: u64) -> Option<Waker> {
+        self.push_queued(OutboxItem::Gap { topic, from, to })
+    }
+
+    /// Queues a notice about a subscription (never dropped for a slow consumer).
+    pub(crate) fn push_control(&self, control: Control) -> Option<Waker> {
+        self.push_queued(control.into_item())
+    }
+
+    fn push_queued(&self, item: OutboxItem) -> Option<Waker> {
         let mut inner = self.lock();
         if inner.closed || inner.overflowed {
             return None;
         }
-        let was_empty = inner.queue.is_empty() && inner.lagged.is_empty();
-        inner.queue.push_back(Queued::Gap { topic, from, to });
+        let was_empty = inner.is_empty();
+        inner.queue.push_back(item);
         if was_empty { inner.waker.clone() } else { None }
     }
 
-    /// Moves up to `max` items into `out`, lag notices first; returns how many.
+    /// Moves up to `max` items into `out`, the notices (control, lagged) first; returns how
+    /// many.
     pub fn drain_into(&self, out: &mut VecDeque<OutboxItem>, max: usize) -> usize {
         let mut inner = self.lock();
         if inner.overflowed {
@@ -220,20 +303,17 @@ impl Outbox {
             return 1;
         }
         let mut n = 0;
-        let lag_count = inner.lagged.len().min(max);
-        for (topic, from, to) in inner.lagged.drain(..lag_count) {
-            out.push_back(OutboxItem::Lagged { topic, from, to });
+        while n < max {
+            let Some(notice) = inner.notices.pop_front() else { break };
+            out.push_back(notice);
             n += 1;
         }
         while n < max {
             let Some(item) = inner.queue.pop_front() else { break };
-            out.push_back(match item {
-                Queued::Delivery(d) => {
-                    inner.bytes -= d.size();
-                    OutboxItem::Notification(d)
-                }
-                Queued::Gap { topic, from, to } => OutboxItem::Gap { topic, from, to },
-            });
+            if let OutboxItem::Notification(d) = &item {
+                inner.bytes -= d.size();
+            }
+            out.push_back(item);
             n += 1;
         }
         if inner.queue.is_empty() && inner.queue.capacity() > 64 {
@@ -245,7 +325,7 @@ impl Outbox {
     /// Whether anything is waiting.
     pub fn has_pending(&self) -> bool {
         let inner = self.lock();
-        inner.overflowed || !inner.queue.is_empty() || !inner.lagged.is_empty()
+        inner.overflowed || !inner.is_empty()
     }
 
     /// Queued notifications and bytes.
@@ -261,15 +341,14 @@ impl Outbox {
         let inner = &mut *inner;
         let mut freed = 0;
         inner.queue.retain(|q| match q {
-            Queued::Delivery(d) if Arc::ptr_eq(&d.topic, topic) => {
+            OutboxItem::Notification(d) if Arc::ptr_eq(&d.topic, topic) => {
                 freed += d.size();
                 false
             }
-            Queued::Gap { topic: t, .. } => !Arc::ptr_eq(t, topic),
-            Queued::Delivery(_) => true,
+            q => q.topic().is_none_or(|t| !Arc::ptr_eq(t, topic)),
         });
         inner.bytes -= freed;
-        inner.lagged.retain(|(t, ..)| !Arc::ptr_eq(t, topic));
+        inner.notices.retain(|c| c.topic().is_none_or(|t| !Arc::ptr_eq(t, topic)));
     }
 
     /// Refuses further deliveries and releases what is queued (the connection is gone).
@@ -277,30 +356,33 @@ impl Outbox {
         let mut inner = self.lock();
         inner.closed = true;
         inner.queue = VecDeque::new();
-        inner.lagged = Vec::new();
+        inner.notices = VecDeque::new();
         inner.bytes = 0;
         inner.waker = None;
     }
 }
 
+impl Inner {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.notices.is_empty()
+    }
+}
+
 /// Records a dropped range: extends the topic's last range when contiguous, and past
 /// `MAX_LAG_RANGES` widens it instead of adding one; a topic's first range is always added,
-/// so the list is bounded by the number of subscribed topics.
-fn note_lag(
-    lagged: &mut Vec<(Arc<TopicKey>, u64, u64)>,
-    topic: &Arc<TopicKey>,
-    from: u64,
-    to: u64,
-) {
-    let full = lagged.len() >= MAX_LAG_RANGES;
-    if let Some(last) = lagged.iter_mut().rev().find(|(t, ..)| Arc::ptr_eq(t, topic)) {
-        if last.2 + 1 == from || full {
-            last.1 = last.1.min(from);
-            last.2 = last.2.max(to);
+/// so the list is bounded by the number of subscribed topics (and of control notices).
+fn note_lag(notices: &mut VecDeque<OutboxItem>, topic: &Arc<TopicKey>, from: u64, to: u64) {
+    let full = notices.len() >= MAX_LAG_RANGES;
+    // Only the topic's last notice may grow: a range never moves across a control notice.
+    let last = notices.iter_mut().rev().find(|n| n.topic().is_some_and(|t| Arc::ptr_eq(t, topic)));
+    if let Some(OutboxItem::Lagged { from: f, to: t, .. }) = last {
+        if *t + 1 == from || full {
+            *f = (*f).min(from);
+            *t = (*t).max(to);
             return;
         }
     }
-    lagged.push((topic.clone(), from, to));
+    notices.push_back(OutboxItem::Lagged { topic: topic.clone(), from, to });
 }
 
 #[cfg(test)]
@@ -451,6 +533,34 @@ mod tests {
             "{items:?}"
         );
         assert_eq!(o.usage(), (0, 0));
+    }
+
+    #[test]
+    fn control_notices_survive_drop_oldest_and_come_first() {
+        let o = Outbox::new(
+            1,
+            OutboxLimits {
+                max_messages: 3,
+                max_bytes: 1 << 20,
+                slow_consumer: SlowConsumer::DropOldest,
+            },
+        );
+        let t = key("t");
+        let _ = o.push_control(Control::Subscribed { topic: t.clone(), seq: 0, epoch: 9 });
+        for seq in 1..=10 {
+            let _ = o.push(delivery(&t, seq, 10));
+        }
+        let items = drain(&o);
+        assert!(
+            matches!(items[0], OutboxItem::Subscribed { seq: 0, epoch: 9, .. }),
+            "the answer is never dropped: {items:?}"
+        );
+        assert!(matches!(items[1], OutboxItem::Lagged { from: 1, to: 7, .. }), "{items:?}");
+        assert_eq!(items.len(), 5);
+        // Purged with its topic like everything else.
+        let _ = o.push_control(Control::Reset { topic: t.clone(), epoch: 2 });
+        o.purge(&t);
+        assert!(!o.has_pending());
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub enum SubscribeError {
     },
     /// The `since` or `epoch` param is not a non-negative integer.
     BadSince,
+    /// The topic goes through a broker that is unavailable.
+    Unavailable,
 }
 
 impl std::fmt::Display for SubscribeError {
@@ -73,6 +75,7 @@ impl std::fmt::Display for SubscribeError {
                 write!(f, "subscription limit reached: {limit} (max {max})")
             }
             Self::BadSince => f.write_str("since and epoch must be non-negative integers"),
+            Self::Unavailable => f.write_str("the broker is unavailable"),
         }
     }
 }

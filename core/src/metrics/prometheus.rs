@@ -94,6 +94,32 @@ impl Snapshot {
             w.family(name, "gauge", help);
             w.sample(name, &[], Value::Int(value));
         }
+        if let Some(b) = &self.broker {
+            w.family("wsrpc_broker_up", "gauge", "1 while the broker is reachable.");
+            let up = u64::from(b.state == super::BrokerState::Up);
+            w.sample("wsrpc_broker_up", &[], Value::Int(up));
+            let counters = [
+                ("wsrpc_broker_publishes_total", "Publishes the broker numbered.", b.publishes),
+                (
+                    "wsrpc_broker_publish_failures_total",
+                    "Publishes to bridged topics that failed.",
+                    b.publish_failures,
+                ),
+                ("wsrpc_broker_reconnects_total", "Broker reconnections.", b.reconnects),
+                ("wsrpc_broker_messages_total", "Messages received from the broker.", b.messages),
+                (
+                    "wsrpc_broker_deliveries_total",
+                    "Notifications queued from broker messages.",
+                    b.deliveries,
+                ),
+                ("wsrpc_broker_gaps_total", "Holes reported to subscribers as gaps.", b.gaps),
+                ("wsrpc_broker_resets_total", "Topic epoch changes seen.", b.resets),
+            ];
+            for (name, help, value) in counters {
+                w.family(name, "counter", help);
+                w.sample(name, &[], Value::Int(value));
+            }
+        }
         w.family("wsrpc_errors_total", "counter", "Errors, by kind.");
         for (kind, &count) in &self.errors {
             w.sample("wsrpc_errors_total", &[("kind", kind)], Value::Int(count));

@@ -223,6 +223,7 @@ impl Metrics {
             lagged_drops: read(&c.lagged_drops),
             methods,
             compression: self.compression.totals().into(),
+            broker: None,
         }
     }
 
@@ -240,6 +241,7 @@ impl Metrics {
             port: self.port(),
             name: String::new(),
             pubsub: None,
+            broker: None,
         }
     }
 }

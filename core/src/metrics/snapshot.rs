@@ -53,6 +53,10 @@ pub struct Snapshot {
     /// permessage-deflate: payload bytes before and after compression.
     #[serde(default)]
     pub compression: CompressionCounts,
+    /// The broker that topics shared between server instances go through, when there is one
+    /// (absent from the JSON otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerStats>,
 }
 
 /// permessage-deflate traffic: what was compressed for sending and inflated on receipt.
@@ -87,6 +91,41 @@ impl From<crate::ws::CompressionTotals> for CompressionCounts {
             received_inflated_bytes: t.received_inflated_bytes,
         }
     }
+}
+
+/// Whether the broker is reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BrokerState {
+    /// Connected: publishes to bridged topics are accepted.
+    Up,
+    /// Not connected (yet, or any more): publishes to bridged topics fail fast.
+    Down,
+}
+
+/// The broker bridge's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Up or down now.
+    pub state: BrokerState,
+    /// Publishes the broker numbered.
+    pub publishes: u64,
+    /// Publishes that failed: refused while down, refused by the broker, or unanswered when
+    /// it went away.
+    pub publish_failures: u64,
+    /// Times the broker came back after the first connection.
+    pub reconnects: u64,
+    /// Messages received from the broker (from every instance, this one included).
+    pub messages: u64,
+    /// Notifications queued for subscribers here from those messages.
+    pub deliveries: u64,
+    /// Holes reported to subscribers as `gap` (neither the live stream nor the history had
+    /// the messages).
+    pub gaps: u64,
+    /// Epoch changes seen (the broker lost a topic's history), told as `reset`.
+    pub resets: u64,
 }
 
 /// Connections opened since the start, and open now.
@@ -156,11 +195,13 @@ pub struct LatencyStats {
 /// "name": "wsrpc", "pubsub": {"subscribe": "subscribe", "unsubscribe": "unsubscribe",
 /// "notification": "subscription", "lagged": "lagged", "gap": "gap", "eth_style": false,
 /// "epoch": 1700000000000000}}`. A client scanning ports checks `name` before it trusts a
-/// port; `pubsub` tells it how to subscribe without being configured.
+/// port; `pubsub` tells it how to subscribe without being configured. `"broker": "up"` or
+/// `"down"` is added when topics go through a broker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Health {
-    /// Always [`HealthStatus::Ok`] while the registry answers.
+    /// [`HealthStatus::Ok`] while the registry answers, unless the server has a broker and it
+    /// is down: [`HealthStatus::Unavailable`].
     pub status: HealthStatus,
     /// Seconds since the registry's start.
     pub uptime_seconds: f64,
@@ -175,6 +216,19 @@ pub struct Health {
     /// The subscription protocol of the server; absent from a bare registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pubsub: Option<PubSubInfo>,
+    /// The broker's state, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerState>,
+}
+
+impl Health {
+    /// The HTTP status `GET /health` answers with: 200, or 503 while the broker is down.
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            HealthStatus::Unavailable => 503,
+            HealthStatus::Ok => 200,
+        }
+    }
 }
 
 /// How to subscribe on a server, as [`Health::pubsub`] reports it.
@@ -226,18 +280,27 @@ impl PubSubInfo {
 pub enum HealthStatus {
     /// Serving: `"ok"`.
     Ok,
+    /// The broker that topics go through is down: `"unavailable"` (publishes to them fail,
+    /// their subscribers stall).
+    Unavailable,
 }
 
 impl Snapshot {
     /// The health part of this snapshot.
     pub fn health(&self) -> Health {
+        let broker = self.broker.map(|b| b.state);
         Health {
-            status: HealthStatus::Ok,
+            status: if broker == Some(BrokerState::Down) {
+                HealthStatus::Unavailable
+            } else {
+                HealthStatus::Ok
+            },
             uptime_seconds: self.uptime_seconds,
             connections_active: self.connections.active,
             port: self.port,
             name: String::new(),
             pubsub: None,
+            broker,
         }
     }
 }
@@ -354,5 +417,39 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<Health>(value).unwrap(), health);
         assert!(serde_json::from_value::<HealthStatus>(json!("Ok")).is_err());
+        assert_eq!(health.http_status(), 200);
+    }
+
+    #[test]
+    fn a_broker_down_makes_health_unavailable_and_503() {
+        let mut snapshot = busy_snapshot();
+        let stats = BrokerStats {
+            state: BrokerState::Down,
+            publishes: 5,
+            publish_failures: 2,
+            reconnects: 1,
+            messages: 9,
+            deliveries: 18,
+            gaps: 0,
+            resets: 0,
+        };
+        snapshot.broker = Some(stats);
+        let health = snapshot.health();
+        assert_eq!(health.http_status(), 503);
+        let value = serde_json::to_value(health).unwrap();
+        assert_eq!(value["status"], json!("unavailable"));
+        assert_eq!(value["broker"], json!("down"));
+        snapshot.broker = Some(BrokerStats { state: BrokerState::Up, ..stats });
+        assert_eq!(snapshot.health().http_status(), 200);
+        assert_eq!(serde_json::to_value(snapshot.health()).unwrap()["broker"], json!("up"));
+        let value = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(value["broker"]["publish_failures"], json!(2));
+        let back: Snapshot = serde_json::from_value(value).unwrap();
+        assert_eq!(back, snapshot);
+        let text = snapshot.to_prometheus();
+        assert!(text.contains("wsrpc_broker_up 1\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_publish_failures_total 2\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_reconnects_total 1\n"), "{text}");
+        assert!(text.contains("wsrpc_broker_deliveries_total 18\n"), "{text}");
     }
 }

@@ -22,6 +22,9 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const LIMIT_EXCEEDED: i64 = -32005;
 /// -32003: the principal may not do this (topic policy, missing authentication).
 pub const FORBIDDEN: i64 = -32003;
+/// -32002: a resource the call needs is unavailable now, such as the broker that a topic
+/// shared between server instances goes through (EIP-1474's "resource unavailable").
+pub const UNAVAILABLE: i64 = -32002;
 /// -32004: the message signature is missing or wrong (when signing is enabled).
 pub const BAD_SIGNATURE: i64 = -32004;
 /// First code of the range reserved for implementation-defined server errors.

@@ -88,6 +88,10 @@ pub struct RpcSession {
     outbox: Arc<Outbox>,
     /// Active subscriptions by subscription id.
     subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
+    /// Subscribe calls waiting for a broker-bridged topic to be in step, by subscription id.
+    /// Subscribe calls waiting for their topic's broker side: call, and whether to answer
+    /// with the bare id.
+    pending_subscribes: HashMap<Arc<str>, Vec<(u64, bool)>>,
     out: VecDeque<SessionOutput>,
     drained: VecDeque<OutboxItem>,
     pending: HashMap<u64, PendingCall>,
@@ -126,6 +130,7 @@ impl RpcSession {
             limiter,
             outbox,
             subscriptions: HashMap::new(),
+            pending_subscribes: HashMap::new(),
             out: VecDeque::new(),
             drained: VecDeque::new(),
             pending: HashMap::new(),
@@ -283,14 +288,52 @@ impl RpcSession {
             }
             return None;
         }
-        let hub = self.service.hub();
-        Some(match self.drained.pop_front()? {
+        match self.drained.pop_front()? {
             // Unsubscribing purges the outbox and `drained`: everything here is for a live
             // subscription.
             OutboxItem::Notification(d) => {
                 self.service.metrics().message_sent();
-                SessionOutput::Notification(d.frame)
+                Some(SessionOutput::Notification(d.frame))
             }
+            item => self.poll_rare(item),
+        }
+    }
+
+    /// The output for anything but a notification, kept out of the notification path.
+    #[cold]
+    #[inline(never)]
+    fn poll_rare(&mut self, mut item: OutboxItem) -> Option<SessionOutput> {
+        loop {
+            match item {
+                // A subscription that waited for the broker: its answer goes out first (into
+                // `out`), then what follows it in the outbox.
+                OutboxItem::Subscribed { topic, seq, epoch } => {
+                    self.finish_subscribe(&topic, Ok((seq, epoch)));
+                }
+                OutboxItem::SubscribeFailed { topic } => {
+                    self.finish_subscribe(&topic, Err(SubscribeError::Unavailable));
+                }
+                other => return Some(self.notice(other)),
+            }
+            if let Some(o) = self.out.pop_front() {
+                return Some(o);
+            }
+            if self.drained.is_empty() && self.outbox.drain_into(&mut self.drained, 64) == 0 {
+                return None;
+            }
+            item = self.drained.pop_front()?;
+            if let OutboxItem::Notification(d) = item {
+                self.service.metrics().message_sent();
+                return Some(SessionOutput::Notification(d.frame));
+            }
+        }
+    }
+
+    /// The message of a notice (lagged, gap, reset, stalled) or the close of an overflow.
+    #[cold]
+    fn notice(&mut self, item: OutboxItem) -> SessionOutput {
+        let hub = self.service.hub();
+        match item {
             OutboxItem::Lagged { topic, from, to } => {
                 let mut out = Vec::new();
                 hub.write_notice(&mut out, true, &topic, from, to);
@@ -305,7 +348,40 @@ impl RpcSession {
                 self.closing = true;
                 SessionOutput::Close(CloseCode::POLICY_VIOLATION, "slow consumer")
             }
-        })
+            OutboxItem::Reset { topic, epoch } => {
+                let mut out = Vec::new();
+                hub.write_link_notice(&mut out, &topic, Some(epoch), None);
+                SessionOutput::Message(out)
+            }
+            OutboxItem::Stalled { topic, from } => {
+                let mut out = Vec::new();
+                hub.write_link_notice(&mut out, &topic, None, Some(from));
+                SessionOutput::Message(out)
+            }
+            // Taken in `poll_output_with`.
+            OutboxItem::Notification(_)
+            | OutboxItem::Subscribed { .. }
+            | OutboxItem::SubscribeFailed { .. } => unreachable!("handled before"),
+        }
+    }
+
+    /// Answers the subscribe calls that waited for `topic`'s broker side.
+    fn finish_subscribe(&mut self, topic: &TopicKey, result: Result<(u64, u64), SubscribeError>) {
+        let Some(calls) = self.pending_subscribes.remove(&topic.subscription) else { return };
+        let result = result.map_err(|e| {
+            if self.subscriptions.remove(&topic.subscription).is_some() {
+                self.service.metrics().subscriptions_closed(1);
+            }
+            subscribe_error(e)
+        });
+        let now = self.ctx.now;
+        for (call, bare) in calls {
+            let answer = match result.clone() {
+                Ok((seq, epoch)) => subscribe_result(bare, topic, Some(seq), epoch),
+                Err(e) => Err(e),
+            };
+            self.complete(CallId(call), answer, now);
+        }
     }
 
     /// Whether [`poll_output`](Self::poll_output) has something (cheap; locks the outbox).
@@ -419,13 +495,26 @@ impl RpcSession {
         let methods = &service.config().hub.methods;
         // Subscriptions take no rate token: a reconnecting client resubscribes everything at
         // once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
-        if req.method == methods.subscribe || req.method == methods.unsubscribe {
-            let subscribe = req.method == methods.subscribe;
-            let result = if subscribe {
-                self.subscribe(now, Params(req.params))
-            } else {
-                self.unsubscribe(Params(req.params))
+        if req.method == methods.subscribe {
+            let result = match self.subscribe(now, Params(req.params)) {
+                Ok(SubscribeAnswer::Now(value)) => Ok(value),
+                Ok(SubscribeAnswer::Pending(subscription, bare)) => {
+                    // Answered when the broker side is ready (`finish_subscribe`).
+                    let call = self.next_call;
+                    self.next_call += 1;
+                    let id = req.id.map(|i| i.to_owned());
+                    let pending = PendingCall { id, method_index: None, started: now, slot };
+                    self.pending.insert(call, pending);
+                    self.pending_subscribes.entry(subscription).or_default().push((call, bare));
+                    return true;
+                }
+                Err(e) => Err(e),
             };
+            self.answer(out, req.id, result);
+            return false;
+        }
+        if req.method == methods.unsubscribe {
+            let result = self.unsubscribe(Params(req.params));
             self.answer(out, req.id, result);
             return false;
         }
@@ -600,7 +689,7 @@ impl RpcSession {
         self.service.metrics().message_sent();
     }
 
-    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
+    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
         let _ = now;
         if self.ctx.transport == Transport::Http {
             return Err(RpcError::new(
@@ -648,6 +737,8 @@ impl RpcSession {
             (s.topic, s.since, s.epoch)
         };
         hub.authorize(&topic, &self.ctx.principal).map_err(subscribe_error)?;
+        // eth style answers the bare subscription id, unless the client resumes.
+        let bare = cfg.methods.eth_style && !eth_resume;
         let already = self.subscriptions.values().find(|k| *k.name == *topic).cloned();
         let key = match already {
             Some(key) => key,
@@ -675,21 +766,21 @@ impl RpcSession {
                     .map_err(subscribe_error)?;
                 service.metrics().subscription_opened();
                 self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
-                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?}", self.ctx.connection);
-                if cfg.methods.eth_style && !eth_resume {
-                    return serde_json::value::to_raw_value(&*sub.key.subscription)
-                        .map_err(RpcError::internal);
+                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?} pending={}", self.ctx.connection, sub.pending);
+                if sub.pending {
+                    return Ok(SubscribeAnswer::Pending(sub.key.subscription.clone(), bare));
                 }
-                let v = serde_json::json!({ "subscription": &*sub.key.subscription, "topic": topic, "seq": sub.seq, "epoch": sub.epoch });
-                return serde_json::value::to_raw_value(&v).map_err(RpcError::internal);
+                return subscribe_result(bare, &sub.key, Some(sub.seq), sub.epoch)
+                    .map(SubscribeAnswer::Now);
             }
         };
         // Already subscribed: the same id again, nothing replayed twice.
-        if cfg.methods.eth_style && !eth_resume {
-            return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
+        if !self.pending_subscribes.is_empty()
+            && self.pending_subscribes.contains_key(&key.subscription)
+        {
+            return Ok(SubscribeAnswer::Pending(key.subscription.clone(), bare));
         }
-        let v = serde_json::json!({ "subscription": &*key.subscription, "topic": topic, "epoch": hub.epoch() });
-        serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+        subscribe_result(bare, &key, None, hub.epoch_of(&topic)).map(SubscribeAnswer::Now)
     }
 
     fn unsubscribe(&mut self, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
@@ -697,14 +788,23 @@ impl RpcSession {
         let removed = match self.subscriptions.remove(id.as_str()) {
             Some(key) => {
                 self.service.hub().unsubscribe(&self.outbox, &key.name);
-                self.drained.retain(|item| match item {
-                    OutboxItem::Notification(d) => !Arc::ptr_eq(&d.topic, &key),
-                    OutboxItem::Lagged { topic, .. } | OutboxItem::Gap { topic, .. } => {
-                        !Arc::ptr_eq(topic, &key)
-                    }
-                    OutboxItem::Overflowed => true,
-                });
+                self.drained.retain(|item| item.topic().is_none_or(|t| !Arc::ptr_eq(t, &key)));
                 self.service.metrics().subscriptions_closed(1);
+                let waiting = if self.pending_subscribes.is_empty() {
+                    None
+                } else {
+                    self.pending_subscribes.remove(&key.subscription)
+                };
+                if let Some(calls) = waiting {
+                    let e = RpcError::new(
+                        error::UNAVAILABLE,
+                        "Unsubscribed before the subscription was established",
+                    );
+                    let now = self.ctx.now;
+                    for (call, _) in calls {
+                        self.complete(CallId(call), Err(e.clone()), now);
+                    }
+                }
                 true
             }
             None => false,
@@ -732,8 +832,40 @@ impl Drop for RpcSession {
     }
 }
 
+/// What a subscribe call answers: now, or once the broker side of the topic is ready.
+enum SubscribeAnswer {
+    Now(Box<RawValue>),
+    /// Answered once the broker side is ready; with the bare id (`true`) or the object.
+    Pending(Arc<str>, bool),
+}
+
+/// The result of a subscribe call: the bare id (eth style), or the id, topic, position and
+/// epoch (`seq` is left out when answering a repeated subscribe).
+fn subscribe_result(
+    bare: bool,
+    key: &TopicKey,
+    seq: Option<u64>,
+    epoch: u64,
+) -> Result<Box<RawValue>, RpcError> {
+    if bare {
+        return serde_json::value::to_raw_value(&*key.subscription).map_err(RpcError::internal);
+    }
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        subscription: &'a str,
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        epoch: u64,
+    }
+    let r = Answer { subscription: &key.subscription, topic: &key.name, seq, epoch };
+    serde_json::value::to_raw_value(&r).map_err(RpcError::internal)
+}
+
 fn subscribe_error(e: SubscribeError) -> RpcError {
     match e {
+        SubscribeError::Unavailable => RpcError::new(error::UNAVAILABLE, "Broker unavailable")
+            .with_data(serde_json::json!({ "broker": "down" })),
         SubscribeError::Forbidden => {
             RpcError::forbidden("Not permitted to subscribe to this topic")
         }
