@@ -379,6 +379,19 @@ pub enum SubscriptionEvent {
         /// Dropped because this client read too slowly (else: replay could not reach back).
         lagged: bool,
     },
+    /// The topic's history was lost where the server keeps it (a shared topic whose broker
+    /// lost its data): sequence numbers start over in `epoch`, and values before it will
+    /// not come. Reload what depends on the topic.
+    Reset {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Values from `from` on are held up: the server's broker is down. They arrive, or a
+    /// [`Gap`](Self::Gap) says which will not, once it is back.
+    Stalled {
+        /// The first value that may be late.
+        from: u64,
+    },
     /// The server refused the subscription after a reconnect; no more events follow.
     Ended(ClientError),
 }
@@ -427,6 +440,21 @@ pub enum ClientEvent {
         /// True for a slow-consumer drop, false for a replay that could not reach back.
         lagged: bool,
     },
+    /// A subscription's topic started over in a new epoch (see [`SubscriptionEvent::Reset`]).
+    Reset {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// A subscription's values from `from` on are held up (see
+    /// [`SubscriptionEvent::Stalled`]).
+    Stalled {
+        /// Which subscription.
+        subscription: SubscriptionToken,
+        /// The first value that may be late.
+        from: u64,
+    },
     /// The server accepted (or re-accepted after a reconnect) a subscription.
     Subscribed {
         /// Which subscription.
@@ -467,7 +495,16 @@ struct Subscription {
     server_id: Option<Arc<str>>,
     last_seq: Option<u64>,
     epoch: Option<u64>,
+    /// The server accepted it once: a transient refusal of its renewal is retried.
+    established: bool,
+    /// Renew it then (after a transient refusal).
+    retry_at: Option<Instant>,
+    /// The delay before the last renewal asked again (zero: none yet); doubles.
+    retry_delay: Duration,
 }
+
+/// The first delay before a refused renewal is asked again, doubling to the reconnect cap.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
 
 /// The sans-IO client session. See the module docs for how to drive it.
 #[derive(Debug)]
@@ -526,6 +563,8 @@ struct NotificationParams<'a> {
     missed_from: Option<u64>,
     #[serde(default)]
     missed_to: Option<u64>,
+    #[serde(default)]
+    epoch: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -659,7 +698,15 @@ impl ClientSession {
         let token = SubscriptionToken(self.new_id());
         self.subscriptions.insert(
             token,
-            Subscription { topic: topic.into(), server_id: None, last_seq: None, epoch: None },
+            Subscription {
+                topic: topic.into(),
+                server_id: None,
+                last_seq: None,
+                epoch: None,
+                established: false,
+                retry_at: None,
+                retry_delay: Duration::ZERO,
+            },
         );
         if self.connected {
             self.send_subscribe(now, token);
@@ -716,6 +763,9 @@ impl ClientSession {
         self.connected = true;
         let tokens: Vec<SubscriptionToken> = self.subscriptions.keys().copied().collect();
         for t in tokens {
+            if let Some(sub) = self.subscriptions.get_mut(&t) {
+                sub.retry_at = None;
+            }
             self.send_subscribe(now, t);
         }
         self.send_queued();
@@ -778,6 +828,20 @@ impl ClientSession {
 
     /// Fails calls whose timeout passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.connected {
+            let due: Vec<SubscriptionToken> = self
+                .subscriptions
+                .iter_mut()
+                .filter(|(_, s)| s.retry_at.is_some_and(|at| at <= now))
+                .map(|(t, s)| {
+                    s.retry_at = None;
+                    *t
+                })
+                .collect();
+            for token in due {
+                self.send_subscribe(now, token);
+            }
+        }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -822,7 +886,12 @@ impl ClientSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let pending = self.deadlines.first().map(|&(d, _)| d);
         let queued = self.queued.front().map(|q| q.deadline);
-        [pending, queued].into_iter().flatten().min()
+        let renew = if self.connected {
+            self.subscriptions.values().filter_map(|s| s.retry_at).min()
+        } else {
+            None
+        };
+        [pending, queued, renew].into_iter().flatten().min()
     }
 
     /// The next text message to send.
@@ -919,10 +988,28 @@ impl ClientSession {
                     sub.last_seq = None;
                 }
                 sub.epoch = epoch.or(sub.epoch);
+                sub.established = true;
+                sub.retry_at = None;
+                sub.retry_delay = Duration::ZERO;
                 let server_id: Arc<str> = server_id.into();
                 sub.server_id = Some(server_id.clone());
                 self.by_server_id.insert(server_id, token);
                 self.events.push_back(ClientEvent::Subscribed { subscription: token });
+            }
+            // A renewal refused for now (the server's broker is down, a limit): asked again
+            // later, the subscription kept with its position.
+            Err(ClientError::Rpc(e))
+                if sub.established
+                    && matches!(
+                        e.code,
+                        super::error::UNAVAILABLE | super::error::LIMIT_EXCEEDED
+                    ) =>
+            {
+                let cap = self.config.reconnect.map_or(Duration::from_secs(30), |b| b.max);
+                let delay = (sub.retry_delay * 2).clamp(RENEW_RETRY, cap.max(RENEW_RETRY));
+                log::debug!(target: "wsrpc::rpc", "renewing {} refused ({}); again in {delay:?}", sub.topic, e.message);
+                sub.retry_at = Some(crate::later(now, delay));
+                sub.retry_delay = delay;
             }
             Err(error) => {
                 self.subscriptions.remove(&token);
@@ -939,6 +1026,8 @@ impl ClientSession {
             1
         } else if method == methods.gap {
             2
+        } else if method == methods.reset {
+            3
         } else {
             return;
         };
@@ -964,6 +1053,18 @@ impl ClientSession {
                     seq: params.seq.unwrap_or(0),
                     value: value.to_owned(),
                 });
+            }
+            3 => {
+                let Some(epoch) = params.epoch else { return };
+                // Numbers start over: whatever comes next is new.
+                sub.epoch = Some(epoch);
+                sub.last_seq = None;
+                self.events.push_back(ClientEvent::Reset { subscription: token, epoch });
+            }
+            // A lag notice without an end: held up while the server's broker is down.
+            1 if params.missed_to.is_none() => {
+                let Some(from) = params.missed_from else { return };
+                self.events.push_back(ClientEvent::Stalled { subscription: token, from });
             }
             _ => {
                 let (Some(from), Some(to)) = (params.missed_from, params.missed_to) else { return };
@@ -1116,6 +1217,87 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [9, 1]);
+    }
+
+    /// The subscribe request the session just queued: its id and params.
+    fn sent_subscribe(s: &mut ClientSession) -> (u64, serde_json::Value) {
+        let req: serde_json::Value = serde_json::from_slice(&s.poll_message().unwrap()).unwrap();
+        (req["id"].as_u64().unwrap(), req["params"].clone())
+    }
+
+    #[test]
+    fn reset_and_stalled_notices_reach_the_subscription() {
+        let now = crate::test_origin();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let sub = s.subscribe(now, "t");
+        let (id, _) = sent_subscribe(&mut s);
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":7}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":4,"result":4}}"#);
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"lagged","params":{"subscription":"0x1","topic":"t","missed_from":5,"broker":"down"}}"#);
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"reset","params":{"subscription":"0x1","topic":"t","epoch":9}}"#);
+        // After the reset, sequence numbers start over and are not taken for duplicates.
+        s.handle_message(now, br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":1,"result":1}}"#);
+        let events: Vec<ClientEvent> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(matches!(events[1], ClientEvent::Notification { seq: 4, .. }), "{events:?}");
+        assert!(
+            matches!(events[2], ClientEvent::Stalled { subscription, from: 5 } if subscription == sub)
+        );
+        assert!(matches!(events[3], ClientEvent::Reset { epoch: 9, .. }));
+        assert!(matches!(events[4], ClientEvent::Notification { seq: 1, .. }));
+        // A renewal asks from the new epoch.
+        s.handle_disconnected(now);
+        s.handle_connected(now);
+        let (_, params) = sent_subscribe(&mut s);
+        assert_eq!(params, serde_json::json!({"topic": "t", "since": 1, "epoch": 9}));
+    }
+
+    #[test]
+    fn a_renewal_refused_for_now_is_asked_again_with_a_doubling_delay() {
+        let now = crate::test_origin();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let sub = s.subscribe(now, "t");
+        let (id, _) = sent_subscribe(&mut s);
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":7}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        s.handle_disconnected(now);
+        s.handle_connected(now);
+        let refuse = |s: &mut ClientSession, id: u64| {
+            s.handle_message(now, format!(r#"{{"jsonrpc":"2.0","error":{{"code":-32002,"message":"broker unavailable"}},"id":{id}}}"#).as_bytes())
+        };
+        let (id, _) = sent_subscribe(&mut s);
+        refuse(&mut s, id);
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(1)));
+        assert!(s.poll_message().is_none());
+        s.handle_timeout(now + Duration::from_secs(1));
+        let (id, _) = sent_subscribe(&mut s);
+        refuse(&mut s, id);
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(2)), "doubled");
+        s.handle_timeout(now + Duration::from_secs(2));
+        let (id, _) = sent_subscribe(&mut s);
+        s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x2","epoch":7}},"id":{id}}}"#)
+                .as_bytes(),
+        );
+        let ended = std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, ClientEvent::SubscribeFailed { subscription, .. } if subscription == sub));
+        assert!(!ended, "kept through the refusals");
+        // A first subscribe refused the same way is the caller's to handle.
+        let other = s.subscribe(now, "u");
+        let (id, _) = sent_subscribe(&mut s);
+        refuse(&mut s, id);
+        let failed = std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, ClientEvent::SubscribeFailed { subscription, .. } if subscription == other));
+        assert!(failed);
     }
 
     #[test]

@@ -306,6 +306,12 @@ impl<C: Channels> ClientDispatch<C> {
                 ClientEvent::Gap { subscription, from, to, lagged } => {
                     self.deliver(subscription, SubscriptionEvent::Gap { from, to, lagged }, to);
                 }
+                ClientEvent::Reset { subscription, epoch } => {
+                    self.deliver(subscription, SubscriptionEvent::Reset { epoch }, 0);
+                }
+                ClientEvent::Stalled { subscription, from } => {
+                    self.deliver(subscription, SubscriptionEvent::Stalled { from }, from);
+                }
             }
         }
         any
