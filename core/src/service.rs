@@ -300,7 +300,7 @@ impl Service {
             &m.subscribe,
             &m.unsubscribe,
             &m.notification,
-            (&m.lagged, &m.gap),
+            (&m.lagged, &m.gap, &m.reset),
             m.eth_style,
             self.hub.epoch(),
         ));

@@ -110,17 +110,30 @@ export interface MissedEvent {
     from: number;
     to: number;
 }
-/** Payload of `reset`: the server restarted; sequence numbers start over in `epoch`. */
+/**
+ * Payload of `reset`: the topic's history was lost (the server restarted, or the broker that
+ * shares it between servers lost it); sequence numbers start over in `epoch`.
+ */
 export interface ResetEvent {
     topic: string;
     epoch: number;
     previousEpoch: number;
+}
+/**
+ * Payload of `stalled`: the server's broker is down, so values from `from` on are held up;
+ * they arrive, or a `gap` says which will not, once it is back.
+ */
+export interface StalledEvent {
+    topic: string;
+    subscription: string;
+    from: number;
 }
 export interface ClientEvents {
     state: StateEvent;
     gap: MissedEvent;
     lagged: MissedEvent;
     reset: ResetEvent;
+    stalled: StalledEvent;
     error: Error;
 }
 /** What `rpc.health` says about the server. */
@@ -134,6 +147,7 @@ export interface ServerInfo {
         notification: string;
         lagged: string;
         gap: string;
+        reset?: string;
         eth_style: boolean;
         epoch: number;
     };

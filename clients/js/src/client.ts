@@ -112,11 +112,24 @@ export interface MissedEvent {
   to: number;
 }
 
-/** Payload of `reset`: the server restarted; sequence numbers start over in `epoch`. */
+/**
+ * Payload of `reset`: the topic's history was lost (the server restarted, or the broker that
+ * shares it between servers lost it); sequence numbers start over in `epoch`.
+ */
 export interface ResetEvent {
   topic: string;
   epoch: number;
   previousEpoch: number;
+}
+
+/**
+ * Payload of `stalled`: the server's broker is down, so values from `from` on are held up;
+ * they arrive, or a `gap` says which will not, once it is back.
+ */
+export interface StalledEvent {
+  topic: string;
+  subscription: string;
+  from: number;
 }
 
 export interface ClientEvents {
@@ -124,6 +137,7 @@ export interface ClientEvents {
   gap: MissedEvent;
   lagged: MissedEvent;
   reset: ResetEvent;
+  stalled: StalledEvent;
   error: Error;
 }
 
@@ -138,6 +152,7 @@ export interface ServerInfo {
     notification: string;
     lagged: string;
     gap: string;
+    reset?: string;
     eth_style: boolean;
     epoch: number;
   };
@@ -210,6 +225,8 @@ interface Topic {
   epoch?: number;
   seq?: number;
   active?: boolean;
+  /** Delay before a renewal refused for now is asked again; doubles. */
+  retryMs?: number;
   listeners: Set<(value: never, meta: MessageMeta) => void>;
   waiters: Array<[() => void, (e: Error) => void]>;
 }
@@ -823,6 +840,7 @@ export function createClient(options: ClientOptions = {}): Client {
       notification: "subscription",
       lagged: "lagged",
       gap: "gap",
+      reset: "reset",
       eth_style: false,
     };
 
@@ -839,6 +857,17 @@ export function createClient(options: ClientOptions = {}): Client {
       }
       const meta = { topic: t.topic, seq, epoch: t.epoch };
       for (const fn of t.listeners) fn(p.result as never, meta);
+    } else if (method === (names.reset ?? "reset")) {
+      const epoch = p.epoch as number;
+      emit("reset", { topic: t.topic, epoch, previousEpoch: t.epoch! });
+      t.epoch = epoch;
+      t.seq = 0;
+    } else if (method === names.lagged && p.missed_to === undefined) {
+      emit("stalled", {
+        topic: t.topic,
+        subscription: t.id!,
+        from: p.missed_from as number,
+      });
     } else if (method === names.gap || method === names.lagged) {
       emit(method === names.gap ? "gap" : "lagged", {
         topic: t.topic,
@@ -887,11 +916,25 @@ export function createClient(options: ClientOptions = {}): Client {
         t.seq ??= res.seq;
         t.id = res.subscription;
         t.active = true;
+        t.retryMs = undefined;
         byId.set(t.id, t);
         t.waiters.splice(0).forEach(([ok]) => ok());
       },
       (e: Error) => {
         if (e instanceof ClientError) return; // resubscribed on the next connection
+        // A renewal refused for now (the server's broker is down, a limit): asked again
+        // with a doubling delay, the subscription kept at its position.
+        if (
+          t.epoch !== undefined &&
+          e instanceof RpcError &&
+          (e.code === -32002 || e.code === -32005)
+        ) {
+          t.retryMs = Math.min((t.retryMs ?? 500) * 2, maxMs);
+          T.setTimeout(() => {
+            if (topics.get(t.topic) === t && sock === ws) sendSubscribe(t);
+          }, t.retryMs);
+          return;
+        }
         topics.delete(t.topic);
         if (!t.waiters.length) emit("error", e);
         t.waiters.splice(0).forEach(([, rej]) => rej(e));

@@ -193,7 +193,8 @@ pub struct LatencyStats {
 ///
 /// In JSON: `{"status": "ok", "uptime_seconds": 12.5, "connections_active": 1, "port": 8766,
 /// "name": "wsrpc", "pubsub": {"subscribe": "subscribe", "unsubscribe": "unsubscribe",
-/// "notification": "subscription", "lagged": "lagged", "gap": "gap", "eth_style": false,
+/// "notification": "subscription", "lagged": "lagged", "gap": "gap", "reset": "reset",
+/// "eth_style": false,
 /// "epoch": 1700000000000000}}`. A client scanning ports checks `name` before it trusts a
 /// port; `pubsub` tells it how to subscribe without being configured. `"broker": "up"` or
 /// `"down"` is added when topics go through a broker.
@@ -245,6 +246,9 @@ pub struct PubSubInfo {
     pub lagged: String,
     /// The method of the notice for replay older than the buffer.
     pub gap: String,
+    /// The method of the notice that a shared topic's history was lost (a new epoch).
+    #[serde(default)]
+    pub reset: String,
     /// `eth_subscribe` style: positional params (`[topic, {"since": N, "epoch": E}]`).
     pub eth_style: bool,
     /// The hub's epoch: sequence numbers restart when it changes (a server restart).
@@ -257,7 +261,7 @@ impl PubSubInfo {
         subscribe: &str,
         unsubscribe: &str,
         notification: &str,
-        (lagged, gap): (&str, &str),
+        (lagged, gap, reset): (&str, &str, &str),
         eth_style: bool,
         epoch: u64,
     ) -> Self {
@@ -267,6 +271,7 @@ impl PubSubInfo {
             notification: notification.into(),
             lagged: lagged.into(),
             gap: gap.into(),
+            reset: reset.into(),
             eth_style,
             epoch,
         }

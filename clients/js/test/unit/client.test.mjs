@@ -484,3 +484,79 @@ test("a subscription waiting for the connection is told when only HTTP comes up"
   assert.equal(client.transport, "http");
   client.close();
 });
+
+test("a broker's reset and stalled notices become events, and a renewal refused for now is asked again", async () => {
+  const world = pubsubWorld(111);
+  const { clock, client } = setup({}, world);
+  const got = [];
+  const resets = [];
+  const stalls = [];
+  client.on("reset", (r) => resets.push(r));
+  client.on("stalled", (s) => stalls.push(s));
+  const sub = await (async () => {
+    const p = client.subscribe("prices", (v, meta) => got.push(meta.seq));
+    await clock.advance(1);
+    return p;
+  })();
+  const s0 = world.sockets[0];
+  s0.push(note(6));
+  s0.push({
+    jsonrpc: "2.0",
+    method: "lagged",
+    params: {
+      subscription: "0x1",
+      topic: "prices",
+      missed_from: 7,
+      broker: "down",
+    },
+  });
+  assert.deepEqual(stalls, [{ topic: "prices", subscription: "0x1", from: 7 }]);
+  s0.push({
+    jsonrpc: "2.0",
+    method: "reset",
+    params: { subscription: "0x1", topic: "prices", epoch: 333 },
+  });
+  assert.deepEqual(resets, [
+    { topic: "prices", epoch: 333, previousEpoch: 111 },
+  ]);
+  s0.push(note(1));
+  assert.deepEqual(got, [6, 1], "numbers start over after the reset");
+  assert.deepEqual(sub.position, { epoch: 333, seq: 1 });
+  // The connection drops; the broker is down, so the renewal is refused for now.
+  let refuse = 2;
+  const answer = world.onMessage;
+  world.onMessage = (m) =>
+    m.method === "subscribe" && refuse-- > 0
+      ? {
+          jsonrpc: "2.0",
+          id: m.id,
+          error: { code: -32002, message: "broker unavailable" },
+        }
+      : answer(m);
+  s0.drop();
+  world.epoch = 333;
+  world.top = 1;
+  const renewals = () =>
+    world.sockets
+      .flatMap((_, i) => world.calls(i))
+      .filter((m) => m.method === "subscribe");
+  // When each renewal went out, on the virtual clock.
+  const before = renewals().length;
+  const times = [];
+  for (let step = 0; step < 100 && times.length < 3; step++) {
+    await clock.advance(100);
+    while (renewals().length - before > times.length) times.push(clock.time);
+  }
+  assert.equal(times.length, 3, "refused twice, then accepted");
+  assert.ok(
+    times[1] - times[0] >= 1000,
+    `asked again after ${times[1] - times[0]} ms`,
+  );
+  assert.ok(
+    times[2] - times[1] >= 2 * (times[1] - times[0]) - 100,
+    `the delay doubles: ${times}`,
+  );
+  world.sockets.at(-1).push(note(2));
+  assert.deepEqual(got, [6, 1, 2], "the subscription was kept at its position");
+  client.close();
+});
