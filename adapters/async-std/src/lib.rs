@@ -26,8 +26,10 @@ use std::time::Instant;
 
 pub use wsrpc_core::prelude::*;
 pub use wsrpc_core::{auth, hub, limit, metrics, ws};
+pub use wsrpc_futures::tls::ClientStream;
+pub use wsrpc_futures::wsrpc_tls as tls;
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, Subscription};
+pub use wsrpc_futures::{Client, Subscription, TlsOptions};
 
 /// The async-std runtime: `async_std::task::spawn`, `spawn_blocking` and the async-io timer
 /// it runs on.

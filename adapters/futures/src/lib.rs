@@ -21,12 +21,15 @@ mod messages;
 #[cfg(feature = "async-io")]
 pub mod net;
 mod server;
+#[cfg(feature = "async-io")]
+pub mod tls;
 
 pub use client::{Client, Subscription};
 pub use drive::Connector;
 pub use messages::serve_messages;
 pub use server::ServerHandle;
 pub use wsrpc_core;
+pub use wsrpc_tls::{self, TlsOptions};
 
 /// A boxed `Send` future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

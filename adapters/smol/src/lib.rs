@@ -23,8 +23,10 @@ use std::time::Instant;
 
 pub use wsrpc_core::prelude::*;
 pub use wsrpc_core::{auth, hub, limit, metrics, ws};
+pub use wsrpc_futures::tls::ClientStream;
+pub use wsrpc_futures::wsrpc_tls as tls;
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, Subscription};
+pub use wsrpc_futures::{Client, Subscription, TlsOptions};
 
 /// The smol runtime: `smol::spawn`, `smol::unblock` and `smol::Timer`.
 #[derive(Clone, Copy, Debug, Default)]
