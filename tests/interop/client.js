@@ -1,8 +1,10 @@
 // Interop check with Node `ws`: calls, a batch and a subscription.
-// usage: node client.js WS_URL
+// usage: node client.js WS_URL (a wss:// URL is verified against the CA PEM named by $WSRPC_CA)
 const WebSocket = require('ws');
 
-const ws = new WebSocket(process.argv[2], { maxPayload: 1 << 24 });
+const options = { maxPayload: 1 << 24 };
+if (process.env.WSRPC_CA) options.ca = require('fs').readFileSync(process.env.WSRPC_CA);
+const ws = new WebSocket(process.argv[2], options);
 const waiting = new Map();
 const notes = [];
 let onNote = null;

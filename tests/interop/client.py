@@ -2,17 +2,23 @@
 """Interop check with Python `websockets`: calls, a batch and a subscription.
 
 usage: client.py WS_URL  (the server publishes to "interop" when asked with the `publish` call)
+A wss:// URL is verified against the CA certificate in the PEM file named by $WSRPC_CA.
 Prints one line per check and exits non-zero on the first failure.
 """
 import asyncio
 import json
+import os
+import ssl
 import sys
 
 import websockets
 
 
 async def main(url):
-    async with websockets.connect(url, max_size=2**24) as ws:
+    tls = None
+    if url.startswith("wss://"):
+        tls = ssl.create_default_context(cafile=os.environ["WSRPC_CA"])
+    async with websockets.connect(url, max_size=2**24, ssl=tls) as ws:
         async def call(method, params, id_):
             await ws.send(json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": id_}))
             while True:
