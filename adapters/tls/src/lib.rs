@@ -145,6 +145,19 @@ pub fn server_config_from_pem(
     server_config(chain, key)
 }
 
+/// [`server_config_from_pem`] from files (read again on every call, so a renewed
+/// certificate on disk is picked up by calling it again and handing the result to the
+/// server's `set_tls`).
+pub fn server_config_from_pem_files(
+    chain: impl AsRef<std::path::Path>,
+    key: impl AsRef<std::path::Path>,
+) -> Result<Arc<ServerConfig>, ConfigError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ConfigError::Pem(format!("{}: {e}", path.display())))
+    };
+    server_config_from_pem(&read(chain.as_ref())?, &read(key.as_ref())?)
+}
+
 /// A client configuration with this build's provider that trusts exactly `roots` (a private
 /// CA, a test CA).
 pub fn client_config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, ConfigError> {
