@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--json FILE]\n\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -39,7 +39,8 @@ fn main() -> ExitCode {
             }
             let Some(kind) = args.get(1) else { return usage() };
             let fanout = args.iter().any(|a| a == "--fanout");
-            match servers::serve(kind, fanout) {
+            let tls = args.iter().any(|a| a == "--tls");
+            match servers::serve(kind, fanout, tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -67,7 +68,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "all")) => {
+        Some(
+            scenario @ ("echo" | "calls" | "fanout" | "idle" | "tls-echo" | "tls-calls"
+            | "tls-churn" | "tls-idle" | "tls" | "all"),
+        ) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
             while let Some(a) = it.next() {
@@ -95,10 +99,21 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle"]
-                .into_iter()
-                .filter(|s| scenario == "all" || *s == scenario)
-                .collect();
+            let scenarios: Vec<&'static str> = [
+                "echo",
+                "calls",
+                "fanout",
+                "idle",
+                "tls-echo",
+                "tls-calls",
+                "tls-churn",
+                "tls-idle",
+            ]
+            .into_iter()
+            .filter(|s| {
+                scenario == "all" || *s == scenario || (scenario == "tls" && s.starts_with("tls-"))
+            })
+            .collect();
             match runner::run(&scenarios, &options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -27,7 +27,22 @@ fn cpu_us(r: &Report) -> f64 {
 
 fn metrics(scenario: &str) -> Vec<Metric> {
     let m = |name, unit, higher_is_better, get| Metric { name, unit, higher_is_better, get };
-    match scenario {
+    match scenario.trim_start_matches("tls-") {
+        "churn" => vec![
+            m(
+                "cycles/s",
+                "connect + TLS + WebSocket handshakes, one call, close; per second (higher is better)",
+                true,
+                rate,
+            ),
+            m(
+                "cpu_us/cycle",
+                "server CPU µs per cycle (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m("p99_us", "µs per cycle (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
+        ],
         "echo" => vec![
             m("messages/s", "messages/s (higher is better)", true, rate),
             m(
@@ -189,7 +204,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                 let busy = median(rs.iter().map(|r| 100.0 * r.server_cpu_s / r.window_s).collect());
                 let client =
                     median(rs.iter().map(|r| 100.0 * r.client_cpu_s / r.window_s).collect());
-                if scenario != "idle" {
+                if scenario.trim_start_matches("tls-") != "idle" {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
                 }
                 if scenario == "fanout" {
@@ -212,7 +227,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
 
 /// A short line for the progress log.
 pub(crate) fn brief(case: &Case, r: &Report) -> String {
-    match case.scenario {
+    match case.scenario.trim_start_matches("tls-") {
         "idle" => format!(
             "{:.1} KiB/conn ({} conns)",
             (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64,

@@ -547,7 +547,7 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> b
         Ok(n) => match slot.tls.as_mut() {
             None => feed(&mut slot.conn, &mut slot.leftover, now, &buf[..n]),
             Some(tls) => {
-                let handshaking = tls.stalled();
+                let handshaking = tls.is_handshaking();
                 let (conn, leftover) = (&mut slot.conn, &mut slot.leftover);
                 let fed = tls.input(stream, &buf[..n], |plain| {
                     // Once input waits, the rest of it queues behind, in order.
@@ -569,7 +569,8 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> b
                         let _ = tls.flush(stream);
                         slot.eof = true;
                         slot.conn.handle(now, Input::Broken);
-                        return handshaking || !slot.conn.wants_read();
+                        // Failures after the handshake are the connection's end, not a refusal.
+                        return handshaking;
                     }
                 }
             }

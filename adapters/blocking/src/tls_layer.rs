@@ -62,6 +62,11 @@ impl TlsLayer {
         Self { conn, sniff, refused: false, started: false, failed: false, shutdown_pending: false }
     }
 
+    /// Whether the TLS handshake has not completed yet.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
     /// Whether the handshake started (bytes arrived) and never completed, with no failure
     /// reported yet: a stalled or abandoned handshake.
     pub(crate) fn stalled(&self) -> bool {
