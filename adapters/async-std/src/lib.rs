@@ -59,7 +59,8 @@ pub type Server = net::Server<AsyncStdRuntime>;
 /// Starts servers on async-std (the `Launch` of [`Server::builder`]).
 pub type AsyncStd = net::Launcher<AsyncStdRuntime>;
 
-/// Connects a client to `url` (`ws://host:port/path`).
+/// Connects a client to `url` (`ws://host:port/path`, or `wss://` over TLS: the options'
+/// `rustls::ClientConfig` given with [`TlsOptions::tls`], else this build's default trust).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
     net::connect_client::<AsyncStdRuntime>(url, options).await
 }

@@ -277,7 +277,9 @@ fn tls_handshake(
     Ok(tls)
 }
 
-/// Connects to `url` (`ws://host:port/path`, and the options' fallbacks) and returns once
+/// Connects to `url` (`ws://host:port/path`, or `wss://` over TLS with the options'
+/// `rustls::ClientConfig` from [`TlsOptions::tls`](crate::TlsOptions::tls) or this build's
+/// default trust; and the options' fallbacks) and returns once
 /// the first WebSocket handshake succeeded, or why none did. Afterwards the client
 /// reconnects on its own when the connection drops (unless reconnecting is off), renewing
 /// its subscriptions.

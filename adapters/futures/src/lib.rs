@@ -5,8 +5,9 @@
 //! connection on an accepted stream, and the reconnecting [`Client`], which opens its own
 //! transports through a connector. A [`Runtime`] supplies spawning, timers and the clocks;
 //! with the `async-io` feature, [`net`] has the TCP listener and connector both runtimes
-//! use. [`serve_messages`] runs the JSON-RPC session over whole text messages you bring
-//! (say, an async-tungstenite `WebSocketStream`).
+//! use, and [`tls`] puts `futures-rustls` on them (`wss://` clients, TLS ports).
+//! [`serve_messages`] runs the JSON-RPC session over whole text messages you bring (say, an
+//! async-tungstenite `WebSocketStream`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

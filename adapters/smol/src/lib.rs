@@ -55,7 +55,8 @@ pub type Server = net::Server<SmolRuntime>;
 /// Starts servers on smol (the `Launch` of [`Server::builder`]).
 pub type Smol = net::Launcher<SmolRuntime>;
 
-/// Connects a client to `url` (`ws://host:port/path`).
+/// Connects a client to `url` (`ws://host:port/path`, or `wss://` over TLS: the options'
+/// `rustls::ClientConfig` given with [`TlsOptions::tls`], else this build's default trust).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
     net::connect_client::<SmolRuntime>(url, options).await
 }
