@@ -181,12 +181,15 @@ fn tls_client() -> Arc<rustls::ClientConfig> {
     CONFIG
         .get_or_init(|| {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .expect("default versions")
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth();
+            // Every churn cycle is a full handshake (key exchange and certificate signature),
+            // not a cheaper resumption of the previous session.
+            config.resumption = rustls::client::Resumption::disabled();
             Arc::new(config)
         })
         .clone()
