@@ -2,18 +2,24 @@
 # Runs the Autobahn|Testsuite against the wsrpc WebSocket examples:
 #   server role: wstest fuzzingclient  -> target/release/examples/echo
 #   client role: wstest fuzzingserver  <- target/release/examples/echo_client
+# Cases 1-10 run against the default binaries, cases 12.x and 13.x (permessage-deflate)
+# against the same binaries started with --compression (agent "wsrpc-deflate").
 #
-# Usage: scripts/autobahn.sh [all|server|client]   (default: all)
+# Usage: scripts/autobahn.sh [all|server|client] [all|plain|deflate]   (defaults: all all)
 #
 # Environment:
 #   WSRPC_AUTOBAHN_DIR          install dir for the testsuite (default ~/.cache/wsrpc/autobahn)
 #   WSRPC_AUTOBAHN_SERVER_PORT  port of our echo server          (default 9001)
 #   WSRPC_AUTOBAHN_CLIENT_PORT  port of the wstest fuzzingserver (default 9002)
-#   WSRPC_AUTOBAHN_TIMEOUT      seconds allowed for each wstest / client run (default 1200)
+#   WSRPC_AUTOBAHN_TIMEOUT      seconds allowed for each wstest / client run (default 2700)
 #   WSRPC_PYTHON2               path to a python2.7 interpreter (default: found via pyenv)
 #   WSRPC_AUTOBAHN_NO_BUILD     if set, skip `cargo build` and use the existing binaries
+#   WSRPC_AUTOBAHN_SERIAL       if set, run the server and client roles one after the other
+#                               (by default they run at the same time: each harness is one
+#                               Python process, and the harnesses take most of the time)
 #
-# Reports go to reports/servers and reports/clients (HTML index + JSON per case).
+# Reports go to reports/servers, reports/clients (cases 1-10) and reports/servers-deflate,
+# reports/clients-deflate (12.x, 13.x): HTML index + JSON per case.
 # Exits non-zero if any case is not OK/INFORMATIONAL, or if fewer cases ran than expected.
 set -euo pipefail
 
@@ -21,32 +27,37 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 ROLE=${1:-all}
-case "$ROLE" in
-    all | server | client) ;;
-    *) echo "usage: $0 [all|server|client]" >&2; exit 2 ;;
-esac
+SUITE=${2:-all}
+case "$ROLE" in all | server | client) ;; *) echo "usage: $0 [all|server|client] [all|plain|deflate]" >&2; exit 2 ;; esac
+case "$SUITE" in all | plain | deflate) ;; *) echo "usage: $0 [all|server|client] [all|plain|deflate]" >&2; exit 2 ;; esac
 
 AB_DIR=${WSRPC_AUTOBAHN_DIR:-$HOME/.cache/wsrpc/autobahn}
 SERVER_PORT=${WSRPC_AUTOBAHN_SERVER_PORT:-9001}
 CLIENT_PORT=${WSRPC_AUTOBAHN_CLIENT_PORT:-9002}
-RUN_TIMEOUT=${WSRPC_AUTOBAHN_TIMEOUT:-1200}
+RUN_TIMEOUT=${WSRPC_AUTOBAHN_TIMEOUT:-2700}
 AGENT=wsrpc
+DEFLATE_AGENT=wsrpc-deflate
 REQUIREMENTS=$ROOT/scripts/autobahn/requirements.txt
 REPORTS=$ROOT/reports
 PREFIX=$AB_DIR/py27
 SITE_PACKAGES=$PREFIX/lib/python2.7/site-packages
 STAMP=$AB_DIR/py27.stamp
 
-# Every section except 12.x/13.x: those test permessage-deflate (RFC 7692), which wsrpc does
-# not implement (we never negotiate the extension, so they would only report UNIMPLEMENTED).
+# Every section but permessage-deflate, against the default binaries.
 CASES='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]'
 # 1.x 16 + 2.x 11 + 3.x 7 + 4.x 10 + 5.x 20 + 6.x 145 + 7.x 37 + 9.x 54 + 10.x 1
 EXPECTED_CASES=301
+# permessage-deflate (RFC 7692), against the binaries started with --compression.
+DEFLATE_CASES='["12.*", "13.*"]'
+# 12.x 90 + 13.x 126
+EXPECTED_DEFLATE_CASES=216
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 PIDS=()
+SERVER_PORT_DEFLATE=$((SERVER_PORT + 2))
+CLIENT_PORT_DEFLATE=$((CLIENT_PORT + 2))
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -152,95 +163,130 @@ wait_for_port() {
 FAILED_STEPS=()
 
 # --- server role: wstest fuzzingclient -> our echo server -------------------------------------
+# run_server_role NAME PORT AGENT CASES [ECHO FLAGS...]: reports in reports/NAME.
 run_server_role() {
-    local outdir=$REPORTS/servers rc=0
-    step "Server role: starting echo server on port $SERVER_PORT"
-    port_open "$SERVER_PORT" && die "port $SERVER_PORT is already in use (set WSRPC_AUTOBAHN_SERVER_PORT)"
+    local name=$1 port=$2 agent=$3 cases=$4 rc=0
+    shift 4
+    local outdir=$REPORTS/$name
+    step "Server role ($name): starting echo server $* on port $port"
+    port_open "$port" && die "port $port is already in use (set WSRPC_AUTOBAHN_SERVER_PORT)"
     rm -rf "$outdir" && mkdir -p "$outdir"
-    "$ECHO_SERVER" --port "$SERVER_PORT" >"$REPORTS/echo-server.log" 2>&1 &
+    "$ECHO_SERVER" --port "$port" "$@" >"$REPORTS/echo-$name.log" 2>&1 &
     local server_pid=$!
     PIDS+=("$server_pid")
-    wait_for_port "$SERVER_PORT" "$server_pid" "echo server" "$REPORTS/echo-server.log"
+    wait_for_port "$port" "$server_pid" "echo server" "$REPORTS/echo-$name.log"
 
-    cat >"$REPORTS/fuzzingclient.json" <<EOF
+    cat >"$REPORTS/fuzzingclient-$name.json" <<EOF
 {
   "outdir": "$outdir",
-  "servers": [{"agent": "$AGENT", "url": "ws://127.0.0.1:$SERVER_PORT"}],
-  "cases": $CASES,
+  "servers": [{"agent": "$agent", "url": "ws://127.0.0.1:$port"}],
+  "cases": $cases,
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 EOF
-    step "Server role: running wstest fuzzingclient (log: reports/fuzzingclient.log)"
+    step "Server role ($name): running wstest fuzzingclient (log: reports/fuzzingclient-$name.log)"
     local start=$SECONDS
-    bounded "$REPORTS/fuzzingclient.log" "${WSTEST[@]}" -m fuzzingclient -s "$REPORTS/fuzzingclient.json" || rc=$?
-    echo "fuzzingclient finished in $((SECONDS - start)) s (exit $rc)"
+    bounded "$REPORTS/fuzzingclient-$name.log" "${WSTEST[@]}" -m fuzzingclient -s "$REPORTS/fuzzingclient-$name.json" || rc=$?
+    echo "fuzzingclient ($name) finished in $((SECONDS - start)) s (exit $rc)"
     if [ "$rc" -ne 0 ]; then
-        tail -n 20 "$REPORTS/fuzzingclient.log" >&2
-        FAILED_STEPS+=("wstest fuzzingclient exited with $rc$([ "$rc" -eq 124 ] && echo ' (timeout)')")
+        tail -n 20 "$REPORTS/fuzzingclient-$name.log" >&2
+        echo "wstest fuzzingclient ($name) exited with $rc$([ "$rc" -eq 124 ] && echo ' (timeout)')" >>"$FAILURES"
     fi
     if ! kill -0 "$server_pid" 2>/dev/null; then
-        FAILED_STEPS+=("echo server died during the run (log: reports/echo-server.log)")
+        echo "echo server ($name) died during the run (log: reports/echo-$name.log)" >>"$FAILURES"
     fi
-    step "Server role: stopping echo server"
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
 }
 
 # --- client role: our echo client -> wstest fuzzingserver -------------------------------------
+# run_client_role NAME PORT AGENT CASES [ECHO_CLIENT FLAGS...]: reports in reports/NAME.
 run_client_role() {
-    local outdir=$REPORTS/clients rc=0
-    step "Client role: starting wstest fuzzingserver on port $CLIENT_PORT"
-    port_open "$CLIENT_PORT" && die "port $CLIENT_PORT is already in use (set WSRPC_AUTOBAHN_CLIENT_PORT)"
+    local name=$1 port=$2 agent=$3 cases=$4 rc=0
+    shift 4
+    local outdir=$REPORTS/$name
+    step "Client role ($name): starting wstest fuzzingserver on port $port"
+    port_open "$port" && die "port $port is already in use (set WSRPC_AUTOBAHN_CLIENT_PORT)"
     rm -rf "$outdir" && mkdir -p "$outdir"
-    cat >"$REPORTS/fuzzingserver.json" <<EOF
+    cat >"$REPORTS/fuzzingserver-$name.json" <<EOF
 {
-  "url": "ws://127.0.0.1:$CLIENT_PORT",
+  "url": "ws://127.0.0.1:$port",
   "outdir": "$outdir",
-  "cases": $CASES,
+  "cases": $cases,
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 EOF
     # The fuzzingserver runs until killed; `timeout` bounds it in case we never get to that.
-    timeout "$RUN_TIMEOUT" "${WSTEST[@]}" -m fuzzingserver -s "$REPORTS/fuzzingserver.json" \
-        >"$REPORTS/fuzzingserver.log" 2>&1 &
+    timeout "$RUN_TIMEOUT" "${WSTEST[@]}" -m fuzzingserver -s "$REPORTS/fuzzingserver-$name.json" \
+        >"$REPORTS/fuzzingserver-$name.log" 2>&1 &
     local fuzz_pid=$!
     PIDS+=("$fuzz_pid")
-    wait_for_port "$CLIENT_PORT" "$fuzz_pid" "wstest fuzzingserver" "$REPORTS/fuzzingserver.log"
+    wait_for_port "$port" "$fuzz_pid" "wstest fuzzingserver" "$REPORTS/fuzzingserver-$name.log"
 
-    step "Client role: running echo_client (log: reports/echo-client.log)"
+    step "Client role ($name): running echo_client $* (log: reports/echo-client-$name.log)"
     local start=$SECONDS
-    bounded "$REPORTS/echo-client.log" "$ECHO_CLIENT" --url "ws://127.0.0.1:$CLIENT_PORT" --agent "$AGENT" || rc=$?
-    echo "echo_client finished in $((SECONDS - start)) s (exit $rc)"
+    bounded "$REPORTS/echo-client-$name.log" "$ECHO_CLIENT" --url "ws://127.0.0.1:$port" --agent "$agent" "$@" || rc=$?
+    echo "echo_client ($name) finished in $((SECONDS - start)) s (exit $rc)"
     if [ "$rc" -ne 0 ]; then
-        tail -n 20 "$REPORTS/echo-client.log" >&2
-        FAILED_STEPS+=("echo_client exited with $rc$([ "$rc" -eq 124 ] && echo ' (timeout)')")
+        tail -n 20 "$REPORTS/echo-client-$name.log" >&2
+        echo "echo_client ($name) exited with $rc$([ "$rc" -eq 124 ] && echo ' (timeout)')" >>"$FAILURES"
     fi
     if ! kill -0 "$fuzz_pid" 2>/dev/null; then
-        FAILED_STEPS+=("wstest fuzzingserver died during the run (log: reports/fuzzingserver.log)")
+        echo "wstest fuzzingserver ($name) died during the run (log: reports/fuzzingserver-$name.log)" >>"$FAILURES"
     fi
-    step "Client role: stopping wstest fuzzingserver"
     kill "$fuzz_pid" 2>/dev/null || true
     wait "$fuzz_pid" 2>/dev/null || true
 }
 
+server_suites() {
+    [ "$SUITE" = deflate ] || run_server_role servers "$SERVER_PORT" "$AGENT" "$CASES"
+    [ "$SUITE" = plain ] || run_server_role servers-deflate "$SERVER_PORT_DEFLATE" "$DEFLATE_AGENT" "$DEFLATE_CASES" --compression
+}
+
+client_suites() {
+    [ "$SUITE" = deflate ] || run_client_role clients "$CLIENT_PORT" "$AGENT" "$CASES"
+    [ "$SUITE" = plain ] || run_client_role clients-deflate "$CLIENT_PORT_DEFLATE" "$DEFLATE_AGENT" "$DEFLATE_CASES" --compression
+}
+
 mkdir -p "$REPORTS"
+FAILURES=$REPORTS/failures.txt
+: >"$FAILURES"
 TOTAL_START=$SECONDS
-[ "$ROLE" = client ] || run_server_role
-[ "$ROLE" = server ] || run_client_role
+if [ "$ROLE" = all ] && [ -z "${WSRPC_AUTOBAHN_SERIAL:-}" ]; then
+    # Both harnesses at once, one core each; their progress lines interleave.
+    (
+        trap cleanup EXIT
+        trap 'exit 143' TERM
+        server_suites
+    ) &
+    SERVER_JOB=$!
+    PIDS+=("$SERVER_JOB")
+    client_suites || true
+    wait "$SERVER_JOB" || true
+else
+    [ "$ROLE" = client ] || server_suites
+    [ "$ROLE" = server ] || client_suites
+fi
+mapfile -t FAILED_STEPS <"$FAILURES"
 
 # --- summary ----------------------------------------------------------------------------------
 step "Results (reports in reports/servers and reports/clients)"
 SUMMARY_RC=0
 ROLES=()
-[ "$ROLE" = client ] || ROLES+=("server=$REPORTS/servers")
-[ "$ROLE" = server ] || ROLES+=("client=$REPORTS/clients")
-python3 - "$EXPECTED_CASES" "${ROLES[@]}" <<'PY' || SUMMARY_RC=$?
+if [ "$SUITE" != deflate ]; then
+    [ "$ROLE" = client ] || ROLES+=("server=$EXPECTED_CASES=$REPORTS/servers")
+    [ "$ROLE" = server ] || ROLES+=("client=$EXPECTED_CASES=$REPORTS/clients")
+fi
+if [ "$SUITE" != plain ]; then
+    [ "$ROLE" = client ] || ROLES+=("server-deflate=$EXPECTED_DEFLATE_CASES=$REPORTS/servers-deflate")
+    [ "$ROLE" = server ] || ROLES+=("client-deflate=$EXPECTED_DEFLATE_CASES=$REPORTS/clients-deflate")
+fi
+python3 - "${ROLES[@]}" <<'PY' || SUMMARY_RC=$?
 import collections, json, os, sys
 
 ACCEPTED = {"OK", "INFORMATIONAL"}
-expected = int(sys.argv[1])
 
 def case_key(case_id):
     return tuple(int(p) if p.isdigit() else p for p in case_id.split("."))
@@ -251,8 +297,9 @@ def short(value, limit=240):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 bad_run = False
-for arg in sys.argv[2:]:
-    role, outdir = arg.split("=", 1)
+for arg in sys.argv[1:]:
+    role, expected, outdir = arg.split("=", 2)
+    expected = int(expected)
     index_path = os.path.join(outdir, "index.json")
     if not os.path.exists(index_path):
         print(f"{role}: no report ({index_path} missing)")
@@ -267,16 +314,14 @@ for arg in sys.argv[2:]:
         counts = collections.Counter(c["behavior"] for c in cases.values())
         verdicts = ", ".join(f"{b} {n}" for b, n in counts.most_common())
         label = role if len(index) == 1 else f"{role} [{agent}]"
-        print(f"{label}: {verdicts} (of {len(cases)})")
+        millis = sum(c.get("duration", 0) for c in cases.values())
+        print(f"{label}: {verdicts} (of {len(cases)}; cases took {millis / 1000:.1f} s)")
         if len(cases) < expected:
             print(f"  !! only {len(cases)} cases reported, expected {expected}: the run died early?")
             bad_run = True
         for case_id in sorted(cases, key=case_key):
             entry = cases[case_id]
-            section = case_id.split(".")[0]
-            ok = set(ACCEPTED)
-            if section in ("12", "13"):
-                ok.add("UNIMPLEMENTED")
+            ok = ACCEPTED
             if entry["behavior"] in ok and entry.get("behaviorClose", "OK") in ok:
                 continue
             bad_run = True

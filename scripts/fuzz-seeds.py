@@ -141,3 +141,38 @@ ws_session = (REQUEST.replace(b"Sec-WebSocket-Protocol: chat\r\n", b"")
 write("engine", "ws_session", script(0, ws_session, (7, 0), (7, 2), (6, 2), (5, 10), (6, 1), frame(0x88, b"\x03\xe8"), (6, 0)))
 write("engine", "ws_binary", script(0, REQUEST + frame(0x82, b"\x00\x01") + frame(0x88, b"\x03\xe8")))
 print("more seeds written")
+
+# permessage-deflate: compressed messages for the inflating decoder (fuzz target `inflate`).
+# Settings byte: bits 0-1 limit (64, 1000, 4096, 70000), bit 2 context takeover, bit 3 text,
+# bits 4-7 chop. Records: [h, payload], h & 1 ends the message, h >> 1 is the length.
+import zlib
+
+
+def deflate_message(data, c=None):
+    c = c or zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def records(compressed, piece=127):
+    out = bytearray()
+    chunks = [compressed[i:i + piece] for i in range(0, len(compressed), piece)] or [b""]
+    for i, chunk in enumerate(chunks):
+        out.append((len(chunk) << 1) | (1 if i == len(chunks) - 1 else 0))
+        out += chunk
+    return bytes(out)
+
+
+json_msg = b'{"jsonrpc":"2.0","method":"notify","params":{"topic":"prices","seq":7,"result":[1,2,3,"abc"]}}' * 6
+write("inflate", "json_text", bytes([0x0A]) + records(deflate_message(json_msg)))
+write("inflate", "two_messages", bytes([0x2A]) + records(deflate_message(json_msg)) + records(deflate_message(b"hello hello hello")))
+takeover = zlib.compressobj(6, zlib.DEFLATED, -15)
+write("inflate", "takeover", bytes([0x0E]) + records(deflate_message(json_msg, takeover)) + records(deflate_message(json_msg, takeover)))
+write("inflate", "bomb", bytes([0x12]) + records(deflate_message(b"\x00" * 200000)))
+write("inflate", "just_over", bytes([0x01]) + records(deflate_message(b"a" * 1001)))
+write("inflate", "bad_utf8", bytes([0x09]) + records(deflate_message("héllo".encode()[:2] + b"\xff rest")))
+write("inflate", "final_block", bytes([0x08]) + records(zlib.compress(b"Hello", 9)[2:-4]))
+write("inflate", "corrupt", bytes([0x00]) + records(b"\xff\xff\xff\x00\x01"))
+write("inflate", "empty", bytes([0x08]) + records(b"\x00") + records(b""))
+print("inflate seeds written")

@@ -18,6 +18,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::servers::unix_nanos;
 use crate::sys;
+use crate::wire::{DeflateWs, Wire};
 
 /// What one client run does; built by the orchestrator, passed on the command line as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +38,9 @@ pub(crate) struct Spec {
     /// Over TLS (`wss://`), the scenario name without its `tls-` prefix.
     #[serde(default)]
     pub(crate) tls: bool,
+    /// Offer permessage-deflate (the `*-deflate` scenarios): echo then sends JSON-like text.
+    #[serde(default)]
+    pub(crate) deflate: bool,
 }
 
 /// What one client run measured; printed as one JSON line.
@@ -59,10 +63,18 @@ pub(crate) struct Report {
     /// Fan-out: notifications missing from a subscriber's sequence, and lag notices.
     pub(crate) gaps: u64,
     pub(crate) lagged: u64,
-    /// Idle: server RSS before and after connecting.
+    /// Server RSS before connecting, and after (idle) or at the end of the window.
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_after_kib: u64,
     pub(crate) conns_ok: usize,
+    /// Compressed scenarios: bytes the client read and wrote on the wire in the window, and
+    /// how many connections had permessage-deflate accepted.
+    #[serde(default)]
+    pub(crate) wire_in: u64,
+    #[serde(default)]
+    pub(crate) wire_out: u64,
+    #[serde(default)]
+    pub(crate) compressed_conns: usize,
 }
 
 impl Report {
@@ -85,15 +97,28 @@ pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
     }
 }
 
+fn connect_wire(
+    addr: SocketAddr,
+    read_buffer: usize,
+    deflate: bool,
+    tls: bool,
+) -> io::Result<Wire> {
+    if deflate {
+        Ok(Wire::Deflate(Box::new(DeflateWs::connect(addr, read_buffer)?)))
+    } else {
+        Ok(Wire::Plain(Box::new(connect(addr, read_buffer, tls)?)))
+    }
+}
+
 /// A connection's transport: TCP, or rustls over TCP (through rustls's blocking stream
 /// adapter, which passes `WouldBlock` through on a nonblocking socket).
-enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
             Self::Tls(s) => &s.sock,
@@ -321,9 +346,32 @@ fn idle(spec: &Spec) -> io::Result<Report> {
     std::thread::sleep(Duration::from_millis(300));
     report.rss_before_kib = sys::rss_kib(spec.server_pid)?;
     let mut conns = Vec::with_capacity(spec.conns);
+    // With a payload, each connection first makes one `echo` call that large (compressed
+    // both ways when the server accepts), then stays idle.
+    let call = (spec.payload > 0).then(|| {
+        let body = String::from_utf8(json_like(spec.payload, 7)).expect("ASCII");
+        serde_json::json!({"jsonrpc": "2.0", "method": "echo", "params": [body], "id": 1})
+            .to_string()
+    });
     for _ in 0..spec.conns {
-        match connect(spec.addr, 4096, spec.tls) {
-            Ok(ws) => conns.push(ws),
+        match connect_wire(spec.addr, 4096, spec.deflate, spec.tls) {
+            Ok(mut ws) => {
+                if let Some(call) = &call {
+                    let answered = ws
+                        .write(Message::text(call.clone()))
+                        .and_then(|()| ws.flush())
+                        .and_then(|()| ws.read());
+                    match answered {
+                        Ok(Message::Text(t)) if t.len() >= spec.payload => {}
+                        Ok(other) => report.error(format!("unexpected answer {other:?}")),
+                        Err(e) => report.error(e),
+                    }
+                }
+                if ws.compressed() {
+                    report.compressed_conns += 1;
+                }
+                conns.push(ws);
+            }
             Err(e) => {
                 report.error(e);
                 break;
@@ -335,7 +383,7 @@ fn idle(spec: &Spec) -> io::Result<Report> {
     report.rss_after_kib = sys::rss_kib(spec.server_pid)?;
     // Every connection must still be open: a close would be readable now.
     for ws in &mut conns {
-        ws.get_mut().tcp().set_nonblocking(true)?;
+        ws.get_ref().set_nonblocking(true)?;
         match ws.read() {
             Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                 report.conns_ok += 1
@@ -350,7 +398,7 @@ fn idle(spec: &Spec) -> io::Result<Report> {
 
 /// Per-connection state of the active scenarios.
 struct Conn {
-    ws: WebSocket<Stream>,
+    ws: Wire,
     broken: bool,
     /// Correct operations in the window.
     done: u64,
@@ -391,6 +439,30 @@ struct TickIn {
     ts: u64,
 }
 
+/// Hex digits of the sequence number at the start of a compressed echo's text.
+const SEQ_TEXT: usize = 16;
+
+/// `len` bytes of JSON-like text (price rows), different per connection `i`.
+fn json_like(len: usize, i: usize) -> Vec<u8> {
+    let mut s = String::with_capacity(len + 96);
+    s.push_str(&"0".repeat(SEQ_TEXT));
+    s.push_str(",[");
+    let mut k = i as u64;
+    while s.len() < len {
+        k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(&format!(
+            "{{\"id\":{},\"price\":\"{}.{:02}\",\"qty\":{},\"side\":\"{}\"}},",
+            k >> 44,
+            40000 + (k >> 20) % 2000,
+            (k >> 8) % 100,
+            (k >> 32) % 50,
+            if k & 1 == 0 { "buy" } else { "sell" }
+        ));
+    }
+    s.truncate(len);
+    s.into_bytes()
+}
+
 /// Slots are numbered in the low bits of a call id.
 const SLOT_BITS: u32 = 6;
 /// Fan-out ack ring (far larger than the publish window).
@@ -419,20 +491,30 @@ impl<'s> Load<'s> {
             _ => 4096,
         };
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let mut report = Report::default();
+        if spec.deflate {
+            std::thread::sleep(Duration::from_millis(300));
+            report.rss_before_kib = sys::rss_kib(spec.server_pid)?;
+        }
         let mut conns = Vec::with_capacity(spec.conns);
         for i in 0..spec.conns {
-            let ws = connect(spec.addr, read_buffer, spec.tls)?;
-            ws.get_ref().tcp().set_nonblocking(true)?;
+            let ws = connect_wire(spec.addr, read_buffer, spec.deflate, spec.tls)?;
+            ws.get_ref().set_nonblocking(true)?;
             epoll::add(
                 &epoll,
-                ws.get_ref().tcp(),
+                ws.get_ref(),
                 epoll::EventData::new_u64(i as u64),
                 epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::ET,
             )?;
-            let mut template = vec![0u8; spec.payload.max(8)];
-            for (k, b) in template.iter_mut().enumerate() {
-                *b = (k as u8).wrapping_mul(31).wrapping_add(i as u8);
-            }
+            let template = if spec.deflate {
+                json_like(spec.payload.max(SEQ_TEXT), i)
+            } else {
+                let mut template = vec![0u8; spec.payload.max(8)];
+                for (k, b) in template.iter_mut().enumerate() {
+                    *b = (k as u8).wrapping_mul(31).wrapping_add(i as u8);
+                }
+                template
+            };
             conns.push(Conn {
                 ws,
                 broken: false,
@@ -456,7 +538,7 @@ impl<'s> Load<'s> {
             spec,
             epoll,
             conns,
-            report: Report::default(),
+            report,
             in_window: false,
             latencies_ns: Vec::new(),
             udp,
@@ -535,6 +617,9 @@ impl<'s> Load<'s> {
                 own0 = sys::own_cpu_seconds();
                 t0 = Instant::now();
                 self.in_window = true;
+                let (wi, wo) = self.wire_bytes();
+                self.report.wire_in = wi;
+                self.report.wire_out = wo;
                 self.latencies_ns.clear();
                 for c in &mut self.conns {
                     c.done = 0;
@@ -546,6 +631,12 @@ impl<'s> Load<'s> {
                 self.report.client_cpu_s = sys::own_cpu_seconds() - own0;
                 self.report.server_cpu_s = cpu1 - cpu0;
                 self.report.window_s = secs;
+                let (wi, wo) = self.wire_bytes();
+                self.report.wire_in = wi - self.report.wire_in;
+                self.report.wire_out = wo - self.report.wire_out;
+                if self.spec.deflate {
+                    self.report.rss_after_kib = sys::rss_kib(self.spec.server_pid)?;
+                }
                 break;
             }
         }
@@ -555,6 +646,7 @@ impl<'s> Load<'s> {
         self.report.min_conn_rate = rates.clone().fold(f64::INFINITY, f64::min);
         self.report.max_conn_rate = rates.fold(0.0, f64::max);
         self.report.conns_ok = self.conns.iter().filter(|c| !c.broken).count();
+        self.report.compressed_conns = self.conns.iter().filter(|c| c.ws.compressed()).count();
         let mut lat = std::mem::take(&mut self.latencies_ns);
         lat.sort_unstable();
         let q = |p: f64| -> f64 {
@@ -586,12 +678,17 @@ impl<'s> Load<'s> {
             };
             let now = Instant::now();
             let result = match msg {
-                Message::Text(t) => match self.spec.scenario.as_str() {
-                    "calls" => self.on_call_response(i, t.as_str(), now),
-                    "fanout" => self.on_notification(i, t.as_str()),
-                    _ => Err("unexpected text".into()),
-                },
+                Message::Text(t) if self.spec.scenario != "echo" => {
+                    match self.spec.scenario.as_str() {
+                        "calls" => self.on_call_response(i, t.as_str(), now),
+                        "fanout" => self.on_notification(i, t.as_str()),
+                        _ => Err("unexpected text".into()),
+                    }
+                }
                 Message::Binary(b) if self.spec.scenario == "echo" => self.on_echo(i, &b, now),
+                Message::Text(t) if self.spec.scenario == "echo" && self.spec.deflate => {
+                    self.on_echo(i, t.as_bytes(), now)
+                }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
                 other => Err(format!("unexpected message {other:?}")),
             };
@@ -606,7 +703,7 @@ impl<'s> Load<'s> {
     fn fail(&mut self, i: usize, e: String) {
         self.conns[i].broken = true;
         self.report.error(e);
-        let _ = epoll::delete(&self.epoll, self.conns[i].ws.get_ref().tcp());
+        let _ = epoll::delete(&self.epoll, self.conns[i].ws.get_ref());
     }
 
     fn flush(&mut self, i: usize) {
@@ -653,18 +750,36 @@ impl<'s> Load<'s> {
         let seq = c.next_seq;
         c.next_seq += 1;
         let mut data = c.template.clone();
+        if self.spec.deflate {
+            data[..SEQ_TEXT].copy_from_slice(format!("{seq:0SEQ_TEXT$x}").as_bytes());
+            c.in_flight.push_back((seq, now));
+            let text = String::from_utf8(data).expect("the JSON-like template is ASCII");
+            self.write(i, Message::text(text));
+            return;
+        }
         data[..8].copy_from_slice(&seq.to_le_bytes());
         c.in_flight.push_back((seq, now));
         self.write(i, Message::binary(data));
     }
 
+    /// Bytes on the wire so far, over every connection.
+    fn wire_bytes(&self) -> (u64, u64) {
+        self.conns.iter().fold((0, 0), |(i, o), c| {
+            let (ci, co) = c.ws.wire_bytes();
+            (i + ci, o + co)
+        })
+    }
+
     fn on_echo(&mut self, i: usize, data: &[u8], now: Instant) -> Result<(), String> {
         let c = &mut self.conns[i];
         let (seq, sent) = c.in_flight.pop_front().ok_or("echo with nothing in flight")?;
-        if data.len() != c.template.len()
-            || data[..8] != seq.to_le_bytes()
-            || data[8..] != c.template[8..]
-        {
+        let head = if self.spec.deflate { SEQ_TEXT } else { 8 };
+        let seq_ok = if self.spec.deflate {
+            data.len() >= SEQ_TEXT && data[..SEQ_TEXT] == *format!("{seq:0SEQ_TEXT$x}").as_bytes()
+        } else {
+            data.len() >= 8 && data[..8] == seq.to_le_bytes()
+        };
+        if data.len() != c.template.len() || !seq_ok || data[head..] != c.template[head..] {
             return Err(format!("echo {seq} does not match what was sent"));
         }
         self.record(i, now - sent);

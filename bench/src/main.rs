@@ -2,7 +2,7 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|all> [--servers a,b,c] [--quick] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
@@ -15,12 +15,13 @@ mod report;
 mod runner;
 mod servers;
 mod sys;
+mod wire;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--json FILE]\n\\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -39,8 +40,14 @@ fn main() -> ExitCode {
             }
             let Some(kind) = args.get(1) else { return usage() };
             let fanout = args.iter().any(|a| a == "--fanout");
+            let payload = args
+                .iter()
+                .position(|a| a == "--payload")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
             let tls = args.iter().any(|a| a == "--tls");
-            match servers::serve(kind, fanout, tls) {
+            match servers::serve(kind, fanout, payload, tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -69,8 +76,9 @@ fn main() -> ExitCode {
             }
         }
         Some(
-            scenario @ ("echo" | "calls" | "fanout" | "idle" | "tls-echo" | "tls-calls"
-            | "tls-churn" | "tls-idle" | "tls" | "all"),
+            scenario @ ("echo" | "calls" | "fanout" | "idle" | "echo-deflate" | "fanout-deflate"
+            | "idle-deflate" | "tls-echo" | "tls-calls" | "tls-churn" | "tls-idle"
+            | "tls" | "all"),
         ) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
@@ -104,6 +112,9 @@ fn main() -> ExitCode {
                 "calls",
                 "fanout",
                 "idle",
+                "echo-deflate",
+                "fanout-deflate",
+                "idle-deflate",
                 "tls-echo",
                 "tls-calls",
                 "tls-churn",

@@ -25,6 +25,11 @@ fn cpu_us(r: &Report) -> f64 {
     r.server_cpu_s * 1e6 / r.ops as f64
 }
 
+/// Server RSS growth per connection, KiB.
+fn kib_per_conn(r: &Report) -> f64 {
+    (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64
+}
+
 fn metrics(scenario: &str) -> Vec<Metric> {
     let m = |name, unit, higher_is_better, get| Metric { name, unit, higher_is_better, get };
     match scenario.trim_start_matches("tls-") {
@@ -92,6 +97,61 @@ fn metrics(scenario: &str) -> Vec<Metric> {
                 |r| r.p99_us / 1000.0,
             ),
         ],
+        "echo-deflate" => vec![
+            m("messages/s", "messages/s (higher is better)", true, rate),
+            m(
+                "cpu_us/msg",
+                "server CPU µs per echoed message (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m(
+                "wire_B/msg",
+                "bytes on the wire per message, each way (lower is better; ratio = peer/ours)",
+                false,
+                |r| (r.wire_in + r.wire_out) as f64 / (2.0 * r.ops as f64),
+            ),
+            m(
+                "KiB/conn",
+                "server RSS growth per active connection (lower is better)",
+                false,
+                kib_per_conn,
+            ),
+            m("p99_us", "µs round trip (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
+        ],
+        "fanout-deflate" => vec![
+            m("deliveries/s", "notifications received/s (higher is better)", true, rate),
+            m(
+                "cpu_us/delivery",
+                "server CPU µs per delivery (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m(
+                "wire_B/delivery",
+                "bytes on the wire per notification (lower is better; ratio = peer/ours)",
+                false,
+                |r| r.wire_in as f64 / r.ops as f64,
+            ),
+            m(
+                "KiB/conn",
+                "server RSS growth per subscriber while publishing (lower is better)",
+                false,
+                kib_per_conn,
+            ),
+            m(
+                "p99_delay_ms",
+                "publish→receipt ms (lower is better; ratio = peer/ours)",
+                false,
+                |r| r.p99_us / 1000.0,
+            ),
+        ],
+        "idle-deflate" => vec![m(
+            "KiB/conn",
+            "server RSS KiB per connection (lower is better; ratio = peer/ours)",
+            false,
+            kib_per_conn,
+        )],
         "idle" => vec![m(
             "KiB/conn",
             "server RSS KiB per idle connection (lower is better; ratio = peer/ours)",
@@ -204,10 +264,10 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                 let busy = median(rs.iter().map(|r| 100.0 * r.server_cpu_s / r.window_s).collect());
                 let client =
                     median(rs.iter().map(|r| 100.0 * r.client_cpu_s / r.window_s).collect());
-                if scenario.trim_start_matches("tls-") != "idle" {
+                if !scenario.trim_start_matches("tls-").starts_with("idle") {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
                 }
-                if scenario == "fanout" {
+                if scenario.starts_with("fanout") {
                     let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
                     let lagged: u64 = rs.iter().map(|r| r.lagged).sum();
                     cells.push(format!("gaps {gaps}, lag notices {lagged} (all rounds)"));
@@ -228,9 +288,22 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
 /// A short line for the progress log.
 pub(crate) fn brief(case: &Case, r: &Report) -> String {
     match case.scenario.trim_start_matches("tls-") {
-        "idle" => format!(
-            "{:.1} KiB/conn ({} conns)",
-            (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64,
+        "idle" | "idle-deflate" => format!(
+            "{:.1} KiB/conn ({} conns, {} compressed)",
+            kib_per_conn(r),
+            r.conns_ok,
+            r.compressed_conns
+        ),
+        "echo-deflate" | "fanout-deflate" => format!(
+            "{:.0}/s, {:.2} µs CPU/op, {:.0} B wire/op, {:.1} KiB/conn, p99 {:.0} µs, server CPU {:.0}%, client CPU {:.0}%, {} of {} conns compressed",
+            rate(r),
+            cpu_us(r),
+            (r.wire_in + r.wire_out) as f64 / r.ops as f64,
+            kib_per_conn(r),
+            r.p99_us,
+            100.0 * r.server_cpu_s / r.window_s,
+            100.0 * r.client_cpu_s / r.window_s,
+            r.compressed_conns,
             r.conns_ok
         ),
         _ => format!(

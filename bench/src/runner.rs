@@ -77,6 +77,15 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
         "tls-calls" => vec![case("256 conn x depth 32".into(), 256, 32, 0)],
         "tls-churn" => vec![case(format!("{TLS_CHURN_WORKERS} workers"), TLS_CHURN_WORKERS, 1, 0)],
         "tls-idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
+        // permessage-deflate: JSON-like text, compression offered by the client.
+        "echo-deflate" => vec![case("100 x 1 KiB JSON".into(), 100, ECHO_DEPTH, 1 << 10)],
+        "fanout-deflate" => {
+            vec![case("10,000 subscribers, 1 KiB JSON".into(), 10_000, 0, 1 << 10)]
+        }
+        "idle-deflate" => vec![
+            case("10,000 idle".into(), 10_000, 0, 0),
+            case("10,000 after a 1 KiB call each".into(), 10_000, 0, 1 << 10),
+        ],
         _ => Vec::new(),
     }
 }
@@ -102,6 +111,10 @@ pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static st
             vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"],
             vec!["jsonrpsee", "tokio-tungstenite"],
         ),
+        // Against soketto with deflate, and against the same server uncompressed (it declines
+        // the client's offer).
+        "echo-deflate" => (vec!["wsrpc-echo-deflate"], vec!["soketto-deflate", "wsrpc-echo"]),
+        "fanout-deflate" | "idle-deflate" => (vec!["wsrpc-smol-deflate"], vec!["wsrpc-smol"]),
         _ => (Vec::new(), Vec::new()),
     }
 }
@@ -172,13 +185,39 @@ impl Drop for Proc {
     }
 }
 
+/// The soketto peer lives in a crate of its own (its `deflate` feature brings C zlib, which
+/// must not be unified into wsrpc-core's flate2): built on first use, run pinned to CPU 0.
+fn soketto_peer() -> Result<PathBuf, String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("soketto-peer");
+    let exe = dir.join("target/release/wsrpc-bench-soketto-peer");
+    if !exe.exists() {
+        eprintln!("building the soketto peer (bench/soketto-peer)");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .status()
+            .map_err(|e| format!("cargo build for the soketto peer: {e}"))?;
+        if !status.success() {
+            return Err("building the soketto peer failed".into());
+        }
+    }
+    Ok(exe)
+}
+
 fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let fanout = case.scenario == "fanout";
-    let mut cmd = Command::new(&exe);
-    cmd.arg("serve").arg(server);
+    let fanout = case.scenario.starts_with("fanout");
+    let mut cmd = if server == "soketto-deflate" {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]).arg(soketto_peer()?);
+        cmd
+    } else {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve").arg(server);
+        cmd
+    };
     if fanout {
-        cmd.arg("--fanout");
+        cmd.arg("--fanout").arg("--payload").arg(case.payload.to_string());
     }
     if case.scenario.starts_with("tls-") {
         cmd.arg("--tls");
@@ -239,8 +278,9 @@ fn drive(
     let port: u16 = port.parse().map_err(|_| format!("bad port in {line:?}"))?;
     let udp_port: u16 = udp.parse().map_err(|_| format!("bad port in {line:?}"))?;
     let spec = Spec {
-        scenario: case.scenario.trim_start_matches("tls-").to_string(),
+        scenario: case.scenario.trim_start_matches("tls-").trim_end_matches("-deflate").to_string(),
         tls: case.scenario.starts_with("tls-"),
+        deflate: case.scenario.ends_with("-deflate"),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         server_pid: pid,
         conns: case.conns,

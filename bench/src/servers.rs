@@ -34,15 +34,42 @@ pub(crate) const ALL: &[&str] = &[
     "jsonrpsee",
     "tokio-tungstenite",
     "fastwebsockets",
+    "wsrpc-smol-deflate",
+    "wsrpc-echo-deflate",
+    "soketto-deflate",
 ];
 
 /// The value published in the fan-out scenario.
 #[derive(Serialize)]
-struct Tick {
+struct Tick<'a> {
     seq: u64,
     /// Nanoseconds since the Unix epoch at publish time: the client, on the same machine,
     /// subtracts it from its own clock for the publish→receipt delay.
     ts: u64,
+    /// JSON-like rows that bring the notification to the scenario's size (`fanout-deflate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<&'a serde_json::Value>,
+}
+
+/// Price rows of about `bytes` bytes of JSON, made once per server.
+fn rows_of(bytes: usize) -> Option<serde_json::Value> {
+    if bytes == 0 {
+        return None;
+    }
+    let mut rows = Vec::new();
+    let mut len = 0;
+    let mut k = 0u64;
+    while len < bytes {
+        k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let row = serde_json::json!({
+            "price": format!("{}.{:02}", 40000 + (k >> 20) % 2000, (k >> 8) % 100),
+            "qty": (k >> 32) % 50,
+            "side": if k & 1 == 0 { "buy" } else { "sell" },
+        });
+        len += row.to_string().len() + 1;
+        rows.push(row);
+    }
+    Some(serde_json::Value::Array(rows))
 }
 
 pub(crate) fn unix_nanos() -> u64 {
@@ -66,19 +93,21 @@ fn tls_config() -> io::Result<Arc<rustls::ServerConfig>> {
     wsrpc_tls::server_config(vec![cert.cert.der().clone()], key).map_err(io::Error::other)
 }
 
-/// Serves `kind` until killed; over TLS with `tls`.
-pub(crate) fn serve(kind: &str, fanout: bool, tls: bool) -> io::Result<()> {
+/// Serves `kind` until killed; a fan-out publisher pads its notifications to `payload`
+/// bytes; over TLS with `tls`.
+pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::Result<()> {
     let udp = if fanout { Some(UdpSocket::bind("127.0.0.1:0")?) } else { None };
+    let rows: &'static Option<serde_json::Value> = Box::leak(Box::new(rows_of(payload)));
     let tls = if tls { Some(tls_config()?) } else { None };
     macro_rules! ours {
-        ($server:ty) => {{
-            let b = <$server>::builder().router(router()).config(wsrpc_config()).bind(localhost());
+        ($server:ty, $config:expr) => {{
+            let b = <$server>::builder().router(router()).config($config).bind(localhost());
             let server = Arc::new(match tls {
                 Some(tls) => b.tls(tls).start()?,
                 None => b.start()?,
             });
             let s = server.clone();
-            start_publisher(udp.as_ref(), move |t| {
+            start_publisher(udp.as_ref(), rows, move |t| {
                 let _ = s.publish(TOPIC, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
@@ -86,10 +115,17 @@ pub(crate) fn serve(kind: &str, fanout: bool, tls: bool) -> io::Result<()> {
         }};
     }
     match kind {
-        "wsrpc-smol" => ours!(wsrpc_smol::Server),
-        "wsrpc-async-std" => ours!(wsrpc_async_std::Server),
-        "wsrpc-blocking" => ours!(wsrpc_blocking::Server),
-        "wsrpc-echo" => core_echo::serve(tls),
+        "wsrpc-smol" | "wsrpc-smol-deflate" => {
+            let mut config = wsrpc_config();
+            if kind.ends_with("-deflate") {
+                config.ws.enable_compression();
+            }
+            ours!(wsrpc_smol::Server, config)
+        }
+        "wsrpc-async-std" => ours!(wsrpc_async_std::Server, wsrpc_config()),
+        "wsrpc-blocking" => ours!(wsrpc_blocking::Server, wsrpc_config()),
+        "wsrpc-echo" => core_echo::serve(false, tls),
+        "wsrpc-echo-deflate" => core_echo::serve(true, tls),
         "jsonrpsee" => peers::jsonrpsee(udp, tls),
         "tokio-tungstenite" => peers::tokio_tungstenite(tls),
         "fastwebsockets" => peers::fastwebsockets(),
@@ -107,10 +143,11 @@ fn park_forever() -> ! {
     }
 }
 
-/// `add(a, b)`, the trivial method of the `calls` scenario.
+/// `add(a, b)`, the trivial method of the `calls` scenario, and `echo` (`idle-deflate`).
 fn router() -> wsrpc_core::rpc::Router {
     let mut router = wsrpc_core::rpc::Router::new();
     router.method("add", |(a, b): (i64, i64), _| Ok(a.wrapping_add(b)));
+    router.method_raw("echo", |p, _| Ok(p.raw().map(ToOwned::to_owned)));
     router
 }
 
@@ -127,16 +164,19 @@ fn wsrpc_config() -> wsrpc_core::service::ServiceConfig {
 /// Spawns the publisher thread when there is an ack socket.
 fn start_publisher(
     udp: Option<&UdpSocket>,
-    publish: impl Fn(&Tick) + Send + 'static,
+    rows: &'static Option<serde_json::Value>,
+    publish: impl Fn(&Tick<'_>) + Send + 'static,
 ) -> io::Result<()> {
     let Some(udp) = udp else { return Ok(()) };
     let udp = udp.try_clone()?;
-    std::thread::Builder::new().name("publisher".into()).spawn(move || publisher(&udp, publish))?;
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || publisher(&udp, rows.as_ref(), publish))?;
     Ok(())
 }
 
 /// Waits for the client's start signal, then publishes as fast as the window allows.
-fn publisher(udp: &UdpSocket, publish: impl Fn(&Tick)) {
+fn publisher(udp: &UdpSocket, rows: Option<&serde_json::Value>, publish: impl Fn(&Tick<'_>)) {
     let mut buf = [0u8; 16];
     let mut acked = 0u64;
     let mut recv = |acked: &mut u64| {
@@ -161,7 +201,7 @@ fn publisher(udp: &UdpSocket, publish: impl Fn(&Tick)) {
             recv(&mut acked);
         }
         seq += 1;
-        publish(&Tick { seq, ts: unix_nanos() });
+        publish(&Tick { seq, ts: unix_nanos(), rows });
     }
 }
 
@@ -178,7 +218,10 @@ mod core_echo {
     /// Stop reading while this much is queued for the peer.
     const WRITE_HIGH_WATER: usize = 1 << 20;
 
-    pub(super) fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<()> {
+    pub(super) fn serve(
+        compression: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<()> {
         let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
         let listener = Async::<TcpListener>::bind(super::localhost())?;
         let port = listener.get_ref().local_addr()?.port();
@@ -186,6 +229,9 @@ mod core_echo {
         // Like the peers: no heartbeat, no timers to drive.
         config.ping_interval = None;
         config.handshake_timeout = None;
+        if compression {
+            config.enable_compression();
+        }
         let config = Arc::new(config);
         let ex = smol::LocalExecutor::new();
         ready(port, None);
@@ -335,7 +381,7 @@ mod peers {
             )
             .map_err(io::Error::other)?;
         let tx2 = tx.clone();
-        start_publisher(udp.as_ref(), move |t| {
+        start_publisher(udp.as_ref(), &None, move |t| {
             if let Ok(raw) = serde_json::value::to_raw_value(t) {
                 let _ = tx2.send(SubscriptionMessage::from(raw));
             }

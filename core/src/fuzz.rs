@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::Xoshiro256;
 use crate::http::head::{HeadBuffer, HeadLimits, RequestHead, ResponseHead};
 use crate::ws::frame::{FrameDecoder, MAX_HEADER_LEN};
-use crate::ws::{ClientRequest, CloseCode, Config, Connection, Event, Role, handshake};
+use crate::ws::{
+    AssemblyBudget, ClientRequest, CloseCode, Config, Connection, Event, Role, handshake,
+};
 
 /// Decodes `data` as back-to-back frames for both roles; re-encoding a decoded header must
 /// give the same bytes.
@@ -136,6 +138,137 @@ pub fn connection(data: &[u8], origin: Instant) {
         }
         finished |= conn.is_finished();
     }
+}
+
+/// Feeds a server connection that negotiated permessage-deflate compressed messages built
+/// from `data`, and checks the inflating decoder against a plain inflate of the same bytes:
+/// a message it delivers is exactly what the stream inflates to; one that inflates beyond the
+/// limit is never delivered (1009); the message buffer never exceeds the limit plus one byte;
+/// the shared budget is given back; a failure is final.
+///
+/// Returns the messages delivered and whether the connection failed.
+///
+/// `data`: one settings byte (limit, context takeover, text or binary, chop size), then
+/// records of `[h, payload]`: `h & 1` ends the message, `h >> 1` is the payload length
+/// (capped by what is left). The first frame of each message has RSV1.
+pub fn inflate(data: &[u8], origin: Instant) -> (usize, bool) {
+    use crate::ws::deflate::Negotiated;
+    use crate::ws::frame::{OpCode, encode_frame_rsv};
+    use flate2::{Decompress, FlushDecompress, Status};
+
+    let Some((&settings, mut rest)) = data.split_first() else { return (0, false) };
+    let max = [64u64, 1000, 4096, 70_000][usize::from(settings & 3)];
+    let takeover = settings & 4 != 0;
+    let opcode = if settings & 8 != 0 { OpCode::Text } else { OpCode::Binary };
+    let chop = 1 + usize::from(settings >> 4) * 61;
+    let budget = AssemblyBudget::new(1 << 20);
+    let mut config = Config { max_message_size: max, max_frame_size: 1 << 20, ..Config::default() };
+    config.assembly_budget = Some(budget.clone());
+    config.enable_compression().client_no_context_takeover = !takeover;
+    let params = Negotiated {
+        server_no_context_takeover: true,
+        client_no_context_takeover: !takeover,
+        server_max_window_bits: 12,
+        client_max_window_bits: 15,
+    };
+    let mut conn = Connection::accepted_with(config, origin, Some(params));
+    // The reference: one inflater per message, or one for the connection under takeover.
+    let mut reference = Decompress::new(false);
+    let mut reference_lost = false;
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut failed = false;
+    let mut messages = 0;
+    while !rest.is_empty() {
+        // One message: its frames, and the compressed bytes they carry.
+        let mut wire = Vec::new();
+        let mut stream = Vec::new();
+        let mut first = true;
+        while let Some((&h, tail)) = rest.split_first() {
+            let n = usize::from(h >> 1).min(tail.len());
+            let payload = &tail[..n];
+            rest = &tail[n..];
+            let fin = h & 1 == 1 || rest.is_empty();
+            let (rsv, op) = if first { (4, opcode) } else { (0, OpCode::Continuation) };
+            encode_frame_rsv(&mut wire, fin, rsv, op, Some(key), payload);
+            stream.extend_from_slice(payload);
+            first = false;
+            if fin {
+                break;
+            }
+        }
+        // What the message inflates to, up to one byte over the limit.
+        if !takeover {
+            reference.reset(false);
+        }
+        stream.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut expected = Vec::with_capacity(max as usize + 1);
+        let mut input = &stream[..];
+        let verdict = loop {
+            let (in_before, out_before) = (reference.total_in(), expected.len());
+            let Ok(status) = reference.decompress_vec(input, &mut expected, FlushDecompress::Sync)
+            else {
+                break Err(());
+            };
+            input = &input[(reference.total_in() - in_before) as usize..];
+            if expected.len() as u64 > max {
+                break Err(());
+            }
+            if status == Status::StreamEnd {
+                reference_lost |= takeover;
+                break Ok(());
+            }
+            if input.is_empty() && expected.len() < expected.capacity() {
+                break Ok(());
+            }
+            if reference.total_in() == in_before && expected.len() == out_before {
+                break Err(());
+            }
+        };
+        let mut delivered = Vec::new();
+        for piece in wire.chunks(chop) {
+            let mut at = 0;
+            while at < piece.len() {
+                let used = conn.handle_input(origin, &piece[at..]);
+                assert!(used > 0, "handle_input must make progress");
+                at += used;
+                while let Some(e) = conn.poll_event() {
+                    if let Event::Message(m) = e {
+                        delivered.push(m);
+                    }
+                }
+                let held = conn.receive_buffer_len() as u64;
+                assert!(held <= max + 1 + 14 + 125, "buffer {held} over the limit {max}");
+            }
+        }
+        if failed {
+            assert!(delivered.is_empty() && !conn.is_open(), "a failure is final");
+        }
+        for m in &delivered {
+            assert!(m.data.len() as u64 <= max, "delivered over the limit");
+            if m.kind == crate::ws::MessageKind::Text {
+                assert!(m.as_text().is_some(), "text messages are valid UTF-8");
+            }
+        }
+        if !reference_lost || !takeover {
+            match verdict {
+                Ok(()) if expected.len() as u64 <= max => {
+                    if let Some(m) = delivered.first() {
+                        assert_eq!(m.data, expected, "inflated differently from the reference");
+                    }
+                }
+                // Too large or corrupt: never delivered.
+                _ => assert!(delivered.is_empty(), "a message the reference refuses was delivered"),
+            }
+        }
+        failed |= !conn.is_open();
+        if failed {
+            assert_eq!(budget.used(), 0, "budget given back after a failure");
+        }
+        messages += delivered.len();
+    }
+    drop(conn);
+    assert_eq!(budget.used(), 0, "budget given back");
+    (messages, failed)
 }
 
 /// Drains events; returns how many were pending. A `Closed` event is emitted at most once.

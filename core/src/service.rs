@@ -193,6 +193,10 @@ impl Service {
         if ws_config.assembly_budget.is_none() {
             ws_config.assembly_budget = Some(ws::AssemblyBudget::new(DEFAULT_ASSEMBLY_BUDGET));
         }
+        // Compression is counted in the server's metrics.
+        if let Some(deflate) = ws_config.compression.as_mut() {
+            deflate.set_counters(metrics.compression_counters().clone());
+        }
         let ws_config = Arc::new(ws_config);
         Arc::new(Self {
             config,

@@ -54,7 +54,7 @@ mod case2_ping_pong {
             rc.send(&cframe(true, 0x9, payload));
             assert_eq!(
                 rc.take_frames(),
-                vec![Out { fin: true, opcode: OpCode::Pong, payload: payload.to_vec() }]
+                vec![Out { fin: true, rsv: 0, opcode: OpCode::Pong, payload: payload.to_vec() }]
             );
         }
     }
@@ -372,7 +372,10 @@ mod case7_close {
     fn empty_close_is_answered_with_an_empty_close() {
         let mut rc = RawClient::default_config();
         rc.send(&cframe(true, 0x8, b""));
-        assert_eq!(rc.frames, vec![Out { fin: true, opcode: OpCode::Close, payload: vec![] }]);
+        assert_eq!(
+            rc.frames,
+            vec![Out { fin: true, rsv: 0, opcode: OpCode::Close, payload: vec![] }]
+        );
         assert_eq!(rc.closed().unwrap().code, CloseCode::NO_STATUS);
     }
 

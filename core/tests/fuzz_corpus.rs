@@ -92,3 +92,24 @@ fn engine_corpus() {
         wsrpc_core::fuzz::engine(&data, origin);
     }
 }
+
+#[test]
+fn inflate_corpus() {
+    let origin = Instant::now();
+    let files = corpus("inflate");
+    assert!(files.len() >= 5, "seed corpus present");
+    for (path, data) in files {
+        let (delivered, failed) = wsrpc_core::fuzz::inflate(&data, origin);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        // The seeds reach both ends of the decoder: delivery and each refusal.
+        let want = match name {
+            "json_text" | "final_block" => Some((1, false)),
+            "two_messages" | "takeover" | "empty" => Some((2, false)),
+            "bomb" | "just_over" | "bad_utf8" | "corrupt" => Some((0, true)),
+            _ => None,
+        };
+        if let Some(want) = want {
+            assert_eq!((delivered, failed), want, "{name}");
+        }
+    }
+}

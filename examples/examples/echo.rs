@@ -1,9 +1,10 @@
 //! A WebSocket echo server: the wsrpc core driven over `std::net`, one thread per connection.
 //!
-//! `cargo run --release -p wsrpc-examples --example echo -- --port 9001`
+//! `cargo run --release -p wsrpc-examples --example echo -- --port 9001 [--compression]`
 //!
 //! Limits are raised so the Autobahn|Testsuite 9.x cases (16 MiB messages, 64-byte fragments)
-//! pass; everything else uses the defaults.
+//! pass; everything else uses the defaults. `--compression` accepts permessage-deflate with
+//! its defaults (the 12.x and 13.x cases).
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +21,9 @@ fn main() -> std::io::Result<()> {
     config.max_message_size = 64 << 20;
     config.max_frame_size = 64 << 20;
     config.max_fragments = 1 << 20;
+    if wsrpc_examples::flag("--compression") {
+        config.enable_compression();
+    }
     let config = Arc::new(config);
     println!("echo server listening on ws://{}", listener.local_addr()?);
     for stream in listener.incoming() {

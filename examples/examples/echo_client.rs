@@ -1,6 +1,8 @@
 //! A WebSocket echo client for the Autobahn|Testsuite fuzzingserver.
 //!
-//! `cargo run --release -p wsrpc-examples --example echo_client -- --url ws://127.0.0.1:9001 --agent wsrpc`
+//! `cargo run --release -p wsrpc-examples --example echo_client -- --url ws://127.0.0.1:9001 --agent wsrpc [--compression]`
+//!
+//! `--compression` offers permessage-deflate with its defaults.
 //!
 //! Asks the server for its case count, runs every case as an echo client, then asks it to
 //! write the reports.
@@ -22,6 +24,9 @@ fn main() -> std::io::Result<()> {
     config.max_message_size = 64 << 20;
     config.max_frame_size = 64 << 20;
     config.max_fragments = 1 << 20;
+    if wsrpc_examples::flag("--compression") {
+        config.enable_compression();
+    }
     let config = Arc::new(config);
 
     let mut count = None;

@@ -4,11 +4,12 @@
 //! in the read-only rate class), so any conformance client can be pointed at it.
 //!
 //! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking
-//! [--ticks-ms MS] [--tls-self-signed]` (prints `listening on ADDR` once ready). With
-//! `--ticks-ms`, `{"n": N}` is published to the topic `ticks` at that interval, for
-//! subscription clients. With `--tls-self-signed` it serves `wss://` and `https://` with a
-//! certificate for `localhost` and `127.0.0.1` made at start, whose PEM it writes to a
-//! temporary file and names on a line `certificate PATH` before `listening on ADDR`.
+//! [--ticks-ms MS] [--compression] [--tls-self-signed]` (prints `listening on ADDR` once ready).
+//! With `--ticks-ms`, `{"n": N}` is published to the topic `ticks` at that interval, for
+//! subscription clients; `--compression` accepts permessage-deflate with its defaults. With
+//! `--tls-self-signed` it serves `wss://` and `https://` with a certificate for `localhost` and
+//! `127.0.0.1` made at start, whose PEM it writes to a temporary file and names on a line
+//! `certificate PATH` before `listening on ADDR`.
 
 use std::net::SocketAddr;
 
@@ -18,7 +19,11 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let addr = SocketAddr::from(([127, 0, 0, 1], wsrpc_examples::port_arg()));
     let adapter = wsrpc_examples::arg("--adapter").unwrap_or_else(|| "smol".into());
-    let tls = match std::env::args().any(|a| a == "--tls-self-signed") {
+    let mut ws = wsrpc_core::ws::Config::default();
+    if wsrpc_examples::flag("--compression") {
+        ws.enable_compression();
+    }
+    let tls = match wsrpc_examples::flag("--tls-self-signed") {
         true => match wsrpc_examples::self_signed_tls() {
             Ok((config, path)) => {
                 println!("certificate {}", path.display());
@@ -31,7 +36,7 @@ fn main() {
         },
         false => None,
     };
-    let server = match SpecServer::start_with(&adapter, addr, tls) {
+    let server = match SpecServer::start_with(&adapter, addr, ws, tls) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("spec_server: {e}");

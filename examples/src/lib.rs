@@ -24,6 +24,11 @@ pub fn arg(name: &str) -> Option<String> {
     None
 }
 
+/// Whether `--name` is on the command line.
+pub fn flag(name: &str) -> bool {
+    std::env::args().skip(1).any(|a| a == name)
+}
+
 /// A fast generator seeded from the operating system, for client mask keys.
 pub fn os_seeded_entropy() -> Box<Xoshiro256> {
     let mut seed = [0u8; 8];
@@ -95,18 +100,24 @@ impl SpecServer {
     /// Starts the specification's methods (`spec_router`, `spec_limits`, every other option
     /// at its default) on `adapter` (`smol`, `async-std` or `blocking`) at `addr`.
     pub fn start(adapter: &str, addr: SocketAddr) -> std::io::Result<Self> {
-        Self::start_with(adapter, addr, None)
+        Self::start_with(adapter, addr, wsrpc_core::ws::Config::default(), None)
     }
 
-    /// [`start`](Self::start), serving `https://` and `wss://` with `tls` when given.
+    /// [`start`](Self::start) with WebSocket settings `ws` (for example compression on),
+    /// serving `https://` and `wss://` with `tls` when given.
     pub fn start_with(
         adapter: &str,
         addr: SocketAddr,
+        ws: wsrpc_core::ws::Config,
         tls: Option<Arc<wsrpc_smol::tls::ServerConfig>>,
     ) -> std::io::Result<Self> {
         macro_rules! build {
             ($server:ty) => {{
-                let b = <$server>::builder().router(spec_router()).limits(spec_limits()).bind(addr);
+                let b = <$server>::builder()
+                    .router(spec_router())
+                    .limits(spec_limits())
+                    .websocket(ws)
+                    .bind(addr);
                 match tls {
                     Some(tls) => b.tls(tls).start()?,
                     None => b.start()?,

@@ -1,8 +1,12 @@
 // Interop check with Node `ws`: calls, a batch and a subscription.
-// usage: node client.js WS_URL (a wss:// URL is verified against the CA PEM named by $WSRPC_CA)
+// usage: node client.js WS_URL [compressed]
+// With `compressed`, offers permessage-deflate (ws's `perMessageDeflate`), checks it was
+// negotiated, and makes a large call and a subscription with large notifications. A wss:// URL
+// is verified against the CA PEM named by $WSRPC_CA.
 const WebSocket = require('ws');
 
-const options = { maxPayload: 1 << 24 };
+const compressed = process.argv[3] === 'compressed';
+const options = { maxPayload: 1 << 24, perMessageDeflate: compressed };
 if (process.env.WSRPC_CA) options.ca = require('fs').readFileSync(process.env.WSRPC_CA);
 const ws = new WebSocket(process.argv[2], options);
 const waiting = new Map();
@@ -51,6 +55,21 @@ ws.on('open', async () => {
   const seqs = notes.map((n) => n.params.seq);
   check(notes.every((n) => n.params.subscription === id) && JSON.stringify(seqs) === '[1,2,3]', 'subscription ' + JSON.stringify(seqs));
   console.log('node: subscription ok');
+
+  if (compressed) {
+    check(ws.extensions.startsWith('permessage-deflate'), 'extensions ' + ws.extensions);
+    const big = { rows: Array.from({ length: 200 }, (_, i) => ({ price: 40000 + i, qty: 1.5, side: 'buy' })) };
+    const r2 = await call('echo', big, 10);
+    check(JSON.stringify(r2.result) === JSON.stringify(big), 'echo');
+    console.log('node: compressed call ok');
+    const sub2 = await call('subscribe', ['interop-big'], 11);
+    const before = notes.length;
+    await call('publish', ['interop-big', 2, 100], 12);
+    await new Promise((resolve) => { onNote = () => { if (notes.length >= before + 2) resolve(); }; onNote(); });
+    const big2 = notes.slice(before);
+    check(big2.every((n) => n.params.subscription === sub2.result.subscription && n.params.result.rows.length === 100), 'big notifications');
+    console.log('node: compressed subscription ok');
+  }
   ws.close();
 });
 ws.on('error', (e) => { console.error('node: error ' + e); process.exit(1); });

@@ -186,6 +186,11 @@ pub struct RawWs {
 impl RawWs {
     /// Connects and upgrades with `extra` header lines; panics unless the answer is 101.
     pub fn open(addr: SocketAddr, extra: &str) -> Self {
+        Self::open_with_head(addr, extra).0
+    }
+
+    /// [`open`](Self::open), also returning the server's response head.
+    pub fn open_with_head(addr: SocketAddr, extra: &str) -> (Self, String) {
         let mut stream = connect(addr);
         stream.write_all(upgrade_request("/", extra).as_bytes()).unwrap();
         let mut buf = read_until(&mut stream, Duration::from_secs(10), |b| {
@@ -193,8 +198,9 @@ impl RawWs {
         });
         assert_eq!(status_of(&buf), 101, "{}", String::from_utf8_lossy(&buf));
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head") + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
-        Self { stream, buf }
+        (Self { stream, buf }, head)
     }
 
     /// Writes raw bytes.

@@ -352,9 +352,47 @@ pub fn pending_calls_fail_when_the_server_goes_away<A: Adapter>() {
     assert!(matches!(err, ClientError::Disconnected | ClientError::Closed), "{err:?}");
 }
 
+/// A method registered as blocking runs on a worker thread: while one holds its thread
+/// (here until the test lets it go), other connections and other calls on the same one are
+/// answered. Were it run on an I/O thread, those calls would wait for it and time out.
+pub fn a_blocking_method_does_not_stall_other_connections<A: Adapter>() {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let mut r = Router::new();
+    r.method("add", |(a, b): (i64, i64), _| Ok(a + b)).blocking_method(
+        "block",
+        move |(): (), _| {
+            let _ = started_tx.lock().unwrap().send(());
+            held.lock().unwrap().recv_timeout(LONG).map_err(|_| RpcError::internal("not released"))
+        },
+    );
+    let server = A::start(config(), r, any_port()).expect("server starts");
+    let slow = A::connect(&server.url(), ClientOptions::default()).unwrap();
+    let fast = A::connect(&server.url(), ClientOptions::default()).unwrap();
+    let slow: Arc<dyn wsrpc_tests::TestClient> = Arc::from(slow);
+    let blocked = {
+        let slow = slow.clone();
+        std::thread::spawn(move || slow.call("block", json!([])))
+    };
+    started.recv_timeout(LONG).expect("the blocking handler started");
+    for i in 0..20 {
+        let answer = fast.call_with_timeout("add", json!([i, 1]), LONG / 2).unwrap();
+        assert_eq!(answer, json!(i + 1));
+    }
+    assert_eq!(slow.call_with_timeout("add", json!([2, 2]), LONG / 2).unwrap(), json!(4));
+    release.send(()).unwrap();
+    assert_eq!(blocked.join().unwrap().unwrap(), json!(null));
+}
+
 macro_rules! adapter_tests {
     ($module:ident, $adapter:ty) => {
         mod $module {
+            #[test]
+            fn a_blocking_method_does_not_stall_other_connections() {
+                super::a_blocking_method_does_not_stall_other_connections::<$adapter>();
+            }
             #[test]
             fn calls_batches_notifications_and_async() {
                 super::calls_batches_notifications_and_async::<$adapter>();

@@ -6,6 +6,9 @@
 //! browser resolves that name to 127.0.0.1) is refused at the handshake with 403, which the
 //! page observes as a connection that never opens, and the server counts as an auth refusal.
 //!
+//! Chromium's default permessage-deflate offer is accepted by a server with compression on,
+//! and a call and a subscription run compressed.
+//!
 //! Over TLS, a page served by the server itself as `https://localhost:P/page` (Chromium trusts
 //! the test leaf through `--ignore-certificate-errors-spki-list`) opens `wss://` to the same
 //! server, completes a call and reports the answer with another call.
@@ -16,10 +19,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use wsrpc_core::rpc::Router;
 use wsrpc_core::service::{Bind, ServiceConfig};
 use wsrpc_tests::{Adapter, TestServer};
@@ -38,7 +41,12 @@ fn chromium() -> Option<String> {
 }
 
 /// Serves the test page on `listener` and returns what the page reports to `/report`.
-fn serve_page(listener: TcpListener, ws_url: String, reports: mpsc::Sender<String>) {
+fn serve_page(
+    listener: TcpListener,
+    page: &'static str,
+    ws_url: String,
+    reports: mpsc::Sender<String>,
+) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -58,7 +66,7 @@ fn serve_page(listener: TcpListener, ws_url: String, reports: mpsc::Sender<Strin
                 let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
                 continue;
             }
-            let body = PAGE.replace("WS_URL", &ws_url);
+            let body = page.replace("WS_URL", &ws_url);
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -94,6 +102,32 @@ const ws = new WebSocket('WS_URL');
 ws.onopen = () => { opened = true; ws.send(JSON.stringify({jsonrpc: '2.0', method: 'add', params: [20, 22], id: 1})); };
 ws.onmessage = (e) => { report({opened, reply: JSON.parse(e.data)}); ws.close(); };
 ws.onclose = (e) => { if (!opened) report({opened, closed: e.code}); };
+</script></body></html>"#;
+
+/// Chromium's own permessage-deflate offer: a large call answered, a subscription whose large
+/// notifications arrive; reports what the browser negotiated.
+const COMPRESSED_PAGE: &str = r#"<!doctype html><html><body><script>
+const report = (r) => fetch('/report?' + encodeURIComponent(JSON.stringify(r)));
+const big = {rows: Array.from({length: 200}, (_, i) => ({price: 40000 + i, qty: 1.5, side: 'buy'}))};
+const call = (method, params, id) => ws.send(JSON.stringify({jsonrpc: '2.0', method, params, id}));
+const notes = [];
+let echoOk = false, done = false;
+const ws = new WebSocket('WS_URL');
+ws.onopen = () => call('echo', big, 1);
+ws.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if (m.id === 1) { echoOk = JSON.stringify(m.result) === JSON.stringify(big); call('subscribe', ['browser'], 2); }
+  else if (m.id === 2) call('publish', ['browser', 2, 100], 3);
+  else if (m.method === 'subscription') {
+    notes.push(m.params);
+    if (notes.length === 2) {
+      done = true;
+      report({extensions: ws.extensions, echoOk, seqs: notes.map((n) => n.seq), rows: notes.map((n) => n.result.rows.length)});
+      ws.close();
+    }
+  }
+};
+ws.onclose = (e) => { if (!done) report({closed: e.code, extensions: ws.extensions}); };
 </script></body></html>"#;
 
 struct Browser(Child, std::path::PathBuf);
@@ -138,9 +172,19 @@ fn visit_with(chromium: &str, url: &str, extra: &[String]) -> Browser {
 }
 
 fn page_result(chromium: &str, page: SocketAddr, host: &str, ws_url: &str) -> Value {
+    page_result_of(chromium, PAGE, page, host, ws_url)
+}
+
+fn page_result_of(
+    chromium: &str,
+    html: &'static str,
+    page: SocketAddr,
+    host: &str,
+    ws_url: &str,
+) -> Value {
     let listener = TcpListener::bind(page).expect("page port");
     let (tx, rx) = mpsc::channel();
-    serve_page(listener, ws_url.to_owned(), tx);
+    serve_page(listener, html, ws_url.to_owned(), tx);
     let _browser = visit(chromium, &format!("http://{host}:{}/", page.port()));
     let report = rx.recv_timeout(Duration::from_secs(60)).expect("the page reports within 60 s");
     serde_json::from_str(&report).expect("the page reports JSON")
@@ -184,6 +228,74 @@ fn cross_site_hijacking_is_refused<A: Adapter>() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     drop::<Box<dyn TestServer>>(server);
+}
+
+/// Chromium offers permessage-deflate by default: a large call and a subscription go
+/// compressed both ways, and a publish is compressed once.
+fn compressed_calls_and_subscription<A: Adapter>() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but chromium is missing: run scripts/install-chromium.sh"
+        );
+        eprintln!(
+            "\n*** SKIPPED compressed browser test for {}: chromium not found ***\n",
+            A::NAME
+        );
+        return;
+    };
+    type Publish = Box<dyn Fn(&str, u64, usize) + Send + Sync>;
+    let publisher: Arc<OnceLock<Publish>> = Arc::new(OnceLock::new());
+    let p = publisher.clone();
+    let mut router = Router::new();
+    router.method("echo", |v: Value, _| Ok(v)).method(
+        "publish",
+        move |(topic, n, rows): (String, u64, usize), _| {
+            let publish = p.get().expect("set after start");
+            for i in 1..=n {
+                publish(&topic, i, rows);
+            }
+            Ok(n)
+        },
+    );
+    let mut config = ServiceConfig::default();
+    config.ws.enable_compression();
+    let server: Arc<dyn TestServer> =
+        Arc::from(A::start(config, router, Bind::Addr("127.0.0.1:0".parse().unwrap())).unwrap());
+    let s = server.clone();
+    let _ = publisher.set(Box::new(move |topic: &str, i: u64, rows: usize| {
+        let rows: Vec<Value> =
+            (0..rows).map(|r| json!({"price": 40000 + r, "qty": 1.5, "side": "sell"})).collect();
+        s.publish(topic, &json!({"n": i, "rows": rows}));
+    }));
+    let ws_url = format!("ws://127.0.0.1:{}/", server.addr().port());
+    let got = page_result_of(&chromium, COMPRESSED_PAGE, free_port(), "127.0.0.1", &ws_url);
+    let extensions = got["extensions"].as_str().unwrap_or_default();
+    assert!(extensions.starts_with("permessage-deflate"), "{got}");
+    assert!(extensions.contains("server_no_context_takeover"), "{got}");
+    assert_eq!(got["echoOk"], true, "{got}");
+    assert_eq!(got["seqs"], json!([1, 2]), "{got}");
+    assert_eq!(got["rows"], json!([100, 100]), "{got}");
+    let c = server.metrics().compression;
+    assert!(c.messages_received >= 1, "the browser compressed its call: {c:?}");
+    assert!(c.messages_sent >= 3, "{c:?}");
+    assert!(c.received_inflated_bytes > 3 * c.received_compressed_bytes, "{c:?}");
+    assert!(c.sent_uncompressed_bytes > 3 * c.sent_compressed_bytes, "{c:?}");
+}
+
+#[test]
+fn smol_compressed_calls_and_subscription() {
+    compressed_calls_and_subscription::<wsrpc_tests::Smol>();
+}
+
+#[test]
+fn async_std_compressed_calls_and_subscription() {
+    compressed_calls_and_subscription::<wsrpc_tests::AsyncStd>();
+}
+
+#[test]
+fn blocking_compressed_calls_and_subscription() {
+    compressed_calls_and_subscription::<wsrpc_tests::Blocking>();
 }
 
 const TLS_PAGE: &str = r#"<!doctype html><html><body><script>

@@ -1,6 +1,6 @@
 //! Interop with independent peers against every adapter's server: async-tungstenite (a Rust
 //! client that shares no code with wsrpc), Python `websockets` and Node `ws` (installed on first
-//! use by `tests/interop/setup.sh`). Also the JSON-RPC session driven over an async-tungstenite
+//! use by `tests/interop/setup.sh`), the last two also with permessage-deflate negotiated. Also the JSON-RPC session driven over an async-tungstenite
 //! server stream the application owns (`wsrpc_futures::serve_messages`).
 
 use std::path::PathBuf;
@@ -16,18 +16,22 @@ use wsrpc_core::rpc::Router;
 use wsrpc_core::service::{Bind, Service, ServiceConfig};
 use wsrpc_tests::{Adapter, TestServer};
 
-type Publisher = Arc<OnceLock<Box<dyn Fn(&str, u64) + Send + Sync>>>;
+type Publisher = Arc<OnceLock<Box<dyn Fn(&str, u64, usize) + Send + Sync>>>;
 
-/// `add`, and `publish(topic, n)` which publishes 1..=n to `topic` (so a client can trigger it).
+/// `add`, `echo`, and `publish(topic, n[, rows])` which publishes 1..=n to `topic` (so a
+/// client can trigger it), each with `rows` JSON rows (compressible bulk).
 fn router(publisher: &Publisher) -> Router {
     let p = publisher.clone();
     let mut r = Router::new();
-    r.method("add", |(a, b): (i64, i64), _| Ok(a + b)).method(
+    r.method("add", |(a, b): (i64, i64), _| Ok(a + b)).method("echo", |v: Value, _| Ok(v)).method(
         "publish",
-        move |(topic, n): (String, u64), _| {
+        move |args: Vec<Value>, _| {
+            let topic = args.first().and_then(Value::as_str).unwrap_or("interop").to_owned();
+            let n = args.get(1).and_then(Value::as_u64).unwrap_or(1);
+            let rows = args.get(2).and_then(Value::as_u64).unwrap_or(0) as usize;
             let publish = p.get().expect("publisher set after start");
             for i in 1..=n {
-                publish(&topic, i);
+                publish(&topic, i, rows);
             }
             Ok(n)
         },
@@ -36,20 +40,42 @@ fn router(publisher: &Publisher) -> Router {
 }
 
 fn start_with_publisher<A: Adapter>() -> (Arc<dyn TestServer>, Publisher) {
+    start_configured::<A>(ServiceConfig::default())
+}
+
+fn start_configured<A: Adapter>(config: ServiceConfig) -> (Arc<dyn TestServer>, Publisher) {
     let publisher: Publisher = Arc::new(OnceLock::new());
     let server: Arc<dyn TestServer> = Arc::from(
-        A::start(
-            ServiceConfig::default(),
-            router(&publisher),
-            Bind::Addr("127.0.0.1:0".parse().unwrap()),
-        )
-        .unwrap(),
+        A::start(config, router(&publisher), Bind::Addr("127.0.0.1:0".parse().unwrap())).unwrap(),
     );
     let s = server.clone();
-    let _ = publisher.set(Box::new(move |topic: &str, i: u64| {
-        s.publish(topic, &json!({ "n": i }));
+    let _ = publisher.set(Box::new(move |topic: &str, i: u64, rows: usize| {
+        if rows == 0 {
+            s.publish(topic, &json!({ "n": i }));
+        } else {
+            let rows: Vec<Value> =
+                (0..rows).map(|r| json!({"price": 40000 + r, "qty": 1.5, "side": "buy"})).collect();
+            s.publish(topic, &json!({ "n": i, "rows": rows }));
+        }
     }));
     (server, publisher)
+}
+
+/// A server with permessage-deflate on (its defaults).
+fn start_compressed<A: Adapter>() -> (Arc<dyn TestServer>, Publisher) {
+    let mut config = ServiceConfig::default();
+    config.ws.enable_compression();
+    start_configured::<A>(config)
+}
+
+/// The peer's compressed traffic reached the server's counters both ways, and the published
+/// notifications were compressed once each, not once per delivery.
+fn assert_compressed(server: &dyn TestServer, out: &str) {
+    let c = server.metrics().compression;
+    assert!(c.messages_received >= 1, "the peer compressed nothing: {c:?}\n{out}");
+    assert!(c.messages_sent >= 3, "we compressed too little: {c:?}\n{out}");
+    assert!(c.sent_uncompressed_bytes > 3 * c.sent_compressed_bytes, "{c:?}");
+    assert!(c.received_inflated_bytes > 3 * c.received_compressed_bytes, "{c:?}");
 }
 
 fn peers_dir() -> &'static PathBuf {
@@ -67,10 +93,14 @@ fn peers_dir() -> &'static PathBuf {
 }
 
 fn run_peer(program: PathBuf, script: &str, url: &str, env_node_path: bool) -> String {
+    run_peer_args(program, script, &[url], env_node_path)
+}
+
+fn run_peer_args(program: PathBuf, script: &str, args: &[&str], env_node_path: bool) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop").join(script);
     let mut cmd = Command::new(program);
-    cmd.arg(script).arg(url);
-    if url.starts_with("wss://") {
+    cmd.arg(script).args(args);
+    if args.first().is_some_and(|url| url.starts_with("wss://")) {
         cmd.env("WSRPC_CA", ca_file());
     }
     if env_node_path {
@@ -123,6 +153,65 @@ pub fn python_websockets<A: Adapter>() {
     for check in ["python: call ok", "python: batch ok", "python: subscription ok"] {
         assert!(out.contains(check), "{out}");
     }
+}
+
+pub fn python_websockets_compressed<A: Adapter>() {
+    let (server, _p) = start_compressed::<A>();
+    let out = run_peer_args(
+        peers_dir().join("venv/bin/python"),
+        "client.py",
+        &[&server.url(), "compressed"],
+        false,
+    );
+    for check in [
+        "python: call ok",
+        "python: subscription ok",
+        "python: compressed call ok",
+        "python: compressed subscription ok",
+    ] {
+        assert!(out.contains(check), "{out}");
+    }
+    assert_compressed(&*server, &out);
+}
+
+pub fn node_ws_compressed<A: Adapter>() {
+    let (server, _p) = start_compressed::<A>();
+    let out = run_peer_args("node".into(), "client.js", &[&server.url(), "compressed"], true);
+    for check in [
+        "node: call ok",
+        "node: subscription ok",
+        "node: compressed call ok",
+        "node: compressed subscription ok",
+    ] {
+        assert!(out.contains(check), "{out}");
+    }
+    assert_compressed(&*server, &out);
+}
+
+/// Our compressing client (each adapter's) against a Python `websockets` server, which
+/// negotiates permessage-deflate by default: a large call answered, compressed both ways.
+pub fn client_against_python_websockets_server<A: Adapter>() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/server.py");
+    let mut child = Command::new(peers_dir().join("venv/bin/python"))
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python server starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    let port: u16 = first.strip_prefix("listening ").expect("listening PORT").parse().unwrap();
+    let options = wsrpc_core::rpc::client::ClientOptions::default().compression();
+    let client = A::connect(&format!("ws://127.0.0.1:{port}/"), options).expect("connects");
+    let big = json!({"rows": vec![json!({"price": 40000.5, "qty": 1.5, "side": "buy"}); 200]});
+    assert_eq!(client.call("echo", big.clone()).unwrap(), big);
+    let negotiated = lines.next().expect("a line").unwrap();
+    assert_eq!(negotiated, "extensions permessage-deflate", "the server's view");
+    client.close();
+    drop(child.stdin.take());
+    let _ = child.wait();
 }
 
 pub fn node_ws<A: Adapter>() {
@@ -211,6 +300,18 @@ macro_rules! interop_tests {
                 super::node_ws_over_tls::<$adapter>();
             }
             #[test]
+            fn python_websockets_compressed() {
+                super::python_websockets_compressed::<$adapter>();
+            }
+            #[test]
+            fn node_ws_compressed() {
+                super::node_ws_compressed::<$adapter>();
+            }
+            #[test]
+            fn client_against_python_websockets_server() {
+                super::client_against_python_websockets_server::<$adapter>();
+            }
+            #[test]
             fn async_tungstenite_client() {
                 super::async_tungstenite_client::<$adapter>();
             }
@@ -232,7 +333,7 @@ fn rpc_session_over_an_async_tungstenite_server_stream() {
             wsrpc_core::Now::new(std::time::Instant::now(), wsrpc_core::UnixTime(Duration::ZERO)),
         );
         let svc = service.clone();
-        let _ = publisher.set(Box::new(move |topic: &str, i: u64| {
+        let _ = publisher.set(Box::new(move |topic: &str, i: u64, _rows: usize| {
             let _ = svc.publish(topic, &json!({ "n": i }));
         }));
         let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

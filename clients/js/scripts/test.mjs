@@ -20,6 +20,8 @@ try {
   run([
     "--test",
     "--test-concurrency=1",
+    // A hung test fails with its name instead of holding the run forever.
+    "--test-timeout=120000",
     ...(only.length ? only : ["test/unit/", "test/e2e/"]),
   ]);
 } catch (e) {

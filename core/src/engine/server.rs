@@ -638,8 +638,16 @@ impl ServerConnection {
             Err(e) => return self.reject_upgrade(&e),
         };
         let protocol = upgrade.select_protocol(&config.ws.subprotocols);
-        self.tx.push_with(|b| handshake::write_accept(b, upgrade.key(), protocol, &[]));
-        let ws = ws::Connection::accepted(self.service.ws_config().clone(), now.mono);
+        // permessage-deflate: accepted or declined here, never a reason to refuse.
+        let deflate =
+            ws::deflate::accept(config.ws.compression.as_ref(), upgrade.offered_extensions());
+        let ext = deflate.as_ref().map(|d| ("Sec-WebSocket-Extensions", d.header.as_str()));
+        self.tx.push_with(|b| handshake::write_accept(b, upgrade.key(), protocol, ext.as_slice()));
+        let ws = ws::Connection::accepted_with(
+            self.service.ws_config().clone(),
+            now.mono,
+            deflate.map(|d| d.params),
+        );
         let principal = Arc::new(principal);
         let session = RpcSession::new(
             self.service.clone(),

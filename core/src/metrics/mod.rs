@@ -43,6 +43,6 @@ pub use histogram::{LatencyHistogram, RollingWindow};
 pub use prometheus::PROMETHEUS_CONTENT_TYPE;
 pub use registry::{MethodId, Metrics};
 pub use snapshot::{
-    ConnectionCounts, Health, HealthStatus, LatencyStats, PubSubInfo, Snapshot, SubscriptionCounts,
-    TrafficCounts,
+    CompressionCounts, ConnectionCounts, Health, HealthStatus, LatencyStats, PubSubInfo, Snapshot,
+    SubscriptionCounts, TrafficCounts,
 };

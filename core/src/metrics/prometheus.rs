@@ -46,6 +46,41 @@ impl Snapshot {
                 "Notifications dropped for slow consumers.",
                 self.lagged_drops,
             ),
+            (
+                "wsrpc_compressions_total",
+                "permessage-deflate compressor runs (a shared notification counts once).",
+                self.compression.compressions,
+            ),
+            (
+                "wsrpc_compressed_messages_sent_total",
+                "Messages sent compressed.",
+                self.compression.messages_sent,
+            ),
+            (
+                "wsrpc_compression_sent_uncompressed_bytes_total",
+                "Payload bytes of messages sent compressed, before compression.",
+                self.compression.sent_uncompressed_bytes,
+            ),
+            (
+                "wsrpc_compression_sent_compressed_bytes_total",
+                "Payload bytes of messages sent compressed, after compression.",
+                self.compression.sent_compressed_bytes,
+            ),
+            (
+                "wsrpc_compressed_messages_received_total",
+                "Compressed messages received.",
+                self.compression.messages_received,
+            ),
+            (
+                "wsrpc_compression_received_compressed_bytes_total",
+                "Payload bytes of compressed messages as received.",
+                self.compression.received_compressed_bytes,
+            ),
+            (
+                "wsrpc_compression_received_inflated_bytes_total",
+                "Bytes compressed messages inflated to.",
+                self.compression.received_inflated_bytes,
+            ),
         ];
         for (name, help, value) in counters {
             w.family(name, "counter", help);

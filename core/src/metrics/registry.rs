@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::counters::{Counters, ErrorKind};
@@ -10,6 +10,7 @@ use super::histogram::{LatencyHistogram, RollingWindow, WindowSamples};
 use super::snapshot::{
     ConnectionCounts, Health, HealthStatus, Snapshot, SubscriptionCounts, TrafficCounts,
 };
+use crate::ws::CompressionCounters;
 
 /// `port` value while the server has not reported its bound port.
 const NO_PORT: u32 = u32::MAX;
@@ -45,6 +46,7 @@ pub struct Metrics {
     counters: Counters,
     window: RollingWindow,
     methods: Vec<MethodSlot>,
+    compression: Arc<CompressionCounters>,
 }
 
 impl Metrics {
@@ -61,6 +63,7 @@ impl Metrics {
             counters: Counters::default(),
             window,
             methods: Vec::new(),
+            compression: Arc::default(),
         }
     }
 
@@ -77,6 +80,12 @@ impl Metrics {
     /// The id of method `name`, if it was registered.
     pub fn method_id(&self, name: &str) -> Option<MethodId> {
         self.methods.iter().position(|m| &*m.name == name).map(MethodId)
+    }
+
+    /// The permessage-deflate counters this registry reports; a server shares them with its
+    /// connections' [`DeflateConfig`](crate::ws::DeflateConfig).
+    pub fn compression_counters(&self) -> &Arc<CompressionCounters> {
+        &self.compression
     }
 
     /// When the server started.
@@ -213,6 +222,7 @@ impl Metrics {
             },
             lagged_drops: read(&c.lagged_drops),
             methods,
+            compression: self.compression.totals().into(),
         }
     }
 

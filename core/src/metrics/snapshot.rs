@@ -50,6 +50,43 @@ pub struct Snapshot {
     pub lagged_drops: u64,
     /// Latencies of each registered method, by method name.
     pub methods: BTreeMap<String, LatencyStats>,
+    /// permessage-deflate: payload bytes before and after compression.
+    #[serde(default)]
+    pub compression: CompressionCounts,
+}
+
+/// permessage-deflate traffic: what was compressed for sending and inflated on receipt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CompressionCounts {
+    /// Times the compressor ran (a notification shared by many subscribers counts once).
+    pub compressions: u64,
+    /// Messages sent compressed.
+    pub messages_sent: u64,
+    /// Their payload bytes before compression.
+    pub sent_uncompressed_bytes: u64,
+    /// Their payload bytes as sent.
+    pub sent_compressed_bytes: u64,
+    /// Compressed messages received.
+    pub messages_received: u64,
+    /// Their payload bytes as received.
+    pub received_compressed_bytes: u64,
+    /// What they inflated to.
+    pub received_inflated_bytes: u64,
+}
+
+impl From<crate::ws::CompressionTotals> for CompressionCounts {
+    fn from(t: crate::ws::CompressionTotals) -> Self {
+        Self {
+            compressions: t.compressions,
+            messages_sent: t.messages_sent,
+            sent_uncompressed_bytes: t.sent_uncompressed_bytes,
+            sent_compressed_bytes: t.sent_compressed_bytes,
+            messages_received: t.messages_received,
+            received_compressed_bytes: t.received_compressed_bytes,
+            received_inflated_bytes: t.received_inflated_bytes,
+        }
+    }
 }
 
 /// Connections opened since the start, and open now.
@@ -249,6 +286,7 @@ mod tests {
             top,
             [
                 "bytes",
+                "compression",
                 "connections",
                 "errors",
                 "http_requests",

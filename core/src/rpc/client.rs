@@ -395,6 +395,13 @@ impl ClientOptions {
         self
     }
 
+    /// Offers permessage-deflate with its defaults (see [`ws::deflate::DeflateConfig`]);
+    /// used when the server accepts it.
+    pub fn compression(mut self) -> Self {
+        self.ws.enable_compression();
+        self
+    }
+
     /// Another server of the same service: reconnects rotate through the URL given to
     /// `connect` and these, in order, resuming subscriptions with `since` on whichever
     /// answers.
@@ -575,7 +582,8 @@ pub struct ClientSession {
 struct Incoming<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    /// Present even when it is `null` (a method that returns nothing).
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<WireError<'a>>,
@@ -583,6 +591,11 @@ struct Incoming<'a> {
     method: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     params: Option<&'a RawValue>,
+}
+
+/// A member that is there, whatever its value (`Option` alone reads `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -1196,6 +1209,25 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [9, 1]);
+    }
+
+    #[test]
+    fn a_null_result_is_a_result() {
+        let now = crate::test_origin();
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        let t = s.call(now, "m", None);
+        let _ = s.poll_message();
+        assert!(s.handle_message(
+            now,
+            format!(r#"{{"jsonrpc":"2.0","result":null,"id":{}}}"#, t.0).as_bytes()
+        ));
+        match s.poll_event() {
+            Some(ClientEvent::Response { call, result: Ok(v) }) => {
+                assert_eq!((call, v.get()), (t, "null"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::http::head::HeadLimits;
 ///
 /// Defaults: 16 MiB frames and messages, 8 KiB and 64 header lines for the
 /// handshake, a 10 s handshake timeout, a ping every 30 s of silence with 30 s to answer, no
-/// idle timeout and 5 s for the closing handshake.
+/// idle timeout and 5 s for the closing handshake; no compression.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
@@ -36,6 +36,17 @@ pub struct Config {
     /// server's `Service` shares one of 256 MiB among its connections, and their HTTP
     /// request bodies, unless one is set].
     pub assembly_budget: Option<super::AssemblyBudget>,
+    /// permessage-deflate (RFC 7692) [off]: a server accepts offers and a client offers it
+    /// when set. Turn it on with [`enable_compression`](Self::enable_compression).
+    pub compression: Option<super::DeflateConfig>,
+}
+
+impl Config {
+    /// Turns permessage-deflate on with its defaults and returns them for changing any
+    /// parameter (`config.enable_compression().level = 6`).
+    pub fn enable_compression(&mut self) -> &mut super::DeflateConfig {
+        self.compression.get_or_insert_with(super::DeflateConfig::default)
+    }
 }
 
 impl Default for Config {
@@ -52,6 +63,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             subprotocols: Vec::new(),
             assembly_budget: None,
+            compression: None,
         }
     }
 }

@@ -9,9 +9,11 @@ use super::Role;
 use super::budget::Reservation;
 use super::close::{CloseCode, CloseFrame};
 use super::config::Config;
+use super::deflate::{self, Negotiated, PerMessageDeflate, Sink};
 use super::error::{Error, HandshakeError, ProtocolError, SendError};
 use super::frame::{
     FrameDecoder, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame,
+    encode_frame_rsv,
 };
 use super::handshake::{self, ClientRequest};
 use super::mask::{apply_mask, extend_unmasked};
@@ -66,6 +68,8 @@ pub struct Connection {
     sent_close: Option<CloseFrame>,
     error: Option<Error>,
     stats: Stats,
+    /// permessage-deflate, once negotiated.
+    deflate: Option<Box<PerMessageDeflate>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -139,6 +143,10 @@ struct FrameInProgress {
 struct Assembly {
     kind: MessageKind,
     data: Vec<u8>,
+    /// The first frame had RSV1: `data` is inflated from the payloads.
+    compressed: bool,
+    /// Payload bytes received so far (compressed ones, for a compressed message).
+    wire: u64,
     fragments: usize,
     utf8: Utf8Validator,
     /// Its share of the shared budget, given back when the assembly is dropped.
@@ -171,8 +179,21 @@ impl Connection {
     /// A server connection whose handshake the caller already answered with
     /// [`handshake::write_accept`]: it starts open.
     pub fn accepted(config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        Self::accepted_with(config, now, None)
+    }
+
+    /// [`accepted`](Self::accepted) for an answer that accepted permessage-deflate with
+    /// `compression` (from [`deflate::accept`]).
+    pub fn accepted_with(
+        config: impl Into<Arc<Config>>,
+        now: Instant,
+        compression: Option<Negotiated>,
+    ) -> Self {
         let mut conn = Self::new(Role::Server, config.into(), State::Open, None, now);
         conn.start_open_timers(now);
+        if let Some(params) = compression {
+            conn.enable_deflate(params);
+        }
         conn
     }
 
@@ -187,6 +208,15 @@ impl Connection {
         entropy.fill(&mut nonce);
         let mut conn = Self::new(Role::Client, config.into(), State::Handshake, Some(entropy), now);
         let mut key = String::new();
+        let offer = conn.config.compression.as_ref().map(|c| c.offer());
+        let with_offer;
+        let request = match offer {
+            Some(offer) => {
+                with_offer = request.clone().header("Sec-WebSocket-Extensions", offer);
+                &with_offer
+            }
+            None => request,
+        };
         conn.tx.push_with(|buf| key = handshake::write_request(buf, request, nonce));
         conn.handshake = Some(Box::new(Handshake::Client {
             head: HeadBuffer::new(),
@@ -230,7 +260,16 @@ impl Connection {
             sent_close: None,
             error: None,
             stats: Stats::default(),
+            deflate: None,
         }
+    }
+
+    /// Turns permessage-deflate on with what was agreed: RSV1 is accepted on the first frame
+    /// of a message, and messages are compressed when it pays.
+    fn enable_deflate(&mut self, params: Negotiated) {
+        let config = self.config.compression.clone().unwrap_or_default();
+        self.deflate = Some(Box::new(PerMessageDeflate::new(config, params, self.role)));
+        self.decoder = self.decoder.allowing_rsv(4);
     }
 
     // ---- getters -------------------------------------------------------------------------
@@ -275,6 +314,17 @@ impl Connection {
     /// Byte and message counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// What was agreed for permessage-deflate, when it was.
+    pub fn compression(&self) -> Option<Negotiated> {
+        self.deflate.as_ref().map(|d| d.params())
+    }
+
+    /// Bytes held now in this connection's compression contexts (zero between messages
+    /// unless a direction uses context takeover).
+    pub fn compression_context_len(&self) -> usize {
+        self.deflate.as_ref().map_or(0, |d| d.context_bytes())
     }
 
     /// Bytes held for input in progress: a partial frame header, a control payload and the
@@ -461,20 +511,13 @@ impl Connection {
     pub fn send(&mut self, now: Instant, message: Message) -> Result<(), SendError> {
         self.check_can_send()?;
         let opcode = message.kind.opcode();
-        let mut payload = message.data;
-        if payload.len() < ZERO_COPY_THRESHOLD {
-            return self.send_data(now, opcode, &payload);
+        match self.compress(&message.data) {
+            Some(compressed) => self.queue_owned_frame(opcode, 4, compressed),
+            None if message.data.len() < ZERO_COPY_THRESHOLD => {
+                self.queue_frame(true, opcode, &message.data)
+            }
+            None => self.queue_owned_frame(opcode, 0, message.data),
         }
-        let mask = self.next_mask();
-        let header =
-            FrameHeader { fin: true, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
-        let mut hbuf = [0u8; MAX_HEADER_LEN];
-        let hlen = header.encode(&mut hbuf);
-        if let Some(key) = mask {
-            apply_mask(&mut payload, key, 0);
-        }
-        self.tx.push_with(|buf| buf.extend_from_slice(&hbuf[..hlen]));
-        self.tx.push_owned(payload);
         self.note_sent(now);
         Ok(())
     }
@@ -483,14 +526,37 @@ impl Connection {
     /// mask.
     pub fn send_shared(&mut self, now: Instant, frame: &SharedFrame) -> Result<(), SendError> {
         self.check_can_send()?;
-        match self.role {
-            Role::Server => {
-                self.tx.push_shared(frame.wire_bytes().clone());
-                self.note_sent(now);
-                Ok(())
-            }
-            Role::Client => self.send_data(now, frame.kind().opcode(), frame.payload()),
+        if self.role == Role::Client {
+            return self.send_data(now, frame.kind().opcode(), frame.payload());
         }
+        let bytes = match self.deflate.as_deref() {
+            None => frame.wire_bytes().clone(),
+            Some(d) => match d.shared_window() {
+                // Each message compressed on its own: the one compressed copy serves all.
+                Some(max_window) => {
+                    let cfg = d.shared_config();
+                    let window = cfg.server_max_window_bits.clamp(9, 15);
+                    let shared = frame.deflated(max_window, window, |payload| {
+                        deflate::compress_pooled(cfg, window, payload)
+                    });
+                    match shared {
+                        Some(bytes) => {
+                            let len = frame.compressed_len().unwrap_or(bytes.len());
+                            d.counters().sent(frame.payload().len(), len);
+                            bytes.clone()
+                        }
+                        None if frame.is_incompressible() => frame.wire_bytes().clone(),
+                        // A smaller window than the shared copy's: compressed for this peer.
+                        None => return self.send_data(now, frame.kind().opcode(), frame.payload()),
+                    }
+                }
+                // Context takeover: through this connection's own compressor, in order.
+                None => return self.send_data(now, frame.kind().opcode(), frame.payload()),
+            },
+        };
+        self.tx.push_shared(bytes);
+        self.note_sent(now);
+        Ok(())
     }
 
     /// Queues one frame as given: for sending a message in fragments. The caller follows the
@@ -572,9 +638,39 @@ impl Connection {
 
     fn send_data(&mut self, now: Instant, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.check_can_send()?;
-        self.queue_frame(true, opcode, payload);
+        match self.compress(payload) {
+            Some(compressed) => self.queue_owned_frame(opcode, 4, compressed),
+            None => self.queue_frame(true, opcode, payload),
+        }
         self.note_sent(now);
         Ok(())
+    }
+
+    /// The payload of a compressed message (counted), or `None` to send it as it is.
+    fn compress(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let d = self.deflate.as_mut()?;
+        let compressed = d.compress(payload)?;
+        d.counters().sent(payload.len(), compressed.len());
+        Some(compressed)
+    }
+
+    /// Queues one final frame with an owned payload: masked in place and, when large, queued
+    /// without a copy.
+    fn queue_owned_frame(&mut self, opcode: OpCode, rsv: u8, mut payload: Vec<u8>) {
+        let mask = self.next_mask();
+        if payload.len() < ZERO_COPY_THRESHOLD {
+            self.tx.push_with(|buf| encode_frame_rsv(buf, true, rsv, opcode, mask, &payload));
+            return;
+        }
+        let header =
+            FrameHeader { fin: true, rsv, opcode, mask, payload_len: payload.len() as u64 };
+        let mut hbuf = [0u8; MAX_HEADER_LEN];
+        let hlen = header.encode(&mut hbuf);
+        if let Some(key) = mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        self.tx.push_with(|buf| buf.extend_from_slice(&hbuf[..hlen]));
+        self.tx.push_owned(payload);
     }
 
     fn note_sent(&mut self, now: Instant) {
@@ -669,7 +765,7 @@ impl Connection {
         self.transition(input);
         self.stop_open_timers();
         self.pending_pong = None;
-        self.rx.message = None;
+        self.drop_message();
         self.rx.frame = None;
         self.timers.close = Some(crate::later(self.last_rx, self.config.close_timeout));
     }
@@ -679,8 +775,16 @@ impl Connection {
         log::debug!(target: "wsrpc::ws", "connection aborted: {error}");
         self.error = Some(error);
         self.finish();
-        self.rx.message = None;
+        self.drop_message();
         self.emit_closed(CloseCode::ABNORMAL, String::new(), initiator, false);
+    }
+
+    /// Drops the message being assembled and gives its inflater back.
+    fn drop_message(&mut self) {
+        self.rx.message = None;
+        if let Some(d) = self.deflate.as_mut() {
+            d.abandon_message();
+        }
     }
 
     /// Moves to `Closed`, dropping whatever was not written.
@@ -765,9 +869,17 @@ impl Connection {
         let request = RequestHead::parse(raw, self.config.head_limits)?;
         let upgrade = handshake::validate_upgrade(request)?;
         let protocol = upgrade.select_protocol(&self.config.subprotocols).map(str::to_owned);
-        self.tx
-            .push_with(|buf| handshake::write_accept(buf, upgrade.key(), protocol.as_deref(), &[]));
-        Ok(Connected { protocol, request: Some(Box::new(upgrade.request)) })
+        let accepted =
+            deflate::accept(self.config.compression.as_ref(), upgrade.offered_extensions());
+        let extension = accepted.as_ref().map(|a| ("Sec-WebSocket-Extensions", a.header.as_str()));
+        self.tx.push_with(|buf| {
+            handshake::write_accept(buf, upgrade.key(), protocol.as_deref(), extension.as_slice())
+        });
+        let compression = accepted.map(|a| a.params);
+        if let Some(params) = compression {
+            self.enable_deflate(params);
+        }
+        Ok(Connected { protocol, request: Some(Box::new(upgrade.request)), compression })
     }
 
     fn complete_client_handshake(
@@ -777,8 +889,16 @@ impl Connection {
         offered: &[String],
     ) -> Result<Connected, HandshakeError> {
         let response = ResponseHead::parse(raw, self.config.head_limits)?;
-        let protocol = handshake::validate_response(&response, key, offered)?;
-        Ok(Connected { protocol, request: None })
+        let (protocol, compression) = handshake::validate_response_with(
+            &response,
+            key,
+            offered,
+            self.config.compression.as_ref(),
+        )?;
+        if let Some(params) = compression {
+            self.enable_deflate(params);
+        }
+        Ok(Connected { protocol, request: None, compression })
     }
 
     /// Decodes frames from `data` until an event is produced or `data` is used up; returns
@@ -857,29 +977,46 @@ impl Connection {
     fn start_frame(&mut self) -> Result<(), ProtocolError> {
         let Some(frame) = self.rx.frame.as_ref() else { return Ok(()) };
         let header = frame.header;
+        // The decoder lets RSV1 through only once permessage-deflate is agreed; it marks a
+        // compressed message on its first frame and nowhere else (RFC 7692 §6.1).
+        let rsv1 = header.rsv & 4 != 0;
         match header.opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.rx.message.is_some() {
                     return Err(ProtocolError::ExpectedContinuation);
                 }
-                self.check_message_size(0, header.payload_len)?;
+                self.check_message_size(0, header.payload_len, rsv1)?;
                 let kind = if header.opcode == OpCode::Text {
                     MessageKind::Text
                 } else {
                     MessageKind::Binary
                 };
                 // Reserve what is announced, up to 64 KiB: memory follows the bytes that
-                // actually arrive, not what a header claims.
-                let data = Vec::with_capacity(header.payload_len.min(64 * 1024) as usize);
+                // actually arrive, not what a header claims. Inflated output grows as it
+                // is produced.
+                let data = if rsv1 {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(header.payload_len.min(64 * 1024) as usize)
+                };
+                if rsv1 {
+                    let d = self.deflate.as_mut().expect("RSV1 passes only with the extension");
+                    d.begin_message();
+                }
                 self.rx.message = Some(Assembly {
                     kind,
                     data,
+                    compressed: rsv1,
+                    wire: 0,
                     fragments: 1,
                     utf8: Utf8Validator::new(),
                     reservation: Reservation::default(),
                 });
             }
             OpCode::Continuation => {
+                if rsv1 {
+                    return Err(ProtocolError::CompressedContinuation);
+                }
                 let max_fragments = self.config.max_fragments;
                 let Some(msg) = self.rx.message.as_mut() else {
                     return Err(ProtocolError::UnexpectedContinuation);
@@ -888,18 +1025,32 @@ impl Connection {
                 if msg.fragments > max_fragments {
                     return Err(ProtocolError::TooManyFragments { max: max_fragments });
                 }
-                let have = msg.data.len() as u64;
-                self.check_message_size(have, header.payload_len)?;
+                let (have, compressed) = (msg.wire, msg.compressed);
+                self.check_message_size(have, header.payload_len, compressed)?;
             }
-            OpCode::Close | OpCode::Ping | OpCode::Pong => self.rx.control.len = 0,
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                if rsv1 {
+                    return Err(ProtocolError::CompressedControl);
+                }
+                self.rx.control.len = 0
+            }
         }
         Ok(())
     }
 
-    fn check_message_size(&self, have: u64, more: u64) -> Result<(), ProtocolError> {
+    /// Checks the payload bytes of a message against the limit. Compressed payloads get an
+    /// eighth more (deflate can grow incompressible data); their inflated size is checked
+    /// while inflating.
+    fn check_message_size(
+        &self,
+        have: u64,
+        more: u64,
+        compressed: bool,
+    ) -> Result<(), ProtocolError> {
         let len = have.saturating_add(more);
         let max = self.config.max_message_size;
-        if len > max { Err(ProtocolError::MessageTooLarge { len, max }) } else { Ok(()) }
+        let allowed = if compressed { max.saturating_add(max / 8 + 1024) } else { max };
+        if len > allowed { Err(ProtocolError::MessageTooLarge { len, max }) } else { Ok(()) }
     }
 
     /// Takes payload bytes of the current frame from `data`; returns how many.
@@ -921,6 +1072,25 @@ impl Connection {
             return Ok(n);
         }
         let msg = rx.message.as_mut().expect("a data frame in progress has a message");
+        msg.wire += n as u64;
+        if msg.compressed {
+            let d = self.deflate.as_mut().expect("a compressed message has the extension");
+            let mut sink = message_sink(msg, &self.config);
+            match key {
+                Some(key) => {
+                    // Unmasked a piece at a time on the stack: the input is not ours to change.
+                    let mut scratch = [0u8; 2048];
+                    for piece in chunk.chunks(scratch.len()) {
+                        let buf = &mut scratch[..piece.len()];
+                        buf.copy_from_slice(piece);
+                        frame.mask_phase = apply_mask(buf, key, frame.mask_phase);
+                        d.inflate(buf, &mut sink)?;
+                    }
+                }
+                None => d.inflate(chunk, &mut sink)?,
+            }
+            return Ok(n);
+        }
         let start = msg.data.len();
         // Charge the buffer's capacity after this chunk (a `Vec` grows to at least twice its
         // size), not only its length.
@@ -949,7 +1119,11 @@ impl Connection {
                 if !header.fin {
                     return Ok(());
                 }
-                let msg = self.rx.message.take().expect("a final data frame has a message");
+                let mut msg = self.rx.message.take().expect("a final data frame has a message");
+                if msg.compressed {
+                    let d = self.deflate.as_mut().expect("a compressed message has the extension");
+                    d.end_message(&mut message_sink(&mut msg, &self.config))?;
+                }
                 if !msg.utf8.is_complete() {
                     return Err(ProtocolError::InvalidUtf8);
                 }
@@ -1006,5 +1180,18 @@ impl Connection {
             self.emit_closed(code, received.reason, Initiator::Remote, true);
         }
         Ok(())
+    }
+}
+
+/// Where a compressed message inflates to: its buffer, bounded by the message limit and the
+/// shared budget, with text checked as UTF-8 as it is produced.
+fn message_sink<'a>(msg: &'a mut Assembly, config: &'a Config) -> Sink<'a> {
+    let text = msg.kind == MessageKind::Text;
+    Sink {
+        out: &mut msg.data,
+        max: config.max_message_size,
+        budget: config.assembly_budget.as_ref(),
+        reservation: &mut msg.reservation,
+        utf8: if text { Some(&mut msg.utf8) } else { None },
     }
 }

@@ -13,6 +13,12 @@ use super::close::CloseCode;
 pub enum ProtocolError {
     /// RSV bits set without a negotiated extension.
     ReservedBits(u8),
+    /// RSV1 (compressed) on a control frame (RFC 7692 §6.1).
+    CompressedControl,
+    /// RSV1 (compressed) on a continuation frame (RFC 7692 §6.1: only the first frame).
+    CompressedContinuation,
+    /// A compressed message that is not a valid deflate stream.
+    InvalidCompressedData,
     /// Opcode 3–7 or 0xB–0xF.
     ReservedOpcode(u8),
     /// A close, ping or pong frame without FIN.
@@ -69,7 +75,7 @@ impl ProtocolError {
     /// The close code this error is answered with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
@@ -85,6 +91,13 @@ impl fmt::Display for ProtocolError {
         match self {
             Self::ReservedBits(bits) => {
                 write!(f, "reserved bits {bits:#05b} set without an extension")
+            }
+            Self::CompressedControl => f.write_str("compressed (RSV1) control frame"),
+            Self::CompressedContinuation => {
+                f.write_str("RSV1 on a continuation frame (only a message's first frame has it)")
+            }
+            Self::InvalidCompressedData => {
+                f.write_str("invalid deflate data in a compressed message")
             }
             Self::ReservedOpcode(op) => write!(f, "reserved opcode {op:#x}"),
             Self::FragmentedControl => f.write_str("fragmented control frame"),
@@ -154,6 +167,8 @@ pub enum HandshakeError {
     UnexpectedProtocol(String),
     /// The server enabled an extension we did not offer.
     UnexpectedExtension,
+    /// The server's permessage-deflate answer does not fit our offer (RFC 7692 §7).
+    BadExtensionResponse(ExtensionResponseError),
     /// The handshake did not finish before the handshake timeout.
     Timeout,
     /// The transport closed before the handshake finished.
@@ -196,6 +211,9 @@ impl fmt::Display for HandshakeError {
             Self::UnexpectedExtension => {
                 f.write_str("server enabled an extension that was not offered")
             }
+            Self::BadExtensionResponse(e) => {
+                write!(f, "server's Sec-WebSocket-Extensions answer refused: {e}")
+            }
             Self::Timeout => f.write_str("handshake timed out"),
             Self::Eof => f.write_str("connection closed during the handshake"),
         }
@@ -203,6 +221,46 @@ impl fmt::Display for HandshakeError {
 }
 
 impl std::error::Error for HandshakeError {}
+
+/// What is wrong with a server's `Sec-WebSocket-Extensions` answer (the client fails the
+/// handshake on any of these, RFC 7692 §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExtensionResponseError {
+    /// The header is not a valid extension list.
+    Syntax(super::extension::ExtensionSyntaxError),
+    /// An extension that was not offered (named).
+    NotOffered(String),
+    /// permessage-deflate answered more than once.
+    Repeated,
+    /// A parameter RFC 7692 does not define for an answer (named).
+    UnknownParameter(String),
+    /// A parameter given twice.
+    RepeatedParameter(&'static str),
+    /// A parameter with a missing, extra or out-of-range value.
+    InvalidValue(&'static str),
+    /// A window larger than the one offered.
+    WindowAboveOffer(&'static str),
+    /// A parameter the offer asked for and the answer must confirm.
+    Missing(&'static str),
+}
+
+impl fmt::Display for ExtensionResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Syntax(e) => write!(f, "{e}"),
+            Self::NotOffered(name) => write!(f, "extension {name:?} was not offered"),
+            Self::Repeated => f.write_str("permessage-deflate answered more than once"),
+            Self::UnknownParameter(p) => write!(f, "unknown permessage-deflate parameter {p:?}"),
+            Self::RepeatedParameter(p) => write!(f, "parameter {p} given twice"),
+            Self::InvalidValue(p) => write!(f, "invalid value for {p}"),
+            Self::WindowAboveOffer(p) => write!(f, "{p} above the offered value"),
+            Self::Missing(p) => write!(f, "offered {p} not confirmed"),
+        }
+    }
+}
+
+impl std::error::Error for ExtensionResponseError {}
 
 /// Why a connection ended other than by a clean close handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -149,6 +149,12 @@ impl FrameDecoder {
         Self { role, max_frame_size, allowed_rsv: 0 }
     }
 
+    /// The same decoder, letting RSV bits `rsv` through (RSV1 = 4 once permessage-deflate is
+    /// negotiated); the connection checks where they may appear.
+    pub fn allowing_rsv(self, rsv: u8) -> Self {
+        Self { allowed_rsv: rsv & 7, ..self }
+    }
+
     /// Parses a header at the start of `buf`; `Ok(None)` means more bytes are needed.
     ///
     /// Fails as early as the bytes allow: a reserved bit or opcode fails on the first byte.
@@ -251,7 +257,19 @@ pub fn encode_frame(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let header = FrameHeader { fin, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
+    encode_frame_rsv(out, fin, 0, opcode, mask, payload);
+}
+
+/// [`encode_frame`] with RSV bits `rsv` (RSV1 = 4 marks a compressed message).
+pub fn encode_frame_rsv(
+    out: &mut Vec<u8>,
+    fin: bool,
+    rsv: u8,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
+    let header = FrameHeader { fin, rsv, opcode, mask, payload_len: payload.len() as u64 };
     let mut hbuf = [0u8; MAX_HEADER_LEN];
     let hlen = header.encode(&mut hbuf);
     out.reserve(hlen + payload.len());

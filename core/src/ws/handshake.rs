@@ -9,6 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use super::deflate::{self, DeflateConfig, Negotiated};
 use super::error::HandshakeError;
 use crate::http::head::{RequestHead, ResponseHead, reason_phrase};
 
@@ -40,6 +41,12 @@ impl Upgrade {
     /// The subprotocols the client offered, in its order of preference.
     pub fn offered_protocols(&self) -> impl Iterator<Item = &str> + '_ {
         self.request.headers.tokens("sec-websocket-protocol")
+    }
+
+    /// The values of every `Sec-WebSocket-Extensions` line, in order, for
+    /// [`deflate::accept`](super::deflate::accept).
+    pub fn offered_extensions(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.request.headers.get_all("sec-websocket-extensions")
     }
 
     /// The first protocol of `supported` (the server's order of preference) that the client
@@ -192,12 +199,24 @@ pub fn write_request(out: &mut Vec<u8>, req: &ClientRequest, nonce: [u8; 16]) ->
     key
 }
 
-/// Checks the server's answer (RFC 6455 §4.1); returns the selected subprotocol.
+/// Checks the server's answer (RFC 6455 §4.1) to a request that offered no extension;
+/// returns the selected subprotocol.
 pub fn validate_response(
     resp: &ResponseHead,
     key: &str,
     offered: &[String],
 ) -> Result<Option<String>, HandshakeError> {
+    validate_response_with(resp, key, offered, None).map(|(protocol, _)| protocol)
+}
+
+/// [`validate_response`] for a request that offered permessage-deflate from `compression`
+/// (when set); also returns what the server accepted of it.
+pub fn validate_response_with(
+    resp: &ResponseHead,
+    key: &str,
+    offered: &[String],
+    compression: Option<&DeflateConfig>,
+) -> Result<(Option<String>, Option<Negotiated>), HandshakeError> {
     if resp.status != 101 {
         return Err(HandshakeError::Rejected { status: resp.status });
     }
@@ -213,15 +232,23 @@ pub fn validate_response(
     {
         return Err(HandshakeError::BadAccept);
     }
-    if h.tokens("sec-websocket-extensions").next().is_some() {
-        return Err(HandshakeError::UnexpectedExtension);
-    }
+    let deflate = match compression {
+        None if h.tokens("sec-websocket-extensions").next().is_some() => {
+            return Err(HandshakeError::UnexpectedExtension);
+        }
+        None => None,
+        Some(config) => {
+            deflate::validate_response(Some(config), h.get_all("sec-websocket-extensions"))
+                .map_err(HandshakeError::BadExtensionResponse)?
+        }
+    };
     let mut selected = h.tokens("sec-websocket-protocol");
-    match (selected.next(), selected.next()) {
-        (None, _) => Ok(None),
-        (Some(p), None) if offered.iter().any(|o| o == p) => Ok(Some(p.to_owned())),
-        (Some(p), _) => Err(HandshakeError::UnexpectedProtocol(p.to_owned())),
-    }
+    let protocol = match (selected.next(), selected.next()) {
+        (None, _) => None,
+        (Some(p), None) if offered.iter().any(|o| o == p) => Some(p.to_owned()),
+        (Some(p), _) => return Err(HandshakeError::UnexpectedProtocol(p.to_owned())),
+    };
+    Ok((protocol, deflate))
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! RFC 6455 WebSocket: handshake, frame codec, masking, UTF-8, message assembly, close and
-//! the connection state machine.
+//! the connection state machine; permessage-deflate (RFC 7692).
 
 pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod error;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
@@ -18,7 +20,8 @@ pub use budget::AssemblyBudget;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Stats};
-pub use error::{Error, HandshakeError, ProtocolError, SendError};
+pub use deflate::{CompressionCounters, CompressionTotals, DeflateConfig};
+pub use error::{Error, ExtensionResponseError, HandshakeError, ProtocolError, SendError};
 pub use frame::{FrameDecoder, FrameHeader, OpCode};
 pub use handshake::ClientRequest;
 pub use message::{Closed, Connected, Event, Initiator, Message, MessageKind, SharedFrame};

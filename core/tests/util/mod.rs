@@ -214,6 +214,8 @@ pub fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Out {
     pub fin: bool,
+    /// RSV bits (RSV1 = 4: a compressed message's first frame).
+    pub rsv: u8,
     pub opcode: OpCode,
     pub payload: Vec<u8>,
 }
@@ -238,6 +240,12 @@ pub struct RawClient {
 impl RawClient {
     /// A server with `config`, already through a valid handshake.
     pub fn new(config: Config) -> Self {
+        Self::with_headers(config, "").0
+    }
+
+    /// A server with `config`, through a handshake whose request also has the header lines
+    /// `extra` (each ending in CRLF); returns the server's response head too.
+    pub fn with_headers(config: Config, extra: &str) -> (Self, String) {
         let now = origin();
         let mut rc = Self {
             server: Connection::server(config, now),
@@ -246,7 +254,7 @@ impl RawClient {
             frames: Vec::new(),
             events: Vec::new(),
         };
-        rc.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        rc.send(format!("GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").as_bytes());
         let head_end = rc
             .pending
             .windows(4)
@@ -258,9 +266,15 @@ impl RawClient {
             "{}",
             String::from_utf8_lossy(&rc.pending)
         );
+        let head = String::from_utf8_lossy(&rc.pending[..head_end]).into_owned();
         rc.pending.drain(..head_end);
         assert!(matches!(rc.events.remove(0), Event::Connected(_)));
-        rc
+        (rc, head)
+    }
+
+    /// A server with `config` that was offered `Sec-WebSocket-Extensions: offer`.
+    pub fn offering(config: Config, offer: &str) -> (Self, String) {
+        Self::with_headers(config, &format!("Sec-WebSocket-Extensions: {offer}\r\n"))
     }
 
     pub fn default_config() -> Self {
@@ -310,10 +324,15 @@ impl RawClient {
         if self.server.is_handshaking() || self.pending.starts_with(b"HTTP/") {
             return;
         }
-        let dec = FrameDecoder::new(Role::Client, u64::MAX >> 1);
+        // RSV1 is let through so tests can see which frames are compressed.
+        let dec = FrameDecoder::new(Role::Client, u64::MAX >> 1).allowing_rsv(4);
         while let Ok(Some(f)) = dec.decode_in_place(&mut self.pending) {
-            let out =
-                Out { fin: f.header.fin, opcode: f.header.opcode, payload: f.payload.to_vec() };
+            let out = Out {
+                fin: f.header.fin,
+                rsv: f.header.rsv,
+                opcode: f.header.opcode,
+                payload: f.payload.to_vec(),
+            };
             let len = f.len;
             self.frames.push(out);
             self.pending.drain(..len);

@@ -103,11 +103,25 @@ export function anyFreePort() {
   });
 }
 
-/** Tries to listen on `port`; the server, or undefined when something else holds it. */
+/**
+ * Tries to listen on `port`; the server, or undefined when something else holds it. Its
+ * `close` also ends the connections it holds (a silent decoy keeps the browser's probes open,
+ * and a plain `close` would wait for them forever).
+ */
 export function hold(
   port,
   server = net.createServer((s) => s.on("error", () => {})),
 ) {
+  const sockets = new Set();
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.once("close", () => sockets.delete(s));
+  });
+  const close = server.close.bind(server);
+  server.close = (cb) => {
+    for (const s of sockets) s.destroy();
+    return close(cb);
+  };
   return new Promise((ok) => {
     server.once("error", () => ok(undefined));
     server.listen(port, "127.0.0.1", () => ok(server));
