@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
@@ -34,6 +35,9 @@ pub(crate) struct Spec {
     pub(crate) window_s: f64,
     /// The fan-out publisher's ack port.
     pub(crate) udp_port: u16,
+    /// Over TLS (`wss://`), the scenario name without its `tls-` prefix.
+    #[serde(default)]
+    pub(crate) tls: bool,
     /// Offer permessage-deflate (the `*-deflate` scenarios): echo then sends JSON-like text.
     #[serde(default)]
     pub(crate) deflate: bool,
@@ -88,27 +92,253 @@ pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
     match spec.scenario.as_str() {
         "idle" => idle(spec),
         "calls" | "echo" | "fanout" => Load::new(spec)?.run(),
+        "churn" => churn(spec),
         other => Err(io::Error::other(format!("unknown scenario {other}"))),
     }
 }
 
-fn connect_wire(addr: SocketAddr, read_buffer: usize, deflate: bool) -> io::Result<Wire> {
+fn connect_wire(
+    addr: SocketAddr,
+    read_buffer: usize,
+    deflate: bool,
+    tls: bool,
+) -> io::Result<Wire> {
     if deflate {
         Ok(Wire::Deflate(Box::new(DeflateWs::connect(addr, read_buffer)?)))
     } else {
-        Ok(Wire::Plain(Box::new(connect(addr, read_buffer)?)))
+        Ok(Wire::Plain(Box::new(connect(addr, read_buffer, tls)?)))
     }
 }
 
-fn connect(addr: SocketAddr, read_buffer: usize) -> io::Result<WebSocket<TcpStream>> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
+/// A connection's transport: TCP, or rustls over TCP (through rustls's blocking stream
+/// adapter, which passes `WouldBlock` through on a nonblocking socket).
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Accepts any certificate (the servers' are made at start) but checks the handshake's
+/// signature with the provider's algorithms, so a server does all of its TLS work.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_client() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("default versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            // Every churn cycle is a full handshake (key exchange and certificate signature),
+            // not a cheaper resumption of the previous session.
+            config.resumption = rustls::client::Resumption::disabled();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+fn connect(addr: SocketAddr, read_buffer: usize, tls: bool) -> io::Result<WebSocket<Stream>> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    let (stream, scheme) = if tls {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("valid name");
+        let conn = rustls::ClientConnection::new(tls_client(), name).map_err(io::Error::other)?;
+        (Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))), "wss")
+    } else {
+        (Stream::Plain(tcp), "ws")
+    };
     // Sized to the messages: tungstenite zero-fills the whole read buffer before each read.
     let config = WebSocketConfig::default().read_buffer_size(read_buffer);
-    let (ws, _) =
-        tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
-            .map_err(|e| io::Error::other(format!("handshake: {e}")))?;
+    let url = format!("{scheme}://localhost:{}/", addr.port());
+    let (ws, _) = tungstenite::client::client_with_config(url, stream, Some(config))
+        .map_err(|e| io::Error::other(format!("handshake: {e}")))?;
     Ok(ws)
+}
+
+/// Connection churn: `spec.conns` workers (threads on the client's one CPU) each connect,
+/// complete the TLS and WebSocket handshakes, make one call (an echo server echoes it), do
+/// the close handshake and start over. Counts completed cycles.
+fn churn(spec: &Spec) -> io::Result<Report> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Report::default()));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..spec.conns.max(1))
+        .map(|w| {
+            let (stop, done, errors, latencies, measuring) =
+                (stop.clone(), done.clone(), errors.clone(), latencies.clone(), measuring.clone());
+            let (addr, tls) = (spec.addr, spec.tls);
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    n += 1;
+                    match churn_cycle(addr, tls, w as u64, n) {
+                        Ok(()) => {
+                            if measuring.load(Ordering::Relaxed) {
+                                done.fetch_add(1, Ordering::Relaxed);
+                                mine.push(t.elapsed().as_nanos() as u64);
+                            }
+                        }
+                        Err(e) => {
+                            errors.lock().unwrap_or_else(|p| p.into_inner()).error(e);
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+                latencies.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
+    let cpu0 = sys::cpu_seconds(spec.server_pid)?;
+    let own0 = sys::own_cpu_seconds();
+    let t0 = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(spec.window_s));
+    measuring.store(false, Ordering::Relaxed);
+    let cpu1 = sys::cpu_seconds(spec.server_pid)?;
+    let mut report = Report {
+        window_s: t0.elapsed().as_secs_f64(),
+        server_cpu_s: cpu1 - cpu0,
+        client_cpu_s: sys::own_cpu_seconds() - own0,
+        ops: done.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    let failed = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+    report.errors = failed.errors;
+    report.first_error = failed.first_error;
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    lat.sort_unstable();
+    let q = |p: f64| match lat.len() {
+        0 => f64::NAN,
+        n => lat[((n - 1) as f64 * p).round() as usize] as f64 / 1000.0,
+    };
+    report.p50_us = q(0.5);
+    report.p99_us = q(0.99);
+    report.p999_us = q(0.999);
+    report.conns_ok = spec.conns;
+    Ok(report)
+}
+
+fn churn_cycle(addr: SocketAddr, tls: bool, worker: u64, n: u64) -> Result<(), String> {
+    let mut ws = connect(addr, 4096, tls).map_err(|e| e.to_string())?;
+    let _ = ws.get_ref().tcp().set_read_timeout(Some(Duration::from_secs(10)));
+    let call = format!(r#"{{"jsonrpc":"2.0","method":"add","params":[{worker},{n}],"id":{n}}}"#);
+    ws.send(Message::text(call.clone())).map_err(|e| e.to_string())?;
+    let answer = loop {
+        match ws.read().map_err(|e| e.to_string())? {
+            Message::Text(t) => break t,
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    };
+    let expected = format!(r#""result":{}"#, worker + n);
+    // An echo server returns the call itself.
+    if answer.as_str() != call && !answer.as_str().contains(&expected) {
+        return Err(format!("wrong answer {answer}"));
+    }
+    ws.close(None).map_err(|e| e.to_string())?;
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+            // Peers that drop TCP right after their close frame (or skip close_notify).
+            Err(tungstenite::Error::Io(_) | tungstenite::Error::AlreadyClosed) => return Ok(()),
+            Err(tungstenite::Error::Protocol(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn idle(spec: &Spec) -> io::Result<Report> {
@@ -124,7 +354,7 @@ fn idle(spec: &Spec) -> io::Result<Report> {
             .to_string()
     });
     for _ in 0..spec.conns {
-        match connect_wire(spec.addr, 4096, spec.deflate) {
+        match connect_wire(spec.addr, 4096, spec.deflate, spec.tls) {
             Ok(mut ws) => {
                 if let Some(call) = &call {
                     let answered = ws
@@ -268,7 +498,7 @@ impl<'s> Load<'s> {
         }
         let mut conns = Vec::with_capacity(spec.conns);
         for i in 0..spec.conns {
-            let ws = connect_wire(spec.addr, read_buffer, spec.deflate)?;
+            let ws = connect_wire(spec.addr, read_buffer, spec.deflate, spec.tls)?;
             ws.get_ref().set_nonblocking(true)?;
             epoll::add(
                 &epoll,

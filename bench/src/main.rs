@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--json FILE]\n\\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -46,7 +46,8 @@ fn main() -> ExitCode {
                 .and_then(|i| args.get(i + 1))
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
-            match servers::serve(kind, fanout, payload) {
+            let tls = args.iter().any(|a| a == "--tls");
+            match servers::serve(kind, fanout, payload, tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -76,7 +77,8 @@ fn main() -> ExitCode {
         }
         Some(
             scenario @ ("echo" | "calls" | "fanout" | "idle" | "echo-deflate" | "fanout-deflate"
-            | "idle-deflate" | "all"),
+            | "idle-deflate" | "tls-echo" | "tls-calls" | "tls-churn" | "tls-idle"
+            | "tls" | "all"),
         ) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
@@ -113,9 +115,15 @@ fn main() -> ExitCode {
                 "echo-deflate",
                 "fanout-deflate",
                 "idle-deflate",
+                "tls-echo",
+                "tls-calls",
+                "tls-churn",
+                "tls-idle",
             ]
             .into_iter()
-            .filter(|s| scenario == "all" || *s == scenario)
+            .filter(|s| {
+                scenario == "all" || *s == scenario || (scenario == "tls" && s.starts_with("tls-"))
+            })
             .collect();
             match runner::run(&scenarios, &options) {
                 Ok(()) => ExitCode::SUCCESS,

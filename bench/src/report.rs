@@ -32,7 +32,22 @@ fn kib_per_conn(r: &Report) -> f64 {
 
 fn metrics(scenario: &str) -> Vec<Metric> {
     let m = |name, unit, higher_is_better, get| Metric { name, unit, higher_is_better, get };
-    match scenario {
+    match scenario.trim_start_matches("tls-") {
+        "churn" => vec![
+            m(
+                "cycles/s",
+                "connect + TLS + WebSocket handshakes, one call, close; per second (higher is better)",
+                true,
+                rate,
+            ),
+            m(
+                "cpu_us/cycle",
+                "server CPU µs per cycle (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m("p99_us", "µs per cycle (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
+        ],
         "echo" => vec![
             m("messages/s", "messages/s (higher is better)", true, rate),
             m(
@@ -249,7 +264,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                 let busy = median(rs.iter().map(|r| 100.0 * r.server_cpu_s / r.window_s).collect());
                 let client =
                     median(rs.iter().map(|r| 100.0 * r.client_cpu_s / r.window_s).collect());
-                if !scenario.starts_with("idle") {
+                if !scenario.trim_start_matches("tls-").starts_with("idle") {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
                 }
                 if scenario.starts_with("fanout") {
@@ -272,7 +287,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
 
 /// A short line for the progress log.
 pub(crate) fn brief(case: &Case, r: &Report) -> String {
-    match case.scenario {
+    match case.scenario.trim_start_matches("tls-") {
         "idle" | "idle-deflate" => format!(
             "{:.1} KiB/conn ({} conns, {} compressed)",
             kib_per_conn(r),

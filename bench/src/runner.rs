@@ -69,6 +69,14 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
             case("10,000 subscribers".into(), 10_000, 0, 0),
         ],
         "idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
+        // The same loads over TLS (aws-lc-rs on both sides, an ECDSA P-256 certificate).
+        "tls-echo" => vec![
+            case("100 x 20 B".into(), 100, ECHO_DEPTH, 20),
+            case("200 x 16 KiB".into(), 200, ECHO_DEPTH, 16 << 10),
+        ],
+        "tls-calls" => vec![case("256 conn x depth 32".into(), 256, 32, 0)],
+        "tls-churn" => vec![case(format!("{TLS_CHURN_WORKERS} workers"), TLS_CHURN_WORKERS, 1, 0)],
+        "tls-idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
         // permessage-deflate: JSON-like text, compression offered by the client.
         "echo-deflate" => vec![case("100 x 1 KiB JSON".into(), 100, ECHO_DEPTH, 1 << 10)],
         "fanout-deflate" => {
@@ -82,6 +90,9 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
     }
 }
 
+/// Workers of the TLS churn scenario (connect, handshakes, one call, close, again).
+pub(crate) const TLS_CHURN_WORKERS: usize = 8;
+
 /// Ours and the peers that a scenario compares.
 pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static str>) {
     match scenario {
@@ -92,6 +103,13 @@ pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static st
         "idle" => (
             vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking", "wsrpc-echo"],
             vec!["jsonrpsee", "tokio-tungstenite", "fastwebsockets"],
+        ),
+        // TLS peers: tokio-tungstenite and jsonrpsee behind tokio-rustls.
+        "tls-echo" => (vec!["wsrpc-echo"], vec!["tokio-tungstenite"]),
+        "tls-calls" => (vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"], vec!["jsonrpsee"]),
+        "tls-churn" | "tls-idle" => (
+            vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"],
+            vec!["jsonrpsee", "tokio-tungstenite"],
         ),
         // Against soketto with deflate, and against the same server uncompressed (it declines
         // the client's offer).
@@ -201,6 +219,9 @@ fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, Strin
     if fanout {
         cmd.arg("--fanout").arg("--payload").arg(case.payload.to_string());
     }
+    if case.scenario.starts_with("tls-") {
+        cmd.arg("--tls");
+    }
     // Executors on one thread, like the peers' current-thread tokio runtimes.
     cmd.env("SMOL_THREADS", "1").env("ASYNC_STD_THREAD_COUNT", "1");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -257,7 +278,8 @@ fn drive(
     let port: u16 = port.parse().map_err(|_| format!("bad port in {line:?}"))?;
     let udp_port: u16 = udp.parse().map_err(|_| format!("bad port in {line:?}"))?;
     let spec = Spec {
-        scenario: case.scenario.trim_end_matches("-deflate").to_string(),
+        scenario: case.scenario.trim_start_matches("tls-").trim_end_matches("-deflate").to_string(),
+        tls: case.scenario.starts_with("tls-"),
         deflate: case.scenario.ends_with("-deflate"),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         server_pid: pid,

@@ -82,61 +82,52 @@ fn ready(port: u16, udp: Option<&UdpSocket>) {
     let _ = io::stdout().flush();
 }
 
-/// Serves `kind` until killed; a fan-out publisher pads its notifications to `payload` bytes.
-pub(crate) fn serve(kind: &str, fanout: bool, payload: usize) -> io::Result<()> {
+/// A self-signed ECDSA P-256 certificate for `localhost` and `127.0.0.1` made at start, in a
+/// server configuration with aws-lc-rs: the same certificate kind and provider for every
+/// server of the TLS scenarios (the client accepts any certificate but checks the
+/// handshake's signature).
+fn tls_config() -> io::Result<Arc<rustls::ServerConfig>> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let cert = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    wsrpc_tls::server_config(vec![cert.cert.der().clone()], key).map_err(io::Error::other)
+}
+
+/// Serves `kind` until killed; a fan-out publisher pads its notifications to `payload`
+/// bytes; over TLS with `tls`.
+pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::Result<()> {
     let udp = if fanout { Some(UdpSocket::bind("127.0.0.1:0")?) } else { None };
     let rows: &'static Option<serde_json::Value> = Box::leak(Box::new(rows_of(payload)));
+    let tls = if tls { Some(tls_config()?) } else { None };
+    macro_rules! ours {
+        ($server:ty, $config:expr) => {{
+            let b = <$server>::builder().router(router()).config($config).bind(localhost());
+            let server = Arc::new(match tls {
+                Some(tls) => b.tls(tls).start()?,
+                None => b.start()?,
+            });
+            let s = server.clone();
+            start_publisher(udp.as_ref(), rows, move |t| {
+                let _ = s.publish(TOPIC, t);
+            })?;
+            ready(server.local_addr().port(), udp.as_ref());
+            park_forever()
+        }};
+    }
     match kind {
         "wsrpc-smol" | "wsrpc-smol-deflate" => {
             let mut config = wsrpc_config();
             if kind.ends_with("-deflate") {
                 config.ws.enable_compression();
             }
-            let server = wsrpc_smol::Server::builder()
-                .router(router())
-                .config(config)
-                .bind(localhost())
-                .start()?;
-            let server = Arc::new(server);
-            let s = server.clone();
-            start_publisher(udp.as_ref(), rows, move |t| {
-                let _ = s.publish(TOPIC, t);
-            })?;
-            ready(server.local_addr().port(), udp.as_ref());
-            park_forever()
+            ours!(wsrpc_smol::Server, config)
         }
-        "wsrpc-async-std" => {
-            let server = wsrpc_async_std::Server::builder()
-                .router(router())
-                .config(wsrpc_config())
-                .bind(localhost())
-                .start()?;
-            let server = Arc::new(server);
-            let s = server.clone();
-            start_publisher(udp.as_ref(), rows, move |t| {
-                let _ = s.publish(TOPIC, t);
-            })?;
-            ready(server.local_addr().port(), udp.as_ref());
-            park_forever()
-        }
-        "wsrpc-blocking" => {
-            let server = wsrpc_blocking::Server::builder()
-                .router(router())
-                .config(wsrpc_config())
-                .bind(localhost())
-                .start()?;
-            let server = Arc::new(server);
-            let s = server.clone();
-            start_publisher(udp.as_ref(), rows, move |t| {
-                let _ = s.publish(TOPIC, t);
-            })?;
-            ready(server.local_addr().port(), udp.as_ref());
-            park_forever()
-        }
-        "wsrpc-echo" => core_echo::serve(false),
-        "wsrpc-echo-deflate" => core_echo::serve(true),
-        "jsonrpsee" => peers::jsonrpsee(udp),
-        "tokio-tungstenite" => peers::tokio_tungstenite(),
+        "wsrpc-async-std" => ours!(wsrpc_async_std::Server, wsrpc_config()),
+        "wsrpc-blocking" => ours!(wsrpc_blocking::Server, wsrpc_config()),
+        "wsrpc-echo" => core_echo::serve(false, tls),
+        "wsrpc-echo-deflate" => core_echo::serve(true, tls),
+        "jsonrpsee" => peers::jsonrpsee(udp, tls),
+        "tokio-tungstenite" => peers::tokio_tungstenite(tls),
         "fastwebsockets" => peers::fastwebsockets(),
         other => Err(io::Error::other(format!("unknown server {other}"))),
     }
@@ -227,7 +218,11 @@ mod core_echo {
     /// Stop reading while this much is queued for the peer.
     const WRITE_HIGH_WATER: usize = 1 << 20;
 
-    pub(super) fn serve(compression: bool) -> io::Result<()> {
+    pub(super) fn serve(
+        compression: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<()> {
+        let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
         let listener = Async::<TcpListener>::bind(super::localhost())?;
         let port = listener.get_ref().local_addr()?.port();
         let mut config = Config::default();
@@ -245,21 +240,36 @@ mod core_echo {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.get_ref().set_nodelay(true);
                 let config = config.clone();
+                let acceptor = acceptor.clone();
                 ex.spawn(async move {
                     let mut conn = Connection::server(config, Instant::now());
-                    let mut stream = wsrpc_futures::net::TcpConn::new(stream);
+                    let stream = wsrpc_futures::net::TcpConn::new(stream);
                     let mut write_closed = false;
-                    std::future::poll_fn(|cx| drive(&mut conn, &mut stream, &mut write_closed, cx))
-                        .await;
+                    match acceptor {
+                        None => {
+                            let mut stream = stream;
+                            std::future::poll_fn(|cx| {
+                                drive(&mut conn, &mut stream, &mut write_closed, cx)
+                            })
+                            .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(mut stream) = acceptor.accept(stream).await else { return };
+                            std::future::poll_fn(|cx| {
+                                drive(&mut conn, &mut stream, &mut write_closed, cx)
+                            })
+                            .await;
+                        }
+                    }
                 })
                 .detach();
             }
         }))
     }
 
-    fn drive(
+    fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         conn: &mut Connection,
-        stream: &mut wsrpc_futures::net::TcpConn,
+        stream: &mut S,
         write_closed: &mut bool,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
@@ -302,9 +312,11 @@ mod core_echo {
                     Poll::Pending => break,
                 }
             }
+            // TLS holds records until flushed (a no-op for TCP).
+            let _ = Pin::new(&mut *stream).poll_flush(cx);
             if conn.wants_shutdown_write() && !*write_closed {
                 *write_closed = true;
-                let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+                let _ = Pin::new(&mut *stream).poll_close(cx);
             }
             if conn.is_finished() {
                 return Poll::Ready(());
@@ -333,7 +345,10 @@ mod peers {
 
     /// jsonrpsee 0.26: `add(a, b)` and `subscribe`/`unsubscribe` with a broadcast fan-out,
     /// notifications as `subscription`. Connection limit raised (it is on `ServerConfig`).
-    pub(super) fn jsonrpsee(udp: Option<UdpSocket>) -> io::Result<()> {
+    pub(super) fn jsonrpsee(
+        udp: Option<UdpSocket>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<()> {
         let (tx, _) = broadcast::channel::<SubscriptionMessage>(QUEUE);
         let mut module = RpcModule::new(tx.clone());
         module
@@ -371,6 +386,9 @@ mod peers {
                 let _ = tx2.send(SubscriptionMessage::from(raw));
             }
         })?;
+        if let Some(tls) = tls {
+            return jsonrpsee_tls(module, tls, udp);
+        }
         runtime()?.block_on(async move {
             let config = ServerConfig::builder().max_connections(MAX_CONNECTIONS as u32).build();
             let server = Server::builder().set_config(config).build(localhost()).await?;
@@ -382,16 +400,60 @@ mod peers {
         })
     }
 
+    /// jsonrpsee has no TLS listener: its service, served on the TLS streams of our own
+    /// tokio-rustls acceptor through its low-level `serve` (hyper under it), one task per
+    /// connection as its own listener does.
+    fn jsonrpsee_tls(
+        module: RpcModule<broadcast::Sender<SubscriptionMessage>>,
+        tls: Arc<rustls::ServerConfig>,
+        udp: Option<UdpSocket>,
+    ) -> io::Result<()> {
+        runtime()?.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(localhost()).await?;
+            ready(listener.local_addr()?.port(), udp.as_ref());
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let (stop, _server_handle) = jsonrpsee::server::stop_channel();
+            let config = ServerConfig::builder().max_connections(MAX_CONNECTIONS as u32).build();
+            let methods: jsonrpsee::Methods = module.into();
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let service = Server::builder()
+                    .set_config(config.clone())
+                    .to_service_builder()
+                    .build(methods.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let _ = jsonrpsee::server::serve(tls, service).await;
+                });
+            }
+        })
+    }
+
     /// tokio-tungstenite 0.30 echo with its default configuration, the echo-server example's
-    /// shape: the read half forwarded into the write half (flushes when the reads pause).
-    pub(super) fn tokio_tungstenite() -> io::Result<()> {
+    /// shape: the read half forwarded into the write half (flushes when the reads pause);
+    /// over tokio-rustls with `tls`.
+    pub(super) fn tokio_tungstenite(tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<()> {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         runtime()?.block_on(async {
             let listener = tokio::net::TcpListener::bind(localhost()).await?;
             ready(listener.local_addr()?.port(), None);
             loop {
                 let (stream, _) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    if let Some(acceptor) = acceptor {
+                        let Ok(tls) = acceptor.accept(stream).await else { return };
+                        let Ok(ws) = tokio_tungstenite::accept_async(tls).await else { return };
+                        let (write, read) = ws.split();
+                        let _ = read
+                            .try_filter(|m| std::future::ready(m.is_text() || m.is_binary()))
+                            .forward(write)
+                            .await;
+                        return;
+                    }
                     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
                     let (write, read) = ws.split();
                     let _ = read

@@ -12,16 +12,16 @@ use std::time::Instant;
 use tungstenite::{Message, WebSocket};
 use wsrpc_core::ws::{self, ClientRequest, Connection, Event, MessageKind};
 
-/// A client connection: plain tungstenite, or ours with compression offered.
+/// A client connection: plain tungstenite (over TCP or TLS), or ours with compression offered.
 pub(crate) enum Wire {
-    Plain(Box<WebSocket<TcpStream>>),
+    Plain(Box<WebSocket<crate::client::Stream>>),
     Deflate(Box<DeflateWs>),
 }
 
 impl Wire {
     pub(crate) fn get_ref(&self) -> &TcpStream {
         match self {
-            Self::Plain(ws) => ws.get_ref(),
+            Self::Plain(ws) => ws.get_ref().tcp(),
             Self::Deflate(d) => &d.sock,
         }
     }

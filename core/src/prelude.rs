@@ -5,6 +5,7 @@
 
 pub use crate::rpc::client::{
     BackoffConfig, ClientConfig, ClientError, ClientOptions, ConnectError, SubscriptionEvent,
+    TlsError,
 };
 pub use crate::rpc::{CallContext, ConnectionId, Params, Router, RouterError, RpcError, Transport};
 pub use crate::service::{

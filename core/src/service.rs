@@ -485,6 +485,10 @@ impl Bind {
 pub trait Launch: Sized {
     /// What starting gives: a running server, or why it could not start.
     type Output;
+    /// The TLS server configuration the adapter serves `https://` and `wss://` with
+    /// (`Arc<rustls::ServerConfig>` for the adapters of this workspace). The core never looks
+    /// inside it: TLS lives in the adapters.
+    type Tls;
     /// Binds and starts serving.
     fn launch(builder: ServerBuilder<Self>) -> Self::Output;
 }
@@ -492,7 +496,8 @@ pub trait Launch: Sized {
 /// Everything a server is made of: router, configuration and where to listen. The same
 /// builder shape serves every adapter (`wsrpc_smol::Server::builder()`, …); the adapter's
 /// [`Launch`] gives [`start`](Self::start) its meaning.
-pub struct ServerBuilder<L> {
+pub struct ServerBuilder<L: Launch> {
+    tls: Option<L::Tls>,
     router: Router,
     config: ServiceConfig,
     bind: Bind,
@@ -575,9 +580,10 @@ pub struct ServerParts {
     pub threads: Threads,
 }
 
-impl<L> std::fmt::Debug for ServerBuilder<L> {
+impl<L: Launch> std::fmt::Debug for ServerBuilder<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerBuilder")
+            .field("tls", &self.tls.is_some())
             .field("router", &self.router)
             .field("config", &self.config)
             .field("bind", &self.bind)
@@ -586,9 +592,10 @@ impl<L> std::fmt::Debug for ServerBuilder<L> {
     }
 }
 
-impl<L> Default for ServerBuilder<L> {
+impl<L: Launch> Default for ServerBuilder<L> {
     fn default() -> Self {
         Self {
+            tls: None,
             router: Router::new(),
             config: ServiceConfig::default(),
             bind: Bind::default(),
@@ -607,10 +614,24 @@ impl<L: Launch> ServerBuilder<L> {
     }
 }
 
-impl<L> ServerBuilder<L> {
+impl<L: Launch> ServerBuilder<L> {
     /// A builder with defaults.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves TLS: `https://` and `wss://` on the port, with this configuration (a
+    /// `rustls::ServerConfig`, or an `Arc` of one, for this workspace's adapters). A plain
+    /// request on the port is refused with 400 and counted. The running server can swap the
+    /// configuration for new connections (a renewed certificate) with its `set_tls`.
+    pub fn tls(mut self, config: impl Into<L::Tls>) -> Self {
+        self.tls = Some(config.into());
+        self
+    }
+
+    /// The TLS configuration given to [`tls`](Self::tls), for adapters.
+    pub fn tls_config(&self) -> Option<&L::Tls> {
+        self.tls.as_ref()
     }
 
     /// The methods to serve.

@@ -14,7 +14,7 @@ use wsrpc_core::hub::{
 };
 use wsrpc_core::metrics::BrokerState;
 use wsrpc_core::rpc::{ConnectionId, Router, RpcSession, SessionOutput, Transport};
-use wsrpc_core::service::{ServerBuilder, Service, ServiceConfig};
+use wsrpc_core::service::{Launch, ServerBuilder, Service, ServiceConfig};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Option<BrokerLink>>>, Arc<Mutex<bool>>);
@@ -51,11 +51,20 @@ fn config() -> ServiceConfig {
     c
 }
 
+/// The builder's broker hook without an adapter: the harness takes the service itself.
+struct NoLaunch;
+
+impl Launch for NoLaunch {
+    type Output = ();
+    type Tls = ();
+    fn launch(_: ServerBuilder<Self>) {}
+}
+
 impl Harness {
     fn new(config: ServiceConfig) -> Self {
         let captured = Captured::default();
         let now = Instant::now();
-        let service = ServerBuilder::<()>::new()
+        let service = ServerBuilder::<NoLaunch>::new()
             .config(config)
             .router(Router::new())
             .broker(Driver(captured.clone()))

@@ -422,6 +422,19 @@ fn a_tls_hello_on_the_plain_port_gets_400_at_once() {
 }
 
 #[test]
+fn a_whole_tls_hello_in_one_read_gets_400_at_once() {
+    let svc = service(ServiceConfig::default());
+    let mut h = Http::new(&svc);
+    // A ClientHello with a post-quantum key share is over a kilobyte, read in one go.
+    let mut hello = b"\x16\x03\x01\x06\x00\x01\x00\x05\xfc\x03\x03".to_vec();
+    hello.extend((0..1500u32).map(|i| (i * 7 % 251) as u8));
+    let r = h.request(&hello);
+    assert_eq!(r[0].status, 400);
+    assert!(h.state.shutdown_write);
+    assert_eq!(svc.metrics().snapshot(h.now.mono).errors.get("handshake"), Some(&1));
+}
+
+#[test]
 fn chunked_bodies_and_expect_continue() {
     let svc = service(ServiceConfig::default());
     let mut h = Http::new(&svc);

@@ -4,9 +4,12 @@
 //! in the read-only rate class), so any conformance client can be pointed at it.
 //!
 //! `cargo run -p wsrpc-examples --example spec_server -- --port 8766 --adapter smol|async-std|blocking
-//! [--ticks-ms MS] [--compression]` (prints `listening on ADDR` once ready). With `--ticks-ms`,
-//! `{"n": N}` is published to the topic `ticks` at that interval, for subscription clients;
-//! `--compression` accepts permessage-deflate with its defaults.
+//! [--ticks-ms MS] [--compression] [--tls-self-signed]` (prints `listening on ADDR` once ready).
+//! With `--ticks-ms`, `{"n": N}` is published to the topic `ticks` at that interval, for
+//! subscription clients; `--compression` accepts permessage-deflate with its defaults. With
+//! `--tls-self-signed` it serves `wss://` and `https://` with a certificate for `localhost` and
+//! `127.0.0.1` made at start, whose PEM it writes to a temporary file and names on a line
+//! `certificate PATH` before `listening on ADDR`.
 
 use std::net::SocketAddr;
 
@@ -20,7 +23,20 @@ fn main() {
     if wsrpc_examples::flag("--compression") {
         ws.enable_compression();
     }
-    let server = match SpecServer::start_with(&adapter, addr, ws) {
+    let tls = match wsrpc_examples::flag("--tls-self-signed") {
+        true => match wsrpc_examples::self_signed_tls() {
+            Ok((config, path)) => {
+                println!("certificate {}", path.display());
+                Some(config)
+            }
+            Err(e) => {
+                eprintln!("spec_server: cannot make a certificate: {e}");
+                std::process::exit(2);
+            }
+        },
+        false => None,
+    };
+    let server = match SpecServer::start_with(&adapter, addr, ws, tls) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("spec_server: {e}");

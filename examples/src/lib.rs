@@ -2,6 +2,8 @@
 //! service and the JSON-RPC 2.0 specification's service (`spec_server`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 pub mod cluster;
 pub mod redis_server;
@@ -101,40 +103,34 @@ impl SpecServer {
     /// Starts the specification's methods (`spec_router`, `spec_limits`, every other option
     /// at its default) on `adapter` (`smol`, `async-std` or `blocking`) at `addr`.
     pub fn start(adapter: &str, addr: SocketAddr) -> std::io::Result<Self> {
-        Self::start_with(adapter, addr, wsrpc_core::ws::Config::default())
+        Self::start_with(adapter, addr, wsrpc_core::ws::Config::default(), None)
     }
 
-    /// [`start`](Self::start) with WebSocket settings `ws` (for example compression on).
+    /// [`start`](Self::start) with WebSocket settings `ws` (for example compression on),
+    /// serving `https://` and `wss://` with `tls` when given.
     pub fn start_with(
         adapter: &str,
         addr: SocketAddr,
         ws: wsrpc_core::ws::Config,
+        tls: Option<Arc<wsrpc_smol::tls::ServerConfig>>,
     ) -> std::io::Result<Self> {
+        macro_rules! build {
+            ($server:ty) => {{
+                let b = <$server>::builder()
+                    .router(spec_router())
+                    .limits(spec_limits())
+                    .websocket(ws)
+                    .bind(addr);
+                match tls {
+                    Some(tls) => b.tls(tls).start()?,
+                    None => b.start()?,
+                }
+            }};
+        }
         Ok(match adapter {
-            "smol" => Self::Smol(
-                wsrpc_smol::Server::builder()
-                    .router(spec_router())
-                    .limits(spec_limits())
-                    .websocket(ws)
-                    .bind(addr)
-                    .start()?,
-            ),
-            "async-std" => Self::AsyncStd(
-                wsrpc_async_std::Server::builder()
-                    .router(spec_router())
-                    .limits(spec_limits())
-                    .websocket(ws)
-                    .bind(addr)
-                    .start()?,
-            ),
-            "blocking" => Self::Blocking(
-                wsrpc_blocking::Server::builder()
-                    .router(spec_router())
-                    .limits(spec_limits())
-                    .websocket(ws)
-                    .bind(addr)
-                    .start()?,
-            ),
+            "smol" => Self::Smol(build!(wsrpc_smol::Server)),
+            "async-std" => Self::AsyncStd(build!(wsrpc_async_std::Server)),
+            "blocking" => Self::Blocking(build!(wsrpc_blocking::Server)),
             other => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
@@ -182,3 +178,19 @@ pub fn spawn_ticker(publish: impl Fn(u64) + Send + 'static, every: std::time::Du
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct Readme;
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made now: its PEM is written to
+/// a file in the temporary directory (for clients to trust), and the server configuration is
+/// loaded back from PEM the way an application loads its own certificate and key.
+pub fn self_signed_tls() -> std::io::Result<(Arc<wsrpc_smol::tls::ServerConfig>, PathBuf)> {
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| invalid(&e))?;
+    let cert_pem = certified.cert.pem();
+    let key_pem = certified.signing_key.serialize_pem();
+    let path = std::env::temp_dir().join(format!("wsrpc-self-signed-{}.pem", std::process::id()));
+    std::fs::write(&path, &cert_pem)?;
+    let config = wsrpc_smol::tls::server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
+        .map_err(|e| invalid(&e))?;
+    Ok((config, path))
+}

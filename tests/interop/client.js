@@ -1,11 +1,14 @@
 // Interop check with Node `ws`: calls, a batch and a subscription.
 // usage: node client.js WS_URL [compressed]
 // With `compressed`, offers permessage-deflate (ws's `perMessageDeflate`), checks it was
-// negotiated, and makes a large call and a subscription with large notifications.
+// negotiated, and makes a large call and a subscription with large notifications. A wss:// URL
+// is verified against the CA PEM named by $WSRPC_CA.
 const WebSocket = require('ws');
 
 const compressed = process.argv[3] === 'compressed';
-const ws = new WebSocket(process.argv[2], { maxPayload: 1 << 24, perMessageDeflate: compressed });
+const options = { maxPayload: 1 << 24, perMessageDeflate: compressed };
+if (process.env.WSRPC_CA) options.ca = require('fs').readFileSync(process.env.WSRPC_CA);
+const ws = new WebSocket(process.argv[2], options);
 const waiting = new Map();
 const notes = [];
 let onNote = null;

@@ -4,17 +4,23 @@
 usage: client.py WS_URL [compressed]  (the server publishes to "interop" when asked with the
 `publish` call). With `compressed`, also checks that permessage-deflate was negotiated (the
 default of `websockets`) and makes a large call and a subscription with large notifications.
+A wss:// URL is verified against the CA certificate in the PEM file named by $WSRPC_CA.
 Prints one line per check and exits non-zero on the first failure.
 """
 import asyncio
 import json
+import os
+import ssl
 import sys
 
 import websockets
 
 
 async def main(url, compressed):
-    async with websockets.connect(url, max_size=2**24) as ws:
+    tls = None
+    if url.startswith("wss://"):
+        tls = ssl.create_default_context(cafile=os.environ["WSRPC_CA"])
+    async with websockets.connect(url, max_size=2**24, ssl=tls) as ws:
         inbox = []  # messages read while waiting for a response, for later readers
 
         async def call(method, params, id_):

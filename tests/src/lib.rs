@@ -12,13 +12,23 @@ use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
 use wsrpc_core::service::{Bind, ServerBuilder, ServiceConfig};
 
 pub mod raw;
+pub mod tls;
+
+use std::sync::Arc;
+
+use wsrpc_tls::{ServerConfig, TlsOptions};
 
 /// A running server of some adapter.
 pub trait TestServer: Send + Sync {
     fn addr(&self) -> SocketAddr;
+    /// Whether it serves TLS.
+    fn is_tls(&self) -> bool;
     fn url(&self) -> String {
-        format!("ws://{}", self.addr())
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr())
     }
+    /// Serves new connections with `config`; false when it was started without TLS.
+    fn set_tls(&self, config: Arc<ServerConfig>) -> bool;
     fn publish(&self, topic: &str, value: &Value) -> u64;
     fn metrics(&self) -> Snapshot;
     fn connections(&self) -> usize;
@@ -55,8 +65,37 @@ pub trait Adapter: 'static {
         config: ServiceConfig,
         router: Router,
         bind: Bind,
+    ) -> std::io::Result<Box<dyn TestServer>> {
+        Self::start_with(config, router, bind, None)
+    }
+    /// Starts a server, serving TLS with `tls`.
+    fn start_with(
+        config: ServiceConfig,
+        router: Router,
+        bind: Bind,
+        tls: Option<Arc<ServerConfig>>,
     ) -> std::io::Result<Box<dyn TestServer>>;
     fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError>;
+}
+
+/// Adapter `A` over TLS: its servers serve the shared test PKI's leaf (`wss://`, `https://`)
+/// and its clients trust the test CA, so the integration tests run unchanged over TLS.
+#[derive(Debug)]
+pub struct Tls<A>(std::marker::PhantomData<A>);
+
+impl<A: Adapter> Adapter for Tls<A> {
+    const NAME: &'static str = A::NAME;
+    fn start_with(
+        config: ServiceConfig,
+        router: Router,
+        bind: Bind,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> std::io::Result<Box<dyn TestServer>> {
+        A::start_with(config, router, bind, Some(tls.unwrap_or_else(|| tls::pki().server.clone())))
+    }
+    fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError> {
+        A::connect(url, options.tls(tls::pki().client.clone()))
+    }
 }
 
 // Takes the box by value to fit `Result::map` over the adapters' raw results.
@@ -65,13 +104,18 @@ fn raw_to_value(raw: Box<serde_json::value::RawValue>) -> Value {
     serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
-fn configure<L>(
+fn configure<L: wsrpc_core::service::Launch<Tls = Arc<ServerConfig>>>(
     b: ServerBuilder<L>,
     config: ServiceConfig,
     router: Router,
     bind: Bind,
+    tls: Option<Arc<ServerConfig>>,
 ) -> ServerBuilder<L> {
-    b.config(config).router(router).listen(bind)
+    let b = b.config(config).router(router).listen(bind);
+    match tls {
+        Some(tls) => b.tls(tls),
+        None => b,
+    }
 }
 
 macro_rules! async_adapter {
@@ -79,11 +123,17 @@ macro_rules! async_adapter {
         #[derive(Debug)]
         pub struct $name;
 
-        struct Server(Option<$krate::Server>);
+        struct Server(Option<$krate::Server>, bool);
 
         impl TestServer for Server {
             fn addr(&self) -> SocketAddr {
                 self.0.as_ref().expect("running").local_addr()
+            }
+            fn is_tls(&self) -> bool {
+                self.1
+            }
+            fn set_tls(&self, config: Arc<ServerConfig>) -> bool {
+                self.0.as_ref().expect("running").set_tls(config)
             }
             fn publish(&self, topic: &str, value: &Value) -> u64 {
                 self.0.as_ref().expect("running").publish(topic, value).expect("valid topic").seq
@@ -159,13 +209,15 @@ macro_rules! async_adapter {
 
         impl Adapter for $name {
             const NAME: &'static str = $label;
-            fn start(
+            fn start_with(
                 config: ServiceConfig,
                 router: Router,
                 bind: Bind,
+                tls: Option<Arc<ServerConfig>>,
             ) -> std::io::Result<Box<dyn TestServer>> {
-                let server = configure($krate::Server::builder(), config, router, bind).start()?;
-                Ok(Box::new(Server(Some(server))))
+                let is_tls = tls.is_some();
+                let builder = configure($krate::Server::builder(), config, router, bind, tls);
+                Ok(Box::new(Server(Some(builder.start()?), is_tls)))
             }
             fn connect(
                 url: &str,
@@ -230,11 +282,17 @@ pub mod blocking_adapter {
     #[derive(Debug)]
     pub struct Blocking;
 
-    struct Server(Option<wsrpc_blocking::Server>);
+    struct Server(Option<wsrpc_blocking::Server>, bool);
 
     impl TestServer for Server {
         fn addr(&self) -> SocketAddr {
             self.0.as_ref().expect("running").local_addr()
+        }
+        fn is_tls(&self) -> bool {
+            self.1
+        }
+        fn set_tls(&self, config: Arc<ServerConfig>) -> bool {
+            self.0.as_ref().expect("running").set_tls(config)
         }
         fn publish(&self, topic: &str, value: &Value) -> u64 {
             self.0.as_ref().expect("running").publish(topic, value).expect("valid topic").seq
@@ -294,14 +352,15 @@ pub mod blocking_adapter {
 
     impl Adapter for Blocking {
         const NAME: &'static str = "blocking";
-        fn start(
+        fn start_with(
             config: ServiceConfig,
             router: Router,
             bind: Bind,
+            tls: Option<Arc<ServerConfig>>,
         ) -> std::io::Result<Box<dyn TestServer>> {
-            let server =
-                configure(wsrpc_blocking::Server::builder(), config, router, bind).start()?;
-            Ok(Box::new(Server(Some(server))))
+            let is_tls = tls.is_some();
+            let builder = configure(wsrpc_blocking::Server::builder(), config, router, bind, tls);
+            Ok(Box::new(Server(Some(builder.start()?), is_tls)))
         }
         fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError> {
             Ok(Box::new(Client(wsrpc_blocking::connect(url, options)?)))

@@ -448,3 +448,41 @@ macro_rules! adapter_tests {
 adapter_tests!(smol, wsrpc_tests::Smol);
 adapter_tests!(async_std, wsrpc_tests::AsyncStd);
 adapter_tests!(blocking, wsrpc_tests::Blocking);
+
+/// The integration tests that need no raw socket, again over `wss://` (the test PKI's leaf on
+/// the server, its CA trusted by the client).
+macro_rules! tls_adapter_tests {
+    ($module:ident, $adapter:ty) => {
+        mod $module {
+            type A = wsrpc_tests::Tls<$adapter>;
+            #[test]
+            fn calls_batches_notifications_and_async() {
+                super::calls_batches_notifications_and_async::<A>();
+            }
+            #[test]
+            fn pubsub_in_order_with_sequence_numbers() {
+                super::pubsub_in_order_with_sequence_numbers::<A>();
+            }
+            #[test]
+            fn rate_limited_calls_get_32005() {
+                super::rate_limited_calls_get_32005::<A>();
+            }
+            #[test]
+            fn graceful_shutdown_answers_in_flight_calls() {
+                super::graceful_shutdown_answers_in_flight_calls::<A>();
+            }
+            #[test]
+            fn reconnect_resubscribes_without_losing_messages() {
+                super::reconnect_resubscribes_without_losing_messages::<A>();
+            }
+            #[test]
+            fn pending_calls_fail_when_the_server_goes_away() {
+                super::pending_calls_fail_when_the_server_goes_away::<A>();
+            }
+        }
+    };
+}
+
+tls_adapter_tests!(tls_smol, wsrpc_tests::Smol);
+tls_adapter_tests!(tls_async_std, wsrpc_tests::AsyncStd);
+tls_adapter_tests!(tls_blocking, wsrpc_tests::Blocking);

@@ -9,6 +9,10 @@
 //! Chromium's default permessage-deflate offer is accepted by a server with compression on,
 //! and a call and a subscription run compressed.
 //!
+//! Over TLS, a page served by the server itself as `https://localhost:P/page` (Chromium trusts
+//! the test leaf through `--ignore-certificate-errors-spki-list`) opens `wss://` to the same
+//! server, completes a call and reports the answer with another call.
+//!
 //! Without chromium the test says so loudly and passes, unless `CI` is set: then it fails
 //! (`.ci/run` installs chromium with `scripts/install-chromium.sh`).
 
@@ -137,6 +141,10 @@ impl Drop for Browser {
 }
 
 fn visit(chromium: &str, url: &str) -> Browser {
+    visit_with(chromium, url, &[])
+}
+
+fn visit_with(chromium: &str, url: &str, extra: &[String]) -> Browser {
     // A profile of its own: two instances sharing one would hand the page to the first.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -154,6 +162,7 @@ fn visit(chromium: &str, url: &str) -> Browser {
             "--host-resolver-rules=MAP evil.example 127.0.0.1",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -287,6 +296,74 @@ fn async_std_compressed_calls_and_subscription() {
 #[test]
 fn blocking_compressed_calls_and_subscription() {
     compressed_calls_and_subscription::<wsrpc_tests::Blocking>();
+}
+
+const TLS_PAGE: &str = r#"<!doctype html><html><body><script>
+const ws = new WebSocket('wss://' + location.host + '/');
+ws.onopen = () => ws.send(JSON.stringify({jsonrpc: '2.0', method: 'add', params: [20, 22], id: 1}));
+ws.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if (m.id === 1) ws.send(JSON.stringify({jsonrpc: '2.0', method: 'report', params: [{origin: location.origin, reply: m}], id: 2}));
+  else ws.close();
+};
+ws.onerror = () => fetch('/failed');
+</script></body></html>"#;
+
+fn a_page_over_https_calls_over_wss<A: Adapter>() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but chromium is missing: run scripts/install-chromium.sh"
+        );
+        eprintln!("\n*** SKIPPED browser TLS test for {}: chromium not found ***\n", A::NAME);
+        return;
+    };
+    let (tx, rx) = mpsc::channel::<Value>();
+    let tx = std::sync::Mutex::new(tx);
+    let mut router = Router::new();
+    router.method("add", |(a, b): (i64, i64), _| Ok(a + b)).method(
+        "report",
+        move |(report,): (Value,), _| {
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(report);
+            Ok(true)
+        },
+    );
+    let mut config = ServiceConfig::default();
+    config.http.routes.push(wsrpc_core::http::StaticRoute::new(
+        "/page",
+        "text/html; charset=utf-8",
+        TLS_PAGE.as_bytes(),
+    ));
+    let pki = wsrpc_tests::tls::pki();
+    let server = A::start_with(
+        config,
+        router,
+        Bind::Addr("127.0.0.1:0".parse().unwrap()),
+        Some(pki.server.clone()),
+    )
+    .unwrap();
+    let trust = format!("--ignore-certificate-errors-spki-list={}", pki.leaf.spki_sha256);
+    let url = format!("https://localhost:{}/page", server.addr().port());
+    let _browser = visit_with(&chromium, &url, &[trust]);
+    let report = rx.recv_timeout(Duration::from_secs(60)).expect("the page reports within 60 s");
+    assert_eq!(report["origin"], format!("https://localhost:{}", server.addr().port()));
+    assert_eq!(report["reply"]["result"], 42, "{report}");
+    assert_eq!(server.metrics().errors.get("auth").copied().unwrap_or(0), 0);
+}
+
+#[test]
+fn smol_page_over_https_calls_over_wss() {
+    a_page_over_https_calls_over_wss::<wsrpc_tests::Smol>();
+}
+
+#[test]
+fn async_std_page_over_https_calls_over_wss() {
+    a_page_over_https_calls_over_wss::<wsrpc_tests::AsyncStd>();
+}
+
+#[test]
+fn blocking_page_over_https_calls_over_wss() {
+    a_page_over_https_calls_over_wss::<wsrpc_tests::Blocking>();
 }
 
 #[test]

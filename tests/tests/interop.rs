@@ -100,6 +100,9 @@ fn run_peer_args(program: PathBuf, script: &str, args: &[&str], env_node_path: b
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop").join(script);
     let mut cmd = Command::new(program);
     cmd.arg(script).args(args);
+    if args.first().is_some_and(|url| url.starts_with("wss://")) {
+        cmd.env("WSRPC_CA", ca_file());
+    }
     if env_node_path {
         cmd.env("NODE_PATH", peers_dir().join("node/node_modules"));
     }
@@ -111,6 +114,37 @@ fn run_peer_args(program: PathBuf, script: &str, args: &[&str], env_node_path: b
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// The test CA's certificate as a PEM file, for peers that trust it.
+fn ca_file() -> &'static PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("wsrpc-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, &wsrpc_tests::tls::pki().ca.pem).expect("write the CA");
+        path
+    })
+}
+
+/// `wss://localhost:PORT/`: the peer sends SNI and verifies the leaf's DNS name.
+fn by_name(server: &dyn TestServer) -> String {
+    format!("wss://localhost:{}/", server.addr().port())
+}
+
+pub fn python_websockets_over_tls<A: Adapter>() {
+    let (server, _p) = start_with_publisher::<wsrpc_tests::Tls<A>>();
+    let out = run_peer(peers_dir().join("venv/bin/python"), "client.py", &by_name(&*server), false);
+    for check in ["python: call ok", "python: batch ok", "python: subscription ok"] {
+        assert!(out.contains(check), "{out}");
+    }
+}
+
+pub fn node_ws_over_tls<A: Adapter>() {
+    let (server, _p) = start_with_publisher::<wsrpc_tests::Tls<A>>();
+    let out = run_peer("node".into(), "client.js", &by_name(&*server), true);
+    for check in ["node: call ok", "node: batch ok", "node: subscription ok"] {
+        assert!(out.contains(check), "{out}");
+    }
 }
 
 pub fn python_websockets<A: Adapter>() {
@@ -256,6 +290,14 @@ macro_rules! interop_tests {
             #[test]
             fn node_ws() {
                 super::node_ws::<$adapter>();
+            }
+            #[test]
+            fn python_websockets_over_tls() {
+                super::python_websockets_over_tls::<$adapter>();
+            }
+            #[test]
+            fn node_ws_over_tls() {
+                super::node_ws_over_tls::<$adapter>();
             }
             #[test]
             fn python_websockets_compressed() {

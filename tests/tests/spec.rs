@@ -210,3 +210,74 @@ fn spec_examples_over_one_keep_alive_http_connection_on_every_adapter() {
         }
     }
 }
+
+/// The `spec_server` program as an outside checker meets it: `--tls-self-signed` prints
+/// `certificate PATH` and then `listening on ADDR`; a WebSocket client that shares no code
+/// with wsrpc (async-tungstenite over futures-rustls) trusts that PEM, connects to
+/// `wss://localhost:PORT` and gets every example's answer.
+#[test]
+fn spec_server_with_a_self_signed_certificate_answers_over_wss() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    use async_tungstenite::tungstenite::Message;
+    use futures_util::StreamExt;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "-q", "-p", "wsrpc-examples", "--example", "spec_server"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "spec_server builds");
+    let binary = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
+        .join("debug/examples/spec_server");
+    for adapter in ADAPTERS {
+        let mut child = Command::new(&binary)
+            .args(["--port", "0", "--adapter", adapter, "--tls-self-signed"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spec_server starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a line").unwrap();
+        let pem_path = first.strip_prefix("certificate ").expect("certificate PATH first");
+        let second = lines.next().expect("a line").unwrap();
+        let addr: SocketAddr =
+            second.strip_prefix("listening on ").expect("then listening on ADDR").parse().unwrap();
+        let pem = std::fs::read(pem_path).expect("the certificate file");
+        let mut roots = wsrpc_tls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject as _;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = wsrpc_tls::client_config_with_roots(roots).unwrap();
+        smol::block_on(async {
+            let tcp = smol::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = futures_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+            let url = format!("wss://localhost:{}/", addr.port());
+            let (mut ws, resp) = async_tungstenite::client_async(url, tls).await.unwrap();
+            assert_eq!(resp.status(), 101, "{adapter}");
+            for (request, response) in EXAMPLES {
+                let Some(response) = response else { continue };
+                ws.send(Message::text(*request)).await.unwrap();
+                let got = loop {
+                    match ws.next().await.expect("open").expect("valid frames") {
+                        Message::Text(t) => {
+                            break serde_json::from_str::<Value>(t.as_str()).unwrap();
+                        }
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        other => panic!("{adapter}: {other:?}"),
+                    }
+                };
+                assert_eq!(normalized(got), expected(response), "{adapter}: {request}");
+            }
+            ws.close(None).await.unwrap();
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(pem_path);
+    }
+}

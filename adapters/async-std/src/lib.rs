@@ -26,8 +26,10 @@ use std::time::Instant;
 
 pub use wsrpc_core::prelude::*;
 pub use wsrpc_core::{auth, hub, limit, metrics, ws};
+pub use wsrpc_futures::tls::ClientStream;
+pub use wsrpc_futures::wsrpc_tls as tls;
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, Subscription};
+pub use wsrpc_futures::{Client, Subscription, TlsOptions};
 
 /// The async-std runtime: `async_std::task::spawn`, `spawn_blocking` and the async-io timer
 /// it runs on.
@@ -57,7 +59,8 @@ pub type Server = net::Server<AsyncStdRuntime>;
 /// Starts servers on async-std (the `Launch` of [`Server::builder`]).
 pub type AsyncStd = net::Launcher<AsyncStdRuntime>;
 
-/// Connects a client to `url` (`ws://host:port/path`).
+/// Connects a client to `url` (`ws://host:port/path`, or `wss://` over TLS: the options'
+/// `rustls::ClientConfig` given with [`TlsOptions::tls`], else this build's default trust).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
     net::connect_client::<AsyncStdRuntime>(url, options).await
 }

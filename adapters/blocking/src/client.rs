@@ -18,11 +18,13 @@ use serde_json::value::RawValue;
 use wsrpc_core::Now;
 use wsrpc_core::engine::{ClientConnection, ConnEvent, Endpoint, Input};
 use wsrpc_core::rpc::client::{
-    ClientError, ClientOptions, ConnectError, SubscriptionEvent, SubscriptionToken, decode,
+    ClientError, ClientOptions, ConnectError, SubscriptionEvent, SubscriptionToken, TlsError,
+    decode,
 };
 use wsrpc_core::rpc::dispatch::{CallResult, Channels, Command, EventSink, OneShot, SinkError};
 
 use crate::reactor::{ConnectTo, Core, Mailbox, Message, Reactor, Role};
+use crate::tls_layer::TlsLayer;
 
 /// Events a subscription buffers before the slowest reader starts losing values (reported
 /// as a gap).
@@ -159,6 +161,8 @@ impl std::fmt::Debug for Client {
 
 /// The client role of an I/O thread: one connection.
 struct Connecting {
+    /// For the transport settings (a TLS configuration).
+    options: ClientOptions,
     ready: Option<Sender<Result<(), ClientError>>>,
     finished: bool,
 }
@@ -188,10 +192,13 @@ impl Role for Connecting {
     }
 
     fn connect(&mut self, to: ConnectTo<'_, ClientMessage>) {
-        if to.target.is_tls() {
-            let why = format!("{}: wss:// needs TLS, which this build lacks", to.target.url());
-            return to.fail(ConnectError::Unsupported(why));
-        }
+        let tls = match to.target.is_tls() {
+            true => match wsrpc_tls::client_connection(&self.options, to.target) {
+                Ok(tls) => Some(tls),
+                Err(e) => return to.fail(e),
+            },
+            false => None,
+        };
         let (host, port, deadline) = (to.target.host().to_owned(), to.target.port(), to.deadline);
         let (mailbox, key, generation, attempt) =
             (to.mailbox.clone(), to.key, to.generation, to.attempt);
@@ -199,7 +206,11 @@ impl Role for Connecting {
             .name("wsrpc-connect".into())
             .stack_size(CONNECTOR_STACK)
             .spawn(move || {
-                let result = connect_tcp(&host, port, deadline);
+                let result = connect_tcp(&host, port, deadline).and_then(|stream| match tls {
+                    None => Ok((stream, None)),
+                    Some(tls) => tls_handshake(&stream, tls, deadline)
+                        .map(|tls| (stream, Some(TlsLayer::client(tls)))),
+                });
                 mailbox.send(Message::Connected { key, generation, attempt, result });
             });
         if let Err(e) = spawned {
@@ -238,18 +249,49 @@ pub(crate) fn connect_tcp(
     Err(last)
 }
 
-/// Connects to `url` (`ws://host:port/path`, and the options' fallbacks) and returns once
+/// Completes a client TLS handshake on the connect thread's blocking socket before
+/// `deadline`; the reactor then carries the connection on.
+fn tls_handshake(
+    mut stream: &TcpStream,
+    mut tls: rustls::ClientConnection,
+    deadline: Instant,
+) -> Result<rustls::ClientConnection, ConnectError> {
+    while tls.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConnectError::TimedOut);
+        }
+        let timeouts =
+            stream.set_read_timeout(Some(left)).and(stream.set_write_timeout(Some(left)));
+        timeouts.map_err(|e| ConnectError::from_io(&e))?;
+        match tls.complete_io(&mut stream) {
+            Ok((0, 0)) if tls.is_handshaking() => {
+                return Err(ConnectError::Tls(TlsError::Handshake(
+                    "the server closed the connection during the handshake".into(),
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(wsrpc_tls::connect_error(&e)),
+        }
+    }
+    Ok(tls)
+}
+
+/// Connects to `url` (`ws://host:port/path`, or `wss://` over TLS with the options'
+/// `rustls::ClientConfig` from [`TlsOptions::tls`](crate::TlsOptions::tls) or this build's
+/// default trust; and the options' fallbacks) and returns once
 /// the first WebSocket handshake succeeded, or why none did. Afterwards the client
 /// reconnects on its own when the connection drops (unless reconnecting is off), renewing
 /// its subscriptions.
 pub fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+    let settings = options.clone();
     let conn =
         ClientConnection::new(url, options, Box::new(crate::os_entropy()), crate::system_now())?;
     let (ready_tx, ready) = bounded(1);
-    let role = Connecting { ready: Some(ready_tx), finished: false };
+    let role = Connecting { options: settings, ready: Some(ready_tx), finished: false };
     let mut reactor = Reactor::new(role, None, None)
         .map_err(|e| ClientError::Connect(ConnectError::from_io(&e)))?;
-    let key = reactor.core_mut().insert(conn, None);
+    let key = reactor.core_mut().insert(conn, None, None);
     debug_assert_eq!(key, 0, "the client is its reactor's only connection");
     let mailbox = reactor.core_mut().mailbox().clone();
     thread::Builder::new()

@@ -55,12 +55,14 @@ mod pool;
 mod reactor;
 mod registration;
 mod server;
+mod tls_layer;
 
 pub use client::{Client, Subscription, connect};
 pub use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 pub use server::{Blocking, Server};
 pub use wsrpc_core::prelude::*;
 pub use wsrpc_core::{auth, hub, limit, metrics, ws};
+pub use wsrpc_tls::{self as tls, TlsOptions};
 
 /// Both clocks of the operating system.
 fn system_now() -> wsrpc_core::Now {

@@ -20,6 +20,7 @@ use wsrpc_core::rpc::CallId;
 use wsrpc_core::rpc::client::ConnectError;
 
 use crate::pool::Job;
+use crate::tls_layer::{Fed, TlsLayer};
 
 /// The listener's key in the poller (connections use their slot index).
 const LISTENER: usize = usize::MAX - 1;
@@ -43,7 +44,7 @@ pub(crate) enum Message<C> {
         key: usize,
         generation: u64,
         attempt: Attempt,
-        result: Result<TcpStream, ConnectError>,
+        result: Result<(TcpStream, Option<Box<TlsLayer>>), ConnectError>,
     },
     /// Something for the role (a client's command, a server's shutdown).
     Role(C),
@@ -117,11 +118,16 @@ pub(crate) trait Role: Sized + Send + 'static {
         log::trace!(target: "wsrpc::rpc", "{event:?}");
     }
 
-    /// A connection was accepted: the endpoint to serve it with, or `None` to drop it.
-    fn accept(&mut self, now: Now) -> Option<Self::Conn> {
+    /// A connection was accepted: the endpoint to serve it with and its TLS layer (for a
+    /// TLS port), or `None` to drop it.
+    fn accept(&mut self, now: Now) -> Option<(Self::Conn, Option<Box<TlsLayer>>)> {
         let _ = now;
         None
     }
+
+    /// A connection's TLS failed before it was served: plain text on a TLS port, a refused
+    /// or stalled handshake.
+    fn tls_failed(&mut self) {}
 
     /// Connection `key` asks for a transport to `target`; the result comes back as
     /// [`Message::Connected`].
@@ -161,6 +167,8 @@ struct Slot<E, C> {
     conn: E,
     generation: u64,
     stream: Option<TcpStream>,
+    /// Between the socket and the endpoint, for a TLS transport.
+    tls: Option<Box<TlsLayer>>,
     waker: Arc<ConnWaker<C>>,
     /// Input the connection could not take yet (back-pressure).
     leftover: Vec<u8>,
@@ -196,7 +204,12 @@ impl<R: Role> Core<R> {
 
     /// Adds a connection (on `stream`, or without one yet for a client); it is served in
     /// this turn.
-    pub(crate) fn insert(&mut self, mut conn: R::Conn, stream: Option<TcpStream>) -> usize {
+    pub(crate) fn insert(
+        &mut self,
+        mut conn: R::Conn,
+        stream: Option<TcpStream>,
+        tls: Option<Box<TlsLayer>>,
+    ) -> usize {
         let key = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -214,6 +227,7 @@ impl<R: Role> Core<R> {
             conn,
             generation,
             stream,
+            tls,
             waker,
             leftover: Vec::new(),
             eof: false,
@@ -367,8 +381,8 @@ impl<R: Role> Reactor<R> {
                         log::debug!(target: "wsrpc::http", "cannot configure an accepted socket: {e}");
                         continue;
                     }
-                    if let Some(conn) = self.role.accept(now) {
-                        self.core.insert(conn, Some(stream));
+                    if let Some((conn, tls)) = self.role.accept(now) {
+                        self.core.insert(conn, Some(stream), tls);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -438,13 +452,14 @@ impl<R: Role> Reactor<R> {
             Message::Connected { key, generation, attempt, result } => {
                 let Some(slot) = self.live(key, generation) else { return };
                 match result {
-                    Ok(stream) => {
+                    Ok((stream, tls)) => {
                         if let Err(e) = stream.set_nonblocking(true) {
                             let e = ConnectError::from_io(&e);
                             slot.conn.handle(now, Input::ConnectFailed(attempt, e));
                         } else {
                             let _ = stream.set_nodelay(true);
                             slot.stream = Some(stream);
+                            slot.tls = tls;
                             slot.registered = false;
                             slot.conn.handle(now, Input::Connected(attempt));
                         }
@@ -467,11 +482,15 @@ impl<R: Role> Reactor<R> {
         if writable {
             slot.write_blocked = false;
         }
-        if readable || !slot.leftover.is_empty() {
-            read(slot, read_buf, now);
+        if (readable || !slot.leftover.is_empty()) && read(slot, read_buf, now) {
+            self.role.tls_failed();
         }
         let mut io = Io { key, poller, mailbox, pool: pool.as_ref(), role: &mut self.role };
         let Some(deadline) = io.drain(slot, now) else {
+            if slot.tls.as_ref().is_some_and(|t| t.stalled()) {
+                log::debug!(target: "wsrpc::http", "TLS handshake cut off conn={key}");
+                self.role.tls_failed();
+            }
             return self.core.remove(&mut self.role, key);
         };
         if slot.deadline != deadline {
@@ -485,7 +504,8 @@ impl<R: Role> Reactor<R> {
         }
         let Some(stream) = &slot.stream else { return };
         let want_read = !slot.eof && slot.leftover.is_empty() && slot.conn.wants_read();
-        let want_write = slot.write_blocked && !slot.write_closed;
+        let tls_pending = slot.tls.as_ref().is_some_and(|t| t.wants_write());
+        let want_write = slot.write_blocked && (!slot.write_closed || tls_pending);
         let interest = Event::new(key, want_read, want_write);
         // Oneshot mode: a delivered event disarms the socket; arm what is wanted now.
         let armed = if slot.registered {
@@ -504,16 +524,18 @@ impl<R: Role> Reactor<R> {
     }
 }
 
-/// Reads one chunk (or offers the input kept back) to a connection that wants it.
-fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) {
+/// Reads one chunk (or offers the input kept back) to a connection that wants it; true when
+/// its TLS failed before it was served (plain text on a TLS port, a refused handshake).
+fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> bool {
     if !slot.conn.wants_read() {
-        return;
+        return false;
     }
     if !slot.leftover.is_empty() {
         let pending = std::mem::take(&mut slot.leftover);
-        return feed(slot, now, &pending);
+        feed(&mut slot.conn, &mut slot.leftover, now, &pending);
+        return false;
     }
-    let Some(mut stream) = slot.stream.as_ref().filter(|_| !slot.eof) else { return };
+    let Some(mut stream) = slot.stream.as_ref().filter(|_| !slot.eof) else { return false };
     if buf.is_empty() {
         buf.resize(READ_CHUNK, 0);
     }
@@ -522,7 +544,37 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) {
             slot.eof = true;
             slot.conn.handle(now, Input::Eof);
         }
-        Ok(n) => feed(slot, now, &buf[..n]),
+        Ok(n) => match slot.tls.as_mut() {
+            None => feed(&mut slot.conn, &mut slot.leftover, now, &buf[..n]),
+            Some(tls) => {
+                let handshaking = tls.is_handshaking();
+                let (conn, leftover) = (&mut slot.conn, &mut slot.leftover);
+                let fed = tls.input(stream, &buf[..n], |plain| {
+                    // Once input waits, the rest of it queues behind, in order.
+                    if leftover.is_empty() {
+                        feed(conn, leftover, now, plain);
+                    } else {
+                        leftover.extend_from_slice(plain);
+                    }
+                });
+                match fed {
+                    Fed::Ok => {}
+                    Fed::Refused => {
+                        log::debug!(target: "wsrpc::http", "plain text on the TLS port; answered 400");
+                        return true;
+                    }
+                    Fed::Failed(e) => {
+                        log::debug!(target: "wsrpc::http", "TLS failed: {e}");
+                        // The alert rustls queued, if the socket takes it.
+                        let _ = tls.flush(stream);
+                        slot.eof = true;
+                        slot.conn.handle(now, Input::Broken);
+                        // Failures after the handshake are the connection's end, not a refusal.
+                        return handshaking;
+                    }
+                }
+            }
+        },
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
         Err(e) => {
             log::trace!(target: "wsrpc::ws", "read failed: {e}");
@@ -530,18 +582,19 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) {
             slot.conn.handle(now, Input::Broken);
         }
     }
+    false
 }
 
 /// Feeds `data`; what the connection does not take yet waits in `leftover`.
-fn feed<E: Endpoint, C>(slot: &mut Slot<E, C>, now: Now, mut data: &[u8]) {
+fn feed<E: Endpoint>(conn: &mut E, leftover: &mut Vec<u8>, now: Now, mut data: &[u8]) {
     while !data.is_empty() {
-        let used = slot.conn.handle(now, Input::Bytes(data));
+        let used = conn.handle(now, Input::Bytes(data));
         if used == 0 {
             break;
         }
         data = &data[used..];
     }
-    slot.leftover.extend_from_slice(data);
+    leftover.extend_from_slice(data);
 }
 
 /// What draining a connection's output needs from the reactor.
@@ -598,7 +651,22 @@ impl<R: Role> Io<'_, R> {
                     }
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let n = tx.slices(&mut slices);
-                    match stream.write_vectored(&slices[..n]) {
+                    let result = match slot.tls.as_mut() {
+                        None => stream.write_vectored(&slices[..n]),
+                        // Plaintext into rustls, then its records to the socket; nothing is
+                        // taken while earlier records still wait for the socket.
+                        Some(tls) => match tls.flush(stream) {
+                            Ok(true) => match tls.write(&slices[..n]) {
+                                // rustls's buffer is full (plaintext held during a handshake).
+                                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                                Ok(taken) => tls.flush(stream).map(|_| taken),
+                                Err(e) => Err(e),
+                            },
+                            Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match result {
                         Ok(0) => {
                             slot.conn.handle(now, Input::Broken);
                         }
@@ -619,13 +687,47 @@ impl<R: Role> Io<'_, R> {
                 }
                 Output::ShutdownWrite => {
                     if let Some(stream) = &slot.stream {
-                        let _ = stream.shutdown(Shutdown::Write);
+                        match slot.tls.as_mut() {
+                            // close_notify first; the half-close follows once it is out.
+                            Some(tls) => {
+                                tls.close();
+                                if let Ok(false) = tls.flush(stream) {
+                                    slot.write_blocked = true;
+                                }
+                            }
+                            None => {
+                                let _ = stream.shutdown(Shutdown::Write);
+                            }
+                        }
                     }
                     slot.write_closed = true;
                 }
                 Output::CloseTransport => self.close_transport(slot),
-                Output::Finished => return None,
-                Output::Wait(deadline) => return Some(deadline),
+                Output::Finished => {
+                    // Best effort: the last records (a response, close_notify) if the socket
+                    // takes them now.
+                    if let (Some(tls), Some(stream)) = (slot.tls.as_mut(), slot.stream.as_ref()) {
+                        let _ = tls.flush(stream);
+                    }
+                    return None;
+                }
+                Output::Wait(deadline) => {
+                    // Records rustls produced on its own (handshake flights, alerts), or
+                    // left from a write that blocked.
+                    if let (Some(tls), Some(stream)) = (slot.tls.as_mut(), slot.stream.as_ref()) {
+                        match tls.flush(stream) {
+                            Ok(true) => {}
+                            Ok(false) => slot.write_blocked = true,
+                            Err(e) => {
+                                log::trace!(target: "wsrpc::ws", "write failed: {e}");
+                                slot.eof = true;
+                                slot.conn.handle(now, Input::Broken);
+                                continue;
+                            }
+                        }
+                    }
+                    return Some(deadline);
+                }
                 other => log::warn!(target: "wsrpc::rpc", "unexpected output {other:?}"),
             }
         }
@@ -637,6 +739,7 @@ impl<R: Role> Io<'_, R> {
                 let _ = self.poller.delete(&stream);
             }
         }
+        slot.tls = None;
         slot.registered = false;
         slot.eof = false;
         slot.write_closed = false;

@@ -1,17 +1,20 @@
 //! The server: the [`Launch`] for [`ServerBuilder`], its I/O threads and graceful shutdown.
 
 use std::net::TcpListener;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use wsrpc_core::Now;
 use wsrpc_core::engine::{Endpoint, Input, ServerConnection};
+use wsrpc_core::metrics::ErrorKind;
 use wsrpc_core::service::{Launch, Running, ServerBuilder, Service, StartError};
+use wsrpc_tls::ServerConfig;
 
 use crate::SystemClock;
 use crate::pool::WorkerPool;
 use crate::reactor::{Core, Mailbox, Message, Reactor, Role};
+use crate::tls_layer::TlsLayer;
 
 /// Stack of an I/O thread. Synchronous handlers run on it, inside the core's dispatch: a
 /// handler taking `serde_json::Value` params nested to serde_json's limit (128) needs about
@@ -77,9 +80,14 @@ impl Live {
     }
 }
 
+/// The TLS configuration new connections get; `None` serves plain TCP. Swapped by
+/// [`Server::set_tls`] while the server runs.
+type TlsSwitch = Arc<RwLock<Option<Arc<ServerConfig>>>>;
+
 /// The server role of an I/O thread.
 struct Serving {
     service: Arc<Service>,
+    tls: TlsSwitch,
     live: Arc<Live>,
     shutting_down: bool,
     exit: bool,
@@ -106,12 +114,27 @@ impl Role for Serving {
         }
     }
 
-    fn accept(&mut self, now: Now) -> Option<ServerConnection> {
+    fn accept(&mut self, now: Now) -> Option<(ServerConnection, Option<Box<TlsLayer>>)> {
         if self.shutting_down {
             return None;
         }
+        // Read per connection, so a renewed certificate applies to the next one.
+        let config = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tls = match config.map(TlsLayer::server).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                log::warn!(target: "wsrpc::http", "cannot start TLS for a connection: {e}");
+                return None;
+            }
+        };
         self.live.enter();
-        Some(ServerConnection::new(self.service.clone(), now))
+        // The connection's handshake deadline runs from now: it covers the TLS handshake,
+        // during which no request bytes reach it.
+        Some((ServerConnection::new(self.service.clone(), now), tls))
+    }
+
+    fn tls_failed(&mut self) {
+        self.service.metrics().record_error(ErrorKind::Handshake);
     }
 
     fn finished(&mut self, _key: usize) {
@@ -125,8 +148,10 @@ impl Role for Serving {
 
 impl Launch for Blocking {
     type Output = Result<Server, StartError>;
+    type Tls = Arc<ServerConfig>;
 
     fn launch(builder: ServerBuilder<Self>) -> Result<Server, StartError> {
+        let tls: TlsSwitch = Arc::new(RwLock::new(builder.tls_config().cloned()));
         let parts = builder.into_parts(crate::system_now(), Some(Box::new(SystemClock)))?;
         let service = parts.service;
         let listener = parts.bind.first_available(TcpListener::bind)?;
@@ -138,6 +163,7 @@ impl Launch for Blocking {
         for i in 0..parts.threads.io {
             let role = Serving {
                 service: service.clone(),
+                tls: tls.clone(),
                 live: live.clone(),
                 shutting_down: false,
                 exit: false,
@@ -154,7 +180,7 @@ impl Launch for Blocking {
         }
         log::info!(target: "wsrpc::http", "listening addr={local_addr}");
         let running = Running::new(service, local_addr, Instant::now);
-        Ok(Server { running, live, mailboxes, threads, pool: Some(pool) })
+        Ok(Server { running, live, mailboxes, threads, pool: Some(pool), tls })
     }
 }
 
@@ -169,6 +195,7 @@ pub struct Server {
     mailboxes: Vec<Mailbox<Control>>,
     threads: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool>,
+    tls: TlsSwitch,
 }
 
 impl std::fmt::Debug for Server {
@@ -184,6 +211,18 @@ impl Server {
     /// A builder: router, configuration, where to listen; then `.start()`.
     pub fn builder() -> ServerBuilder<Blocking> {
         ServerBuilder::new()
+    }
+
+    /// Serves connections accepted from now on with `config` (a renewed certificate, say);
+    /// connections already open keep theirs. False, and nothing changes, when the server
+    /// was started without TLS.
+    pub fn set_tls(&self, config: impl Into<Arc<ServerConfig>>) -> bool {
+        let mut current = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            return false;
+        }
+        *current = Some(config.into());
+        true
     }
 
     /// Connections being served (WebSocket and HTTP).

@@ -5,8 +5,9 @@
 //! connection on an accepted stream, and the reconnecting [`Client`], which opens its own
 //! transports through a connector. A [`Runtime`] supplies spawning, timers and the clocks;
 //! with the `async-io` feature, [`net`] has the TCP listener and connector both runtimes
-//! use. [`serve_messages`] runs the JSON-RPC session over whole text messages you bring
-//! (say, an async-tungstenite `WebSocketStream`).
+//! use, and [`tls`] puts `futures-rustls` on them (`wss://` clients, TLS ports).
+//! [`serve_messages`] runs the JSON-RPC session over whole text messages you bring (say, an
+//! async-tungstenite `WebSocketStream`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,12 +22,15 @@ mod messages;
 #[cfg(feature = "async-io")]
 pub mod net;
 mod server;
+#[cfg(feature = "async-io")]
+pub mod tls;
 
 pub use client::{Client, Subscription};
 pub use drive::Connector;
 pub use messages::serve_messages;
 pub use server::ServerHandle;
 pub use wsrpc_core;
+pub use wsrpc_tls::{self, TlsOptions};
 
 /// A boxed `Send` future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -1,11 +1,11 @@
 //! TCP on the async-io reactor, shared by `wsrpc-smol` and `wsrpc-async-std`: the listener
-//! (an address, or the first free port of a range), the accept loop, and the client
-//! connector.
+//! (an address, or the first free port of a range), the accept loop (plain or TLS, see
+//! [`crate::tls`]), and the client connector.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -14,12 +14,20 @@ use atomic_waker::AtomicWaker;
 use wsrpc_core::engine::Target;
 use wsrpc_core::rpc::client::{ClientError, ClientOptions, ConnectError};
 use wsrpc_core::service::{Bind, Launch, ServerBuilder, Service, StartError};
+use wsrpc_tls::ServerConfig;
 
 use crate::server::{Registry, ServerHandle, serve_connection};
+use crate::tls::{ClientStream, TlsSwitch, connect_stream, serve_tls};
 use crate::{BoxFuture, Runtime};
 
-/// Binds per `bind` and serves `service` on `rt` until the handle shuts it down.
-fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<ServerHandle> {
+/// Binds per `bind` and serves `service` on `rt` until the handle shuts it down; TLS while
+/// `tls` holds a configuration.
+fn start<R: Runtime>(
+    rt: R,
+    service: Arc<Service>,
+    bind: &Bind,
+    tls: TlsSwitch,
+) -> io::Result<ServerHandle> {
     let listener = bind.first_available(TcpListener::bind)?;
     let local_addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
@@ -34,6 +42,7 @@ fn start<R: Runtime>(rt: R, service: Arc<Service>, bind: &Bind) -> io::Result<Se
         registry.clone(),
         stop.clone(),
         waker.clone(),
+        tls,
     )));
     Ok(ServerHandle::new(service, local_addr, registry, stop, waker))
 }
@@ -45,6 +54,7 @@ async fn accept_loop(
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
     waker: Arc<AtomicWaker>,
+    tls: TlsSwitch,
 ) {
     loop {
         let next = std::future::poll_fn(|cx| {
@@ -70,13 +80,25 @@ async fn accept_loop(
             None => break,
             Some(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                // Read per connection, so a renewed certificate applies to the next one.
+                let config = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
                 match Async::new(stream) {
-                    Ok(stream) => rt.spawn(Box::pin(serve_connection(
-                        rt.clone(),
-                        service.clone(),
-                        TcpConn::new(stream),
-                        registry.clone(),
-                    ))),
+                    Ok(stream) => match config {
+                        None => rt.spawn(Box::pin(serve_connection(
+                            rt.clone(),
+                            service.clone(),
+                            TcpConn::new(stream),
+                            registry.clone(),
+                            rt.now(),
+                        ))),
+                        Some(config) => rt.spawn(Box::pin(serve_tls(
+                            rt.clone(),
+                            service.clone(),
+                            TcpConn::new(stream),
+                            registry.clone(),
+                            config,
+                        ))),
+                    },
                     Err(e) => log::warn!(target: "wsrpc::http", "cannot register connection: {e}"),
                 }
             }
@@ -135,6 +157,11 @@ impl TcpConn {
     /// The underlying stream.
     pub fn get_ref(&self) -> &TcpStream {
         self.io.get_ref()
+    }
+
+    /// Reads without consuming (the TLS port's first-byte sniff).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.peek(buf).await
     }
 }
 
@@ -206,6 +233,7 @@ impl futures_io::AsyncWrite for TcpConn {
 pub struct Server<R: Runtime> {
     handle: ServerHandle,
     rt: R,
+    tls: TlsSwitch,
 }
 
 impl<R: Runtime + Default> Server<R> {
@@ -218,6 +246,18 @@ impl<R: Runtime + Default> Server<R> {
     /// 1001, drop what is left after `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
         self.handle.shutdown(&self.rt, deadline).await;
+    }
+
+    /// Serves connections accepted from now on with `config` (a renewed certificate, say);
+    /// connections already open keep theirs. False, and nothing changes, when the server
+    /// was started without TLS.
+    pub fn set_tls(&self, config: impl Into<Arc<ServerConfig>>) -> bool {
+        let mut current = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            return false;
+        }
+        *current = Some(config.into());
+        true
     }
 }
 
@@ -236,12 +276,14 @@ pub struct Launcher<R>(std::marker::PhantomData<fn() -> R>);
 
 impl<R: Runtime + Default> Launch for Launcher<R> {
     type Output = Result<Server<R>, StartError>;
+    type Tls = Arc<ServerConfig>;
 
     fn launch(builder: ServerBuilder<Self>) -> Result<Server<R>, StartError> {
         let rt = R::default();
+        let tls: TlsSwitch = Arc::new(RwLock::new(builder.tls_config().cloned()));
         let parts = builder.into_parts(rt.now(), Some(Box::new(crate::SystemClock)))?;
-        let handle = start(rt.clone(), parts.service, &parts.bind)?;
-        Ok(Server { handle, rt })
+        let handle = start(rt.clone(), parts.service, &parts.bind, tls.clone())?;
+        Ok(Server { handle, rt, tls })
     }
 }
 
@@ -256,18 +298,15 @@ impl<R: Runtime> Server<R> {
     }
 }
 
-/// Connects a client on runtime `R` over async-io TCP to `url` (`ws://host:port/path`).
+/// Connects a client on runtime `R` over async-io TCP to `url` (`ws://host:port/path`, or
+/// `wss://` over TLS with the options' `rustls::ClientConfig` or this build's default
+/// trust).
 pub async fn connect_client<R: Runtime + Default>(
     url: &str,
     options: ClientOptions,
 ) -> Result<crate::Client, ClientError> {
-    let connector: crate::Connector<TcpConn> = Arc::new(|t: &Target| {
-        if t.is_tls() {
-            let why = format!("{}: wss:// needs TLS, which this build lacks", t.url());
-            return Box::pin(std::future::ready(Err(ConnectError::Unsupported(why))))
-                as BoxFuture<_>;
-        }
-        connect_tcp(t)
-    });
+    let settings = options.clone();
+    let connector: crate::Connector<ClientStream> =
+        Arc::new(move |t: &Target| connect_stream(t, &settings));
     crate::Client::connect(R::default(), connector, url, options).await
 }

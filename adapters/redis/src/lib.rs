@@ -154,7 +154,7 @@ pub trait RedisExt: Sized {
     fn redis_with(self, options: RedisOptions) -> Self;
 }
 
-impl<L> RedisExt for ServerBuilder<L> {
+impl<L: wsrpc_core::service::Launch> RedisExt for ServerBuilder<L> {
     fn redis_with(self, options: RedisOptions) -> Self {
         self.broker(RedisDriver::lenient(options))
     }

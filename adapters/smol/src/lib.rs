@@ -23,8 +23,10 @@ use std::time::Instant;
 
 pub use wsrpc_core::prelude::*;
 pub use wsrpc_core::{auth, hub, limit, metrics, ws};
+pub use wsrpc_futures::tls::ClientStream;
+pub use wsrpc_futures::wsrpc_tls as tls;
 use wsrpc_futures::{BoxFuture, Runtime, net};
-pub use wsrpc_futures::{Client, Subscription};
+pub use wsrpc_futures::{Client, Subscription, TlsOptions};
 
 /// The smol runtime: `smol::spawn`, `smol::unblock` and `smol::Timer`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,7 +55,8 @@ pub type Server = net::Server<SmolRuntime>;
 /// Starts servers on smol (the `Launch` of [`Server::builder`]).
 pub type Smol = net::Launcher<SmolRuntime>;
 
-/// Connects a client to `url` (`ws://host:port/path`).
+/// Connects a client to `url` (`ws://host:port/path`, or `wss://` over TLS: the options'
+/// `rustls::ClientConfig` given with [`TlsOptions::tls`], else this build's default trust).
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
     net::connect_client::<SmolRuntime>(url, options).await
 }

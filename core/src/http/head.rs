@@ -93,11 +93,14 @@ impl HeadBuffer {
     /// hello on a plain port), instead of waiting for a blank line that never comes. Only the
     /// first bytes are checked, so byte-at-a-time input costs little.
     pub fn check_request_prefix(&self) -> Result<(), HandshakeError> {
-        if self.buf.is_empty() || self.buf.len() > PREFIX_CHECKED {
+        if self.buf.is_empty() {
             return Ok(());
         }
+        // Only the prefix: a TLS hello arrives in one chunk far longer than it, and must
+        // still be refused at once.
+        let prefix = &self.buf[..self.buf.len().min(PREFIX_CHECKED)];
         let mut headers = [httparse::EMPTY_HEADER; 0];
-        match httparse::Request::new(&mut headers).parse(&self.buf) {
+        match httparse::Request::new(&mut headers).parse(prefix) {
             Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
             Err(e) => Err(HandshakeError::Malformed(e.to_string())),
         }

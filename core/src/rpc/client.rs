@@ -45,6 +45,9 @@ pub enum ConnectError {
     Unreachable,
     /// The transport layer cannot reach this kind of URL (say `wss://` without TLS support).
     Unsupported(String),
+    /// The TLS handshake of a `wss://` connection failed (the server's certificate was
+    /// refused, or the two ends could not agree); never retried on its own.
+    Tls(TlsError),
     /// Another I/O failure.
     Io {
         /// Its kind.
@@ -75,10 +78,47 @@ impl fmt::Display for ConnectError {
             Self::Dns(why) => write!(f, "name resolution failed: {why}"),
             Self::Unreachable => f.write_str("host or network unreachable"),
             Self::Unsupported(what) => write!(f, "not supported by this transport: {what}"),
+            Self::Tls(e) => write!(f, "TLS: {e}"),
             Self::Io { message, .. } => f.write_str(message),
         }
     }
 }
+
+/// Why a TLS handshake failed, as the adapter's TLS library reported it (the core itself has
+/// no TLS; adapters map their library's errors onto these kinds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The server's certificate does not chain to a trusted root (a self-signed certificate,
+    /// or a private CA the client was not given).
+    UnknownIssuer,
+    /// The server's certificate (or one in its chain) has expired or is not valid yet.
+    Expired,
+    /// The server's certificate is not for the host name connected to.
+    NameMismatch,
+    /// The server's certificate was revoked.
+    Revoked,
+    /// The server's certificate was refused for another reason (what the verifier said).
+    BadCertificate(String),
+    /// The handshake failed otherwise: no common protocol version or cipher suite, an alert
+    /// from the server, or a peer that does not speak TLS (what the library said).
+    Handshake(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownIssuer => f.write_str("certificate issued by an unknown authority"),
+            Self::Expired => f.write_str("certificate expired or not yet valid"),
+            Self::NameMismatch => f.write_str("certificate is not valid for this host name"),
+            Self::Revoked => f.write_str("certificate revoked"),
+            Self::BadCertificate(why) => write!(f, "certificate refused: {why}"),
+            Self::Handshake(why) => write!(f, "handshake failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
 
 /// Why a client operation failed. Match on it; the text is for people.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +167,14 @@ impl ClientError {
         }
     }
 
+    /// The TLS failure of a `wss://` connect.
+    pub fn tls(&self) -> Option<&TlsError> {
+        match self {
+            Self::Connect(ConnectError::Tls(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether trying again later can succeed (refusals for bad credentials or a foreign
     /// origin cannot).
     pub fn is_transient(&self) -> bool {
@@ -134,6 +182,9 @@ impl ClientError {
             Self::Rejected { status } => matches!(status, 408 | 429 | 500..=599),
             Self::InvalidUrl(_) | Self::Handshake(_) | Self::Decode(_) | Self::Closed => false,
             Self::Connect(ConnectError::Unsupported(_)) => false,
+            // A refused certificate or a protocol mismatch does not fix itself; a reset during
+            // the handshake is an I/O error, which stays transient.
+            Self::Connect(ConnectError::Tls(_)) => false,
             _ => true,
         }
     }
@@ -266,9 +317,39 @@ impl Default for ClientConfig {
     }
 }
 
+/// Settings for the adapter's transport that the core does not interpret (a TLS client
+/// configuration), at most one value per type. Adapters fill it through typed setters of
+/// their own (`TlsOptions::tls`) and read it back by type, so the core names no TLS library.
+#[derive(Clone, Default)]
+pub struct TransportSettings {
+    entries: Vec<(std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>)>,
+}
+
+impl fmt::Debug for TransportSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportSettings").field("entries", &self.entries.len()).finish()
+    }
+}
+
+impl TransportSettings {
+    /// Stores `value`, replacing a value of the same type.
+    pub fn insert<T: std::any::Any + Send + Sync>(&mut self, value: T) {
+        let id = std::any::TypeId::of::<T>();
+        self.entries.retain(|(t, _)| *t != id);
+        self.entries.push((id, Arc::new(value)));
+    }
+
+    /// The value of type `T`, if one was stored.
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        let id = std::any::TypeId::of::<T>();
+        self.entries.iter().find(|(t, _)| *t == id).and_then(|(_, v)| v.downcast_ref())
+    }
+}
+
 /// How to reach the server and behave; built with its setters.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
+    transport: TransportSettings,
     config: ClientConfig,
     ws: ws::Config,
     headers: Vec<(String, String)>,
@@ -327,6 +408,18 @@ impl ClientOptions {
     pub fn fallback(mut self, url: impl Into<String>) -> Self {
         self.fallbacks.push(url.into());
         self
+    }
+
+    /// Stores a setting for the adapter's transport (one per type). Applications use the
+    /// adapters' typed setters instead (`TlsOptions::tls` for a `rustls::ClientConfig`).
+    pub fn transport_setting<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        self.transport.insert(value);
+        self
+    }
+
+    /// The adapter's transport settings.
+    pub fn transport_settings(&self) -> &TransportSettings {
+        &self.transport
     }
 
     /// The session configuration.
