@@ -583,6 +583,16 @@ fn a_first_connect_tries_every_url_before_failing() {
     net.settle();
     assert_eq!(net.connects.len(), 2);
     assert_eq!(net.failed(), Some(&ClientError::Connect(ConnectError::TimedOut)));
+    // A refusal that retrying cannot fix is not the other server's answer.
+    let mut net = Net::with(
+        unlimited(),
+        "ws://a.example:8766/",
+        ClientOptions::default().fallback("ws://b.example:8766/"),
+    );
+    let bad = ConnectError::Unsupported("a transport this build lacks".into());
+    net.listener("ws://a.example:8766/", Listener::Fail(bad));
+    net.settle();
+    assert!(net.client.is_connected(), "the fallback answered");
 }
 
 #[test]

@@ -334,8 +334,9 @@ impl<C: Channels> ClientConnection<C> {
         let n = self.targets.len();
         self.next = (self.next + 1) % n;
         if !self.up_once {
-            // The first connection: try every URL once before giving up.
-            if self.failures < n && error.is_transient() {
+            // The first connection: try every URL once before giving up (another server may
+            // take what this one refused).
+            if self.failures < n {
                 self.link = Link::Idle { at: now.mono };
                 return;
             }
