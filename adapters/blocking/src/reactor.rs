@@ -527,12 +527,7 @@ impl<R: Role> Reactor<R> {
 /// Reads one chunk (or offers the input kept back) to a connection that wants it; true when
 /// its TLS failed before it was served (plain text on a TLS port, a refused handshake).
 fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> bool {
-    if !slot.conn.wants_read() {
-        return false;
-    }
-    if !slot.leftover.is_empty() {
-        let pending = std::mem::take(&mut slot.leftover);
-        feed(&mut slot.conn, &mut slot.leftover, now, &pending);
+    if !slot.conn.wants_read() || slot.conn.feed_kept(now, &mut slot.leftover) {
         return false;
     }
     let Some(mut stream) = slot.stream.as_ref().filter(|_| !slot.eof) else { return false };
@@ -545,14 +540,14 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> b
             slot.conn.handle(now, Input::Eof);
         }
         Ok(n) => match slot.tls.as_mut() {
-            None => feed(&mut slot.conn, &mut slot.leftover, now, &buf[..n]),
+            None => slot.conn.feed(now, &buf[..n], &mut slot.leftover),
             Some(tls) => {
                 let handshaking = tls.is_handshaking();
                 let (conn, leftover) = (&mut slot.conn, &mut slot.leftover);
                 let fed = tls.input(stream, &buf[..n], |plain| {
                     // Once input waits, the rest of it queues behind, in order.
                     if leftover.is_empty() {
-                        feed(conn, leftover, now, plain);
+                        conn.feed(now, plain, leftover);
                     } else {
                         leftover.extend_from_slice(plain);
                     }
@@ -583,18 +578,6 @@ fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> b
         }
     }
     false
-}
-
-/// Feeds `data`; what the connection does not take yet waits in `leftover`.
-fn feed<E: Endpoint>(conn: &mut E, leftover: &mut Vec<u8>, now: Now, mut data: &[u8]) {
-    while !data.is_empty() {
-        let used = conn.handle(now, Input::Bytes(data));
-        if used == 0 {
-            break;
-        }
-        data = &data[used..];
-    }
-    leftover.extend_from_slice(data);
 }
 
 /// What draining a connection's output needs from the reactor.

@@ -137,9 +137,7 @@ where
         if !self.conn.wants_read() {
             return false;
         }
-        if !self.leftover.is_empty() {
-            let pending = std::mem::take(&mut self.leftover);
-            feed(&mut self.conn, &mut self.leftover, now, &pending);
+        if self.conn.feed_kept(now, &mut self.leftover) {
             return true;
         }
         let Self { stream, conn, leftover, eof, .. } = self;
@@ -151,7 +149,7 @@ where
                 Some(Err(true))
             }
             Poll::Ready(Ok(n)) => {
-                feed(conn, leftover, now, &buf[..n]);
+                conn.feed(now, &buf[..n], leftover);
                 Some(Ok(()))
             }
             Poll::Pending => None,
@@ -208,8 +206,10 @@ where
                             self.eof = true;
                             self.conn.handle(now, Input::Broken);
                         }
-                        // Dropped without advancing: the next output is further on.
-                        Poll::Pending => {}
+                        // Dropped without advancing: the stream wakes this task once it is
+                        // writable, and the next drain offers the bytes again. Not progress,
+                        // or a task whose peer reads nothing would spin.
+                        Poll::Pending => continue,
                     }
                 }
                 Output::ShutdownWrite => self.closing_write = true,
@@ -263,18 +263,6 @@ where
     }
 }
 
-/// Feeds `data` to `conn`; what it does not take yet waits in `leftover`.
-fn feed<E: Endpoint>(conn: &mut E, leftover: &mut Vec<u8>, now: Now, mut data: &[u8]) {
-    while !data.is_empty() {
-        let used = conn.handle(now, Input::Bytes(data));
-        if used == 0 {
-            break;
-        }
-        data = &data[used..];
-    }
-    leftover.extend_from_slice(data);
-}
-
 impl<R, E, S, O> Future for Driver<R, E, S, O>
 where
     R: Runtime,
@@ -302,5 +290,116 @@ where
         // Still busy: let other tasks run, then continue.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use wsrpc_core::engine::ServerConnection;
+    use wsrpc_core::rpc::Router;
+    use wsrpc_core::service::{Service, ServiceConfig};
+
+    use super::*;
+
+    /// A runtime that runs nothing: the test polls the driver by hand.
+    #[derive(Clone)]
+    struct Idle;
+
+    impl Runtime for Idle {
+        fn spawn(&self, _: BoxFuture<()>) {}
+        fn spawn_blocking(&self, _: Box<dyn FnOnce() + Send + 'static>) {}
+        fn timer(&self, _: Instant) -> BoxFuture<()> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A peer that sends `input` once, then nothing, and never takes a byte.
+    struct Stuck {
+        input: Option<Vec<u8>>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Stuck {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.input.take() {
+                Some(data) => {
+                    buf[..data.len()].copy_from_slice(&data);
+                    Poll::Ready(Ok(data.len()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct NoOutside;
+
+    impl Outside<ServerConnection> for NoOutside {
+        fn feed(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &mut ServerConnection,
+            _: Now,
+        ) -> Result<bool, ()> {
+            Ok(false)
+        }
+    }
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_transport_that_takes_nothing_parks_the_task_instead_of_spinning() {
+        let service = Service::new(ServiceConfig::default(), Router::new(), crate::system_now());
+        let writes = Arc::new(AtomicUsize::new(0));
+        let request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let stream = Stuck { input: Some(request), writes: writes.clone() };
+        let conn = ServerConnection::new(service, crate::system_now());
+        let mut driver = Driver::new(Idle, conn, NoOutside, Some(stream), None);
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        // The response could not be written: the task waits for the stream to wake it.
+        assert!(
+            writes.load(Ordering::Relaxed) <= 2,
+            "{} writes tried",
+            writes.load(Ordering::Relaxed)
+        );
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "the task did not wake itself");
+        // Woken (the stream is writable, say), it offers the bytes again, once.
+        let before = writes.load(Ordering::Relaxed);
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        assert_eq!(writes.load(Ordering::Relaxed), before + 1);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0);
     }
 }

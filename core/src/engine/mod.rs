@@ -245,6 +245,31 @@ pub trait Endpoint: Send {
 
     /// Wakes `waker` when work arrives from another thread (then [`Input::Wakeup`]).
     fn set_waker(&mut self, waker: &Waker);
+
+    /// Feeds `data` read at `now` as [`Input::Bytes`] until it is all taken or the
+    /// connection takes no more; what it does not take yet is appended to `leftover`, to be
+    /// offered again once [`wants_read`](Self::wants_read).
+    fn feed(&mut self, now: Now, mut data: &[u8], leftover: &mut Vec<u8>) {
+        while !data.is_empty() {
+            let used = self.handle(now, Input::Bytes(data));
+            if used == 0 {
+                break;
+            }
+            data = &data[used..];
+        }
+        leftover.extend_from_slice(data);
+    }
+
+    /// Offers the input kept in `leftover` again when the connection wants to read; true when
+    /// there was some to offer (what it still does not take stays in `leftover`).
+    fn feed_kept(&mut self, now: Now, leftover: &mut Vec<u8>) -> bool {
+        if leftover.is_empty() || !self.wants_read() {
+            return false;
+        }
+        let kept = std::mem::take(leftover);
+        self.feed(now, &kept, leftover);
+        true
+    }
 }
 
 /// How long a peer may take no bytes at all while output waits before it is given up: as
