@@ -25,13 +25,13 @@ pub const DEFAULT_ASSEMBLY_BUDGET: u64 = 256 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RpcConfig {
-    /// Most entries in a batch [100].
+    /// Most entries in a batch \[100\].
     pub max_batch: usize,
     /// Largest request message [10 MiB].
     pub max_request_size: usize,
     /// Largest single response [10 MiB]; larger results become an error.
     pub max_response_size: usize,
-    /// Async calls in flight per connection before -32005 [64].
+    /// Async calls in flight per connection before -32005 \[64\].
     pub max_inflight_async: usize,
 }
 
@@ -50,16 +50,16 @@ impl Default for RpcConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HttpConfig {
-    /// Path of the JSON-RPC endpoint, for POST and for the WebSocket upgrade [`/`]. Upgrades
+    /// Path of the JSON-RPC endpoint, for POST and for the WebSocket upgrade \[`/`\]. Upgrades
     /// are accepted on any path.
     pub rpc_path: String,
-    /// Path of the JSON health document [`/health`].
+    /// Path of the JSON health document \[`/health`\].
     pub health_path: String,
-    /// Path of the Prometheus exposition [`/metrics`].
+    /// Path of the Prometheus exposition \[`/metrics`\].
     pub metrics_path: String,
     /// Keep an idle HTTP connection open this long between requests [30 s].
     pub keep_alive_timeout: Duration,
-    /// Fixed `GET` answers for exact paths (a demo page, its script) [none].
+    /// Fixed `GET` answers for exact paths (a demo page, its script) \[none\].
     pub routes: Vec<crate::http::StaticRoute>,
 }
 
@@ -96,11 +96,11 @@ pub struct ServiceConfig {
     /// Rate tokens.
     pub limits: LimitConfig,
     /// Origin policy [no Origin, or a loopback origin], authenticator [none: everyone is
-    /// anonymous] and whether anonymous requests are refused [no].
+    /// anonymous] and whether anonymous requests are refused \[no\].
     pub auth: AuthPolicy,
     /// HMAC-SHA256 message signing, off by default.
     pub signing: Option<MessageSigner>,
-    /// Most concurrent connections; beyond it new ones get HTTP 503 [1024].
+    /// Most concurrent connections; beyond it new ones get HTTP 503 \[1024\].
     pub max_connections: usize,
 }
 
@@ -512,9 +512,9 @@ pub struct ServerBuilder<L: Launch> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Threads {
-    /// Threads that read, run the core and write, each serving many connections [1].
+    /// Threads that read, run the core and write, each serving many connections \[1\].
     pub io: usize,
-    /// Threads that run async handlers and methods registered as blocking [4].
+    /// Threads that run async handlers and methods registered as blocking \[4\].
     pub workers: usize,
 }
 
@@ -668,21 +668,21 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// Measure how long synchronous handlers run with the adapter's clock [yes]; without it
+    /// Measure how long synchronous handlers run with the adapter's clock \[yes\]; without it
     /// their latency is recorded from the times passed in.
     pub fn measure_handlers(mut self, measure: bool) -> Self {
         self.measure_handlers = measure;
         self
     }
 
-    /// I/O threads of the blocking adapter [1]; each serves many connections.
+    /// I/O threads of the blocking adapter \[1\]; each serves many connections.
     pub fn io_threads(mut self, n: usize) -> Self {
         self.threads.io = n.max(1);
         self
     }
 
     /// Worker threads of the blocking adapter, for async handlers and methods registered as
-    /// blocking [4].
+    /// blocking \[4\].
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.threads.workers = n.max(1);
         self
@@ -766,7 +766,7 @@ impl<L: Launch> ServerBuilder<L> {
 
     /// Shares topics with other server instances through a broker, driven by `driver`
     /// (`wsrpc_redis::RedisExt::redis` sets a Redis one). Which topics is
-    /// `config.hub.bridge.topics` [all].
+    /// `config.hub.bridge.topics` \[all\].
     pub fn broker(mut self, driver: impl BrokerDriver) -> Self {
         self.broker = Some(Box::new(driver));
         self

@@ -4,29 +4,42 @@
 //! (`Router::async_method`) and methods registered with `Router::blocking_method` run on a
 //! small worker pool. The protocol is `wsrpc-core`.
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use wsrpc_blocking::{Router, Server, SubscriptionEvent, connect};
+//! A server with one method and a topic, and a client that calls it and subscribes:
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut router = Router::new();
-//! router.method("add", |(a, b): (i64, i64), _| Ok(a + b));
-//! let server = Server::builder().router(router).start()?;
-//!
-//! let client = connect(&format!("ws://{}", server.local_addr()), Default::default())?;
-//! let sum: i64 = client.call("add", (2, 3))?;
-//! assert_eq!(sum, 5);
-//!
-//! let news = client.subscribe("news")?;
-//! server.publish("news", "hello")?; // from any thread
-//! if let Some(SubscriptionEvent::Notification { seq, value }) = news.recv() {
-//!     println!("#{seq}: {}", value.get());
-//! }
-//!
-//! client.close();
-//! server.shutdown(Duration::from_secs(5));
-//! # Ok(()) }
 //! ```
+//! use std::time::Duration;
+//! use wsrpc_blocking::{ClientOptions, Router, Server, SubscriptionEvent, connect};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut router = Router::new();
+//!     router.method("add", |(a, b): (i64, i64), _ctx| Ok(a + b));
+//!     // Without `.bind(..)`: 127.0.0.1, the first free port of 8766..=8800.
+//!     let server = Server::builder().router(router).bind("127.0.0.1:0".parse()?).start()?;
+//!
+//!     let client = connect(&format!("ws://{}", server.local_addr()), ClientOptions::default())?;
+//!     let sum: i64 = client.call("add", (2, 3))?;
+//!     assert_eq!(sum, 5);
+//!
+//!     let news = client.subscribe("news")?;
+//!     server.publish("news", "hello")?; // from any thread
+//!     match news.recv_timeout(Duration::from_secs(5))? {
+//!         SubscriptionEvent::Notification { seq, value } => {
+//!             assert_eq!((seq, value.get()), (1, r#""hello""#));
+//!         }
+//!         other => panic!("expected the notification, got {other:?}"),
+//!     }
+//!
+//!     client.close(); // close 1000, so the server logs a clean close
+//!     server.shutdown(Duration::from_secs(5)); // 1001 to every peer left
+//!     Ok(())
+//! }
+//! ```
+//!
+//! [`Server`] is the running server, [`connect`] the client; everything else an application
+//! names (the [`Router`], [`ClientOptions`], [`ClientError`], the configuration) is
+//! re-exported from `wsrpc-core` at the top level, and the configuration layers as modules
+//! ([`auth`], [`hub`], [`limit`], [`metrics`], [`ws`]). TLS (`wss://`, `https://`) goes
+//! through [`tls`] and [`TlsOptions`]; see the cargo features in the README.
 //!
 //! # Threads
 //!

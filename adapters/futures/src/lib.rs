@@ -1,13 +1,60 @@
 //! The async drive loop of wsrpc over any `futures-io` stream, shared by `wsrpc-smol` and
-//! `wsrpc-async-std`.
+//! `wsrpc-async-std`. Use one of those for an application; use this crate to run wsrpc on
+//! another runtime, or over streams you accept or open yourself.
 //!
 //! One loop drives both kinds of [`Endpoint`](wsrpc_core::engine::Endpoint): a server
 //! connection on an accepted stream, and the reconnecting [`Client`], which opens its own
-//! transports through a connector. A [`Runtime`] supplies spawning, timers and the clocks;
-//! with the `async-io` feature, [`net`] has the TCP listener and connector both runtimes
-//! use, and [`tls`] puts `futures-rustls` on them (`wss://` clients, TLS ports).
-//! [`serve_messages`] runs the JSON-RPC session over whole text messages you bring (say, an
-//! async-tungstenite `WebSocketStream`).
+//! transports through a [`Connector`]. A [`Runtime`] supplies spawning, timers and the
+//! clocks; with the `async-io` feature (default), [`net`] has the TCP listener and connector
+//! both runtimes use, and [`tls`] puts `futures-rustls` on them (`wss://` clients, TLS
+//! ports). [`serve_messages`] runs the JSON-RPC session over whole text messages you bring
+//! (say, an async-tungstenite `WebSocketStream`).
+//!
+//! A runtime is three functions. Here is smol's, then a server and a client on it:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use wsrpc_futures::wsrpc_core::prelude::{ClientOptions, Router};
+//! use wsrpc_futures::{BoxFuture, Runtime, net};
+//!
+//! #[derive(Clone, Copy, Debug, Default)]
+//! struct Smol;
+//!
+//! impl Runtime for Smol {
+//!     fn spawn(&self, future: BoxFuture<()>) {
+//!         smol::spawn(future).detach();
+//!     }
+//!     fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+//!         smol::unblock(f).detach();
+//!     }
+//!     fn timer(&self, deadline: Instant) -> BoxFuture<()> {
+//!         Box::pin(async move {
+//!             smol::Timer::at(deadline).await;
+//!         })
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     smol::block_on(async {
+//!         let mut router = Router::new();
+//!         router.method("add", |(a, b): (i64, i64), _ctx| Ok(a + b));
+//!         let server =
+//!             net::Server::<Smol>::builder().router(router).bind("127.0.0.1:0".parse()?).start()?;
+//!
+//!         let url = format!("ws://{}", server.local_addr());
+//!         let client = net::connect_client::<Smol>(&url, ClientOptions::default()).await?;
+//!         let sum: i64 = client.call("add", (2, 3)).await?;
+//!         assert_eq!(sum, 5);
+//!
+//!         client.close().await;
+//!         server.shutdown(Duration::from_secs(5)).await;
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! Without the `async-io` feature, serve streams from your own listener with
+//! [`ServerHandle::serve`] and give [`Client::connect`] a [`Connector`] that opens them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -279,12 +279,23 @@ impl<R: Runtime + Default> Launch for Launcher<R> {
     type Tls = Arc<ServerConfig>;
 
     fn launch(builder: ServerBuilder<Self>) -> Result<Server<R>, StartError> {
-        let rt = R::default();
-        let tls: TlsSwitch = Arc::new(RwLock::new(builder.tls_config().cloned()));
-        let parts = builder.into_parts(rt.now(), Some(Box::new(crate::SystemClock)))?;
-        let handle = start(rt.clone(), parts.service, &parts.bind, tls.clone())?;
-        Ok(Server { handle, rt, tls })
+        launch(builder)
     }
+}
+
+/// Starts the server `builder` describes on runtime `R` with the async-io listener: what
+/// [`Launcher`] does, for an adapter whose own [`Launch`] wraps [`Server`] in its own type
+/// (`impl Launch for Smol { fn launch(b) { net::launch::<SmolRuntime, _>(b).map(Server) } }`).
+pub fn launch<R, L>(builder: ServerBuilder<L>) -> Result<Server<R>, StartError>
+where
+    R: Runtime + Default,
+    L: Launch<Tls = Arc<ServerConfig>>,
+{
+    let rt = R::default();
+    let tls: TlsSwitch = Arc::new(RwLock::new(builder.tls_config().cloned()));
+    let parts = builder.into_parts(rt.now(), Some(Box::new(crate::SystemClock)))?;
+    let handle = start(rt.clone(), parts.service, &parts.bind, tls.clone())?;
+    Ok(Server { handle, rt, tls })
 }
 
 impl<R: Runtime> Server<R> {

@@ -1,15 +1,46 @@
 //! Several wsrpc servers share topics through Redis (7.0 or later).
 //!
-//! ```no_run
-//! use wsrpc_redis::RedisExt;
+//! One builder call, [`RedisExt::redis`], gives a server's hub a broker: a message published
+//! on any instance reaches the subscribers of every instance, numbered by Redis so that all
+//! agree on `seq` and `epoch`, and a client that reconnects to another instance resumes with
+//! `since` from the topic's history in Redis. It works on every adapter (`wsrpc-smol`,
+//! `wsrpc-async-std`, `wsrpc-blocking`); here two smol instances and a client of one of them
+//! (this needs a Redis listening on 127.0.0.1:6379, so it is compiled but not run by the
+//! tests; `tests/tests/cluster.rs` runs the same with a real `redis-server`):
 //!
-//! let server = wsrpc_smol::Server::builder().redis("redis://127.0.0.1:6379").start();
+//! ```no_run
+//! use std::time::Duration;
+//! use wsrpc_redis::RedisExt;
+//! use wsrpc_smol::{ClientOptions, Server, SubscriptionEvent, connect};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     smol::block_on(async {
+//!         let redis = "redis://127.0.0.1:6379";
+//!         let a = Server::builder().bind("127.0.0.1:0".parse()?).redis(redis).start()?;
+//!         let b = Server::builder().bind("127.0.0.1:0".parse()?).redis(redis).start()?;
+//!
+//!         // A client of instance B hears what is published on instance A.
+//!         let client = connect(&format!("ws://{}", b.local_addr()), ClientOptions::default()).await?;
+//!         let mut prices = client.subscribe("prices").await?;
+//!         let at = a.publish("prices", &42)?.wait()?; // the number Redis gave it
+//!         match prices.next().await {
+//!             Some(SubscriptionEvent::Notification { seq, value }) => {
+//!                 assert_eq!((seq, value.get()), (at.seq, "42"));
+//!             }
+//!             other => panic!("expected the price, got {other:?}"),
+//!         }
+//!
+//!         client.close().await;
+//!         a.shutdown(Duration::from_secs(5)).await;
+//!         b.shutdown(Duration::from_secs(5)).await;
+//!         Ok(())
+//!     })
+//! }
 //! ```
 //!
-//! One builder call gives the hub a broker: a message published on any instance reaches the
-//! subscribers of every instance, numbered by Redis so that all agree on `seq` and `epoch`,
-//! and a client that reconnects to another instance resumes with `since` from the topic's
-//! history in Redis.
+//! [`RedisExt::redis_with`] takes [`RedisOptions`] (key prefix, TTLs, timeouts, probe,
+//! backoff); `ServiceConfig::hub.bridge.topics` chooses which topics are shared (all by
+//! default), the others stay local exactly as without Redis.
 //!
 //! # What is kept in Redis
 //!
@@ -68,7 +99,7 @@ pub use redis::RedisError;
 pub struct RedisOptions {
     /// `redis://[user:password@]host[:port][/db]`.
     pub url: String,
-    /// The first part of every key and channel name [`wsrpc`].
+    /// The first part of every key and channel name \[`wsrpc`\].
     pub prefix: String,
     /// How long a topic's history outlives its last publish [10 min]. The history's length
     /// is the hub's replay size (`HubConfig::replay_capacity`, 256 by default).
@@ -88,7 +119,7 @@ pub struct RedisOptions {
     pub backoff_min: Duration,
     /// The longest pause before reconnecting [2 s].
     pub backoff_max: Duration,
-    /// Most commands sent in one pipeline [512].
+    /// Most commands sent in one pipeline \[512\].
     pub max_pipeline: usize,
 }
 

@@ -3,6 +3,44 @@
 //! the core's `ClientOptions`, the mapping of rustls errors onto the core's typed
 //! [`TlsError`], and the first-byte sniff that tells a TLS hello from plain HTTP.
 //!
+//! Applications reach it as `tls` in their adapter (`wsrpc_smol::tls`,
+//! `wsrpc_blocking::tls`, …). A `wss://` server with a certificate loaded from PEM, and a
+//! client that trusts that certificate only (a private CA is given the same way):
+//!
+//! ```
+//! use std::time::Duration;
+//! use wsrpc_blocking::tls::{self, RootCertStore};
+//! use wsrpc_blocking::{ClientOptions, Router, Server, TlsOptions, connect};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Made here; an application loads its own with `tls::server_config_from_pem_files`.
+//!     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+//!     let (cert_pem, key_pem) = (made.cert.pem(), made.signing_key.serialize_pem());
+//!     let server_tls = tls::server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
+//!
+//!     let mut router = Router::new();
+//!     router.method("add", |(a, b): (i64, i64), _ctx| Ok(a + b));
+//!     let server =
+//!         Server::builder().router(router).bind("127.0.0.1:0".parse()?).tls(server_tls).start()?;
+//!
+//!     let mut roots = RootCertStore::empty();
+//!     roots.add(made.cert.der().clone())?;
+//!     let options = ClientOptions::default().tls(tls::client_config_with_roots(roots)?);
+//!     let client = connect(&format!("wss://{}", server.local_addr()), options)?;
+//!     let sum: i64 = client.call("add", (2, 3))?;
+//!     assert_eq!(sum, 5);
+//!
+//!     client.close();
+//!     server.shutdown(Duration::from_secs(5));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Without `.tls(..)` on the options, a client trusts what this build's feature says (the
+//! operating system's verifier by default). A certificate the client refuses is a typed
+//! `ClientError::Connect(ConnectError::Tls(TlsError::UnknownIssuer | Expired | ..))`, never
+//! retried.
+//!
 //! The core has no TLS; `wsrpc-futures` (through `futures-rustls`) and `wsrpc-blocking`
 //! (through rustls's own sans-IO `Connection`) use this crate, and each adapter forwards its
 //! features here:

@@ -44,7 +44,7 @@ use crate::metrics::{BrokerState, BrokerStats};
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BridgedTopics {
-    /// Every topic [default].
+    /// Every topic \[default\].
     #[default]
     All,
     /// Topics matching one of these patterns; the others stay local to the instance.
@@ -65,13 +65,13 @@ impl BridgedTopics {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BridgeConfig {
-    /// Which topics are shared through the broker [all].
+    /// Which topics are shared through the broker \[all\].
     pub topics: BridgedTopics,
     /// Publishes waiting for the broker's answer before further ones are refused
-    /// ([`PublishError::Backlog`]) [10,000].
+    /// ([`PublishError::Backlog`]) \[10,000\].
     pub max_in_flight: usize,
     /// Live messages held per topic while it is subscribed or read; beyond it they are dropped
-    /// and read from the broker's history afterwards [1,024].
+    /// and read from the broker's history afterwards \[1,024\].
     pub max_held: usize,
 }
 

@@ -88,20 +88,20 @@ impl SubscriptionMethods {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HubConfig {
-    /// Most subscriptions per connection [50].
+    /// Most subscriptions per connection \[50\].
     pub max_subscriptions: usize,
     /// Most subscriptions per connection to topics of one kind (the name up to `:`),
     /// e.g. `[("intent", 20), ("user", 10)]`.
     pub kind_limits: Vec<(String, usize)>,
     /// Who may subscribe to what; the first matching pattern decides, public otherwise.
     pub policies: Vec<(TopicPattern, TopicPolicy)>,
-    /// Messages kept per topic for resubscription with `since` [256].
+    /// Messages kept per topic for resubscription with `since` \[256\].
     pub replay_capacity: usize,
     /// Bounds of each connection's outbox [1024 messages, 4 MiB, drop oldest].
     pub outbox: OutboxLimits,
-    /// Longest topic name [128].
+    /// Longest topic name \[128\].
     pub max_topic_len: usize,
-    /// Topics kept [10,000]. A new topic beyond it evicts the one without subscribers idle
+    /// Topics kept \[10,000\]. A new topic beyond it evicts the one without subscribers idle
     /// longest (with its replay buffer); when every topic has subscribers, new topics are
     /// refused (subscribing answers -32005 `{"limit":"topics"}`, publishing reaches no one).
     pub max_topics: usize,

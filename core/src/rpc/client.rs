@@ -296,7 +296,7 @@ impl Backoff {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Calls sent and not yet answered; more wait in a queue [64].
+    /// Calls sent and not yet answered; more wait in a queue \[64\].
     pub max_in_flight: usize,
     /// Time a call may wait for its answer, queueing included [30 s].
     pub call_timeout: Duration,

@@ -36,7 +36,7 @@ pub struct Config {
     /// server's `Service` shares one of 256 MiB among its connections, and their HTTP
     /// request bodies, unless one is set].
     pub assembly_budget: Option<super::AssemblyBudget>,
-    /// permessage-deflate (RFC 7692) [off]: a server accepts offers and a client offers it
+    /// permessage-deflate (RFC 7692) \[off\]: a server accepts offers and a client offers it
     /// when set. Turn it on with [`enable_compression`](Self::enable_compression).
     pub compression: Option<super::DeflateConfig>,
 }

@@ -57,15 +57,15 @@ pub struct DeflateConfig {
     /// The client compresses each message on its own [true]. A server includes it in every
     /// answer; a client announces it in its offer.
     pub client_no_context_takeover: bool,
-    /// Largest LZ77 window, as a power of two, of the server's compressor [12]. A server
+    /// Largest LZ77 window, as a power of two, of the server's compressor \[12\]. A server
     /// compresses with at most this; a client asks for it when below 15. Values are clamped to
     /// 9..=15.
     pub server_max_window_bits: u8,
-    /// Largest window of the client's compressor [12]. A server asks a client that offers
+    /// Largest window of the client's compressor \[12\]. A server asks a client that offers
     /// `client_max_window_bits` for at most this; a client offers it and uses at most this.
     /// Values are clamped to 9..=15.
     pub client_max_window_bits: u8,
-    /// zlib compression level, 1 (fastest) to 9 (smallest) [1]; 0 stores.
+    /// zlib compression level, 1 (fastest) to 9 (smallest) \[1\]; 0 stores.
     pub level: u32,
     /// Messages shorter than this are sent uncompressed [128 bytes].
     pub min_size: usize,

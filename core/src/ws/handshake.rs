@@ -44,7 +44,7 @@ impl Upgrade {
     }
 
     /// The values of every `Sec-WebSocket-Extensions` line, in order, for
-    /// [`deflate::accept`](super::deflate::accept).
+    /// [`deflate::accept`].
     pub fn offered_extensions(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.request.headers.get_all("sec-websocket-extensions")
     }

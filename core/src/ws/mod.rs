@@ -1,5 +1,50 @@
 //! RFC 6455 WebSocket: handshake, frame codec, masking, UTF-8, message assembly, close and
 //! the connection state machine; permessage-deflate (RFC 7692).
+//!
+//! The server's connections ([`engine::ServerConnection`](crate::engine::ServerConnection))
+//! use this layer under JSON-RPC; [`Connection`] is also usable alone, as a bare WebSocket
+//! (the `echo` example that the Autobahn|Testsuite runs against).
+//!
+//! # Driving a connection
+//!
+//! Every state machine has the same four kinds of methods: `handle_*` takes input and `now`,
+//! `poll_*` gives output and is drained until it returns `None`, getters take `&self`, and
+//! commands (`send_*`, `close`) queue output. After every input, drain all three outputs:
+//!
+//! ```no_run
+//! # use std::io::{ErrorKind, Read, Write};
+//! # use std::time::{Duration, Instant};
+//! use wsrpc_core::ws::{Config, Connection, Event};
+//!
+//! # fn serve(mut sock: std::net::TcpStream) -> std::io::Result<()> {
+//! let mut conn = Connection::server(Config::default(), Instant::now());
+//! let (mut buf, mut shut) = (vec![0u8; 16 * 1024], false);
+//! while !conn.is_finished() {
+//!     while let Some(bytes) = conn.poll_transmit() {
+//!         let n = sock.write(bytes)?;
+//!         conn.advance_transmit(n);
+//!     }
+//!     if conn.wants_shutdown_write() && !std::mem::replace(&mut shut, true) {
+//!         sock.shutdown(std::net::Shutdown::Write)?; // lingering close: FIN, then read to EOF
+//!     }
+//!     let wait = conn.poll_timeout().map(|t| t.saturating_duration_since(Instant::now()));
+//!     sock.set_read_timeout(wait.map(|w| w.max(Duration::from_millis(1))))?;
+//!     let now = Instant::now();
+//!     match sock.read(&mut buf) {
+//!         Ok(0) => conn.handle_eof(now),
+//!         Ok(n) => conn.handle_all_input(now, &buf[..n], |conn, event| {
+//!             if let Event::Message(msg) = event {
+//!                 let _ = conn.send(now, msg); // echo
+//!             }
+//!         }),
+//!         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+//!         Err(e) => return Err(e),
+//!     }
+//!     conn.handle_timeout(Instant::now());
+//!     while let Some(_event) = conn.poll_event() {} // Closed, after a timer or end of file
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod budget;
 pub mod close;
