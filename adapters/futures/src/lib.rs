@@ -57,6 +57,7 @@
 //! [`ServerHandle::serve`] and give [`Client::connect`] a [`Connector`] that opens them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -67,9 +68,11 @@ mod completions;
 mod drive;
 mod messages;
 #[cfg(feature = "async-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-io")))]
 pub mod net;
 mod server;
 #[cfg(feature = "async-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-io")))]
 pub mod tls;
 
 pub use client::{Client, Subscription};
