@@ -84,14 +84,12 @@ fn demo(redis_url: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
             Ok(Some(Event::Notification { seq, value, .. })) => {
                 println!("  seq {seq}: {value} (from {})", if moved { "B" } else { "A" });
                 seqs.push(seq);
-                if seqs.len() == 25 {
-                    if let Some(a) = a.take() {
-                        println!("instance A goes away");
-                        // On its own thread: this one keeps reading (and answers A's close).
-                        std::thread::spawn(move || {
-                            smol::block_on(a.shutdown(Duration::from_secs(1)))
-                        });
-                    }
+                if seqs.len() == 25
+                    && let Some(a) = a.take()
+                {
+                    println!("instance A goes away");
+                    // On its own thread: this one keeps reading (and answers A's close).
+                    std::thread::spawn(move || smol::block_on(a.shutdown(Duration::from_secs(1))));
                 }
             }
             Ok(Some(other)) => println!("  {other:?}"),
