@@ -33,6 +33,9 @@ pub(crate) struct Spec {
     pub(crate) window_s: f64,
     /// The fan-out publisher's ack port.
     pub(crate) udp_port: u16,
+    /// Churn: the server echoes (its "call" is one echoed message).
+    #[serde(default)]
+    pub(crate) echo: bool,
 }
 
 /// What one client run measured; printed as one JSON line.
@@ -59,10 +62,13 @@ pub(crate) struct Report {
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_after_kib: u64,
     pub(crate) conns_ok: usize,
+    /// The round of the run (set by the orchestrator), to pair ours and a peer's per round.
+    #[serde(default)]
+    pub(crate) round: usize,
 }
 
 impl Report {
-    fn error(&mut self, e: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(e.to_string());
@@ -76,6 +82,7 @@ pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
     match spec.scenario.as_str() {
         "idle" => idle(spec),
         "calls" | "echo" | "fanout" => Load::new(spec)?.run(),
+        "churn" => crate::churn::run(spec),
         other => Err(io::Error::other(format!("unknown scenario {other}"))),
     }
 }

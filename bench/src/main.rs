@@ -2,7 +2,7 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|churn|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
@@ -10,6 +10,7 @@
 //! per run; servers alternate A B A B … for several rounds and the table shows medians.
 //! Server CPU per operation comes from `/proc/PID/stat` over the measured window.
 
+mod churn;
 mod client;
 mod report;
 mod runner;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|all> [--servers a,b,c] [--quick] [--json FILE]\n\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|churn|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]\n\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "all")) => {
+        Some(scenario @ ("echo" | "calls" | "fanout" | "idle" | "churn" | "all")) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
             while let Some(a) = it.next() {
@@ -83,6 +84,14 @@ fn main() -> ExitCode {
                         }
                         options.servers = Some(names);
                     }
+                    "--rounds" => {
+                        let Some(n) = it.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0)
+                        else {
+                            return usage();
+                        };
+                        options.rounds = n;
+                        options.rounds_given = true;
+                    }
                     "--json" => {
                         let Some(file) = it.next() else { return usage() };
                         options.json = Some(file.into());
@@ -95,7 +104,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle"]
+            let scenarios: Vec<&'static str> = ["echo", "calls", "fanout", "idle", "churn"]
                 .into_iter()
                 .filter(|s| scenario == "all" || *s == scenario)
                 .collect();

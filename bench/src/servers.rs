@@ -36,6 +36,12 @@ pub(crate) const ALL: &[&str] = &[
     "fastwebsockets",
 ];
 
+/// Whether `kind` is a WebSocket echo server (no JSON-RPC): for it a call is one echoed
+/// message.
+pub(crate) fn is_echo(kind: &str) -> bool {
+    matches!(kind, "wsrpc-echo" | "tokio-tungstenite" | "fastwebsockets")
+}
+
 /// The value published in the fan-out scenario.
 #[derive(Serialize)]
 struct Tick {
@@ -88,9 +94,14 @@ pub(crate) fn serve(kind: &str, fanout: bool) -> io::Result<()> {
             park_forever()
         }
         "wsrpc-blocking" => {
+            // One I/O thread for the one CPU the server is pinned to (the default, said here
+            // so the bench does not depend on it); `add` is synchronous, so the worker pool
+            // (for async and blocking handlers) stays idle and one worker is enough.
             let server = wsrpc_blocking::Server::builder()
                 .router(router())
                 .config(wsrpc_config())
+                .io_threads(1)
+                .worker_threads(1)
                 .bind(localhost())
                 .start()?;
             let server = Arc::new(server);
@@ -430,12 +441,13 @@ mod peers {
         );
         stream.write_all(response.as_bytes()).await
     }
+}
 
-    fn accept_key(key: &[u8]) -> String {
-        use base64::Engine;
-        let mut sha = sha1_smol::Sha1::new();
-        sha.update(key);
-        sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-        base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-    }
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2), for the hand-written handshakes.
+pub(crate) fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
