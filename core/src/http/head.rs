@@ -45,38 +45,56 @@ impl HeadBuffer {
     /// rest belongs to what follows the head), `Ok(None)` when all of `data` was taken and more
     /// is needed, and an error once the head outgrows `max_size`.
     pub fn push(&mut self, data: &[u8], max_size: usize) -> Result<Option<usize>, HandshakeError> {
-        for (i, &b) in data.iter().enumerate() {
-            let end = match (b, self.line_state) {
-                (b'\n', 1 | 2) => true,
-                (b'\n', _) => {
-                    self.line_state = 1;
-                    self.first_line_done = true;
-                    false
+        // Bytes at or after this index would take the head over `max_size`.
+        let limit = max_size.saturating_sub(self.buf.len());
+        let scan = &data[..data.len().min(limit)];
+        let mut i = 0;
+        while i < scan.len() {
+            if self.line_state == 0 {
+                // Inside a line only its LF matters: skip to it.
+                match scan[i..].iter().position(|&b| b == b'\n') {
+                    Some(at) => i += at,
+                    None => break,
                 }
-                (b'\r', 1) => {
-                    self.line_state = 2;
-                    false
-                }
-                _ => {
-                    self.line_state = 0;
-                    false
-                }
-            };
-            if self.buf.len() + i + 1 > max_size {
-                // Over the limit before the request line ended: the target is too long (414).
-                return Err(if self.first_line_done {
-                    HandshakeError::HeadersTooLarge
-                } else {
-                    HandshakeError::RequestLineTooLong
-                });
             }
-            if end {
+            if self.step(scan[i]) {
                 self.buf.extend_from_slice(&data[..=i]);
                 return Ok(Some(i + 1));
             }
+            i += 1;
+        }
+        if data.len() > limit {
+            // The first byte over the limit; over it before the request line ended, the
+            // target is too long (414).
+            self.step(data[limit]);
+            return Err(if self.first_line_done {
+                HandshakeError::HeadersTooLarge
+            } else {
+                HandshakeError::RequestLineTooLong
+            });
         }
         self.buf.extend_from_slice(data);
         Ok(None)
+    }
+
+    /// Moves the line state over one byte; true at the blank line that ends the head.
+    fn step(&mut self, b: u8) -> bool {
+        match (b, self.line_state) {
+            (b'\n', 1 | 2) => true,
+            (b'\n', _) => {
+                self.line_state = 1;
+                self.first_line_done = true;
+                false
+            }
+            (b'\r', 1) => {
+                self.line_state = 2;
+                false
+            }
+            _ => {
+                self.line_state = 0;
+                false
+            }
+        }
     }
 
     /// Bytes collected so far.
@@ -405,6 +423,75 @@ mod tests {
             assert!(req.headers.has_token("connection", "upgrade"));
             let protos: Vec<_> = req.headers.tokens("sec-websocket-protocol").collect();
             assert_eq!(protos, ["chat", "superchat", "v3"]);
+        }
+    }
+
+    /// The head scan byte by byte, as the specification of [`HeadBuffer::push`] (which
+    /// skips through lines).
+    fn push_bytewise(
+        state: &mut (usize, u8, bool),
+        data: &[u8],
+        max: usize,
+    ) -> Result<Option<usize>, HandshakeError> {
+        let (len, line, first_done) = state;
+        for (i, &b) in data.iter().enumerate() {
+            let end = match (b, *line) {
+                (b'\n', 1 | 2) => true,
+                (b'\n', _) => {
+                    *line = 1;
+                    *first_done = true;
+                    false
+                }
+                (b'\r', 1) => {
+                    *line = 2;
+                    false
+                }
+                _ => {
+                    *line = 0;
+                    false
+                }
+            };
+            if *len + i + 1 > max {
+                return Err(if *first_done {
+                    HandshakeError::HeadersTooLarge
+                } else {
+                    HandshakeError::RequestLineTooLong
+                });
+            }
+            if end {
+                *len += i + 1;
+                return Ok(Some(i + 1));
+            }
+        }
+        *len += data.len();
+        Ok(None)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_matches_the_bytewise_scan(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'a', b':', b' ']), 0..120),
+            cuts in proptest::collection::vec(1usize..20, 1..20),
+            max in 0usize..140,
+        ) {
+            let mut hb = HeadBuffer::new();
+            let mut spec = (0, 0, false);
+            let mut rest = &bytes[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+                let got = hb.push(piece, max);
+                let want = push_bytewise(&mut spec, piece, max);
+                proptest::prop_assert_eq!(&got, &want);
+                if !matches!(got, Ok(None)) {
+                    break;
+                }
+                proptest::prop_assert_eq!(hb.len(), spec.0);
+                rest = tail;
+            }
         }
     }
 
