@@ -127,7 +127,7 @@ impl Churn<'_> {
         let start = Instant::now();
         let warmup = Duration::from_secs_f64(self.spec.warmup_s);
         let window = Duration::from_secs_f64(self.spec.window_s);
-        let (mut cpu0, mut own0, mut t0) = (0.0, 0.0, Instant::now());
+        let (mut cpu0, mut own0, mut t0) = ((0.0, 0.0), 0.0, Instant::now());
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
         loop {
@@ -157,7 +157,7 @@ impl Churn<'_> {
                 }
             }
             if !self.in_window && now >= start + warmup {
-                cpu0 = sys::cpu_seconds(self.spec.server_pid)?;
+                cpu0 = sys::cpu_times(self.spec.server_pid)?;
                 own0 = sys::own_cpu_seconds();
                 t0 = Instant::now();
                 self.in_window = true;
@@ -166,10 +166,11 @@ impl Churn<'_> {
                     w.done = 0;
                 }
             } else if self.in_window && now >= t0 + window {
-                let cpu1 = sys::cpu_seconds(self.spec.server_pid)?;
+                let cpu1 = sys::cpu_times(self.spec.server_pid)?;
                 self.report.window_s = t0.elapsed().as_secs_f64();
                 self.report.client_cpu_s = sys::own_cpu_seconds() - own0;
-                self.report.server_cpu_s = cpu1 - cpu0;
+                self.report.server_user_s = cpu1.0 - cpu0.0;
+                self.report.server_cpu_s = (cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1);
                 break;
             }
         }
@@ -393,6 +394,7 @@ impl Churn<'_> {
         let w = &mut self.workers[index];
         // Dropping the stream closes it (and takes it out of the epoll set).
         w.stream = None;
+        self.report.ops_total += 1;
         if self.in_window {
             w.done += 1;
             self.latencies_ns.push(w.started.elapsed().as_nanos() as u64);

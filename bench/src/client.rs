@@ -45,6 +45,9 @@ pub(crate) struct Report {
     pub(crate) ops: u64,
     pub(crate) window_s: f64,
     pub(crate) server_cpu_s: f64,
+    /// The user-space part of `server_cpu_s` (the rest is the kernel's).
+    #[serde(default)]
+    pub(crate) server_user_s: f64,
     pub(crate) client_cpu_s: f64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
@@ -62,6 +65,10 @@ pub(crate) struct Report {
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_after_kib: u64,
     pub(crate) conns_ok: usize,
+    /// Churn: cycles completed over the whole run, warm-up included (for profiles that count
+    /// the server's work over its whole life).
+    #[serde(default)]
+    pub(crate) ops_total: u64,
     /// The round of the run (set by the orchestrator), to pair ours and a peer's per round.
     #[serde(default)]
     pub(crate) round: usize,

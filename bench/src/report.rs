@@ -230,6 +230,16 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                 if scenario != "idle" {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
                 }
+                if scenario == "churn" {
+                    let per_op = |f: fn(&Report) -> f64| {
+                        median(rs.iter().map(|r| f(r) * 1e6 / r.ops as f64).collect())
+                    };
+                    let user = per_op(|r| r.server_user_s);
+                    let kernel = per_op(|r| r.server_cpu_s - r.server_user_s);
+                    cells.push(format!(
+                        "server CPU per cycle: user {user:.1} µs + kernel {kernel:.1} µs"
+                    ));
+                }
                 if scenario == "fanout" {
                     let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
                     let lagged: u64 = rs.iter().map(|r| r.lagged).sum();
