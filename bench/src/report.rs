@@ -133,8 +133,10 @@ pub(crate) struct Row {
     pub(crate) unit: String,
     /// Ours/peer, inverted for lower-is-better metrics so that higher is always better.
     pub(crate) ratio: Option<f64>,
-    /// The same ratio per round (ours and the peer of the same round), lowest and highest.
+    /// The same ratio per round (ours and the peer of the same round): lowest, median,
+    /// highest.
     pub(crate) ratio_min: Option<f64>,
+    pub(crate) ratio_median: Option<f64>,
     pub(crate) ratio_max: Option<f64>,
 }
 
@@ -143,16 +145,18 @@ fn ratio_of(metric: &Metric, ours: f64, peer: f64) -> f64 {
     if metric.higher_is_better { ours / peer } else { peer / ours }
 }
 
-/// The ratio in each round where both ran: (lowest, highest).
+/// The ratio in each round where both ran: (lowest, median, highest).
 fn round_ratios(
     results: &Results,
     case: &str,
     ours: &str,
     peer: &str,
     metric: &Metric,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let get = |s: &str| results.get(&(case.to_string(), s.to_string()));
-    let (Some(a), Some(b)) = (get(ours), get(peer)) else { return (f64::NAN, f64::NAN) };
+    let (Some(a), Some(b)) = (get(ours), get(peer)) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
     let per_round: Vec<f64> = a
         .iter()
         .filter_map(|x| {
@@ -160,7 +164,8 @@ fn round_ratios(
             Some(ratio_of(metric, (metric.get)(x), (metric.get)(y)))
         })
         .collect();
-    spread(&per_round)
+    let (lo, hi) = spread(&per_round);
+    (lo, median(per_round), hi)
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -181,7 +186,7 @@ pub(crate) fn rows(
                 for &peer in peers {
                     let peer_value = median(values(results, &case.name, peer, &metric));
                     let ratio = ratio_of(&metric, value, peer_value);
-                    let (lo, hi) = round_ratios(results, &case.name, server, peer, &metric);
+                    let (lo, mid, hi) = round_ratios(results, &case.name, server, peer, &metric);
                     rows.push(Row {
                         scenario: scenario.into(),
                         case: case.name.clone(),
@@ -193,6 +198,7 @@ pub(crate) fn rows(
                         unit: metric.unit.into(),
                         ratio: finite(ratio),
                         ratio_min: finite(lo),
+                        ratio_median: finite(mid),
                         ratio_max: finite(hi),
                     });
                 }
@@ -315,7 +321,7 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n## Ours vs peers (medians of {} rounds{}{}; ratio = ours/peer, inverted for lower-is-better metrics, so > 1 means ours is better; per round = lowest–highest ratio of ours and the peer in the same round)\n",
+        "\n## Ours vs peers (medians of {} rounds{}{}; ratio = ours/peer, inverted for lower-is-better metrics, so > 1 means ours is better; per round = median [lowest–highest] of the ratio of ours and the peer in the same round)\n",
         options.rounds,
         if options.rounds_for("churn") != options.rounds {
             format!(" ({} for churn)", options.rounds_for("churn"))
@@ -331,8 +337,8 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
     let _ = writeln!(t, "|---|---|---|---|---:|---|---:|---:|---:|");
     for r in rows {
         let ratio = r.ratio.map_or_else(|| "—".into(), |x| format!("{x:.2}"));
-        let per_round = match (r.ratio_min, r.ratio_max) {
-            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}"),
+        let per_round = match (r.ratio_min, r.ratio_median, r.ratio_max) {
+            (Some(lo), Some(mid), Some(hi)) => format!("{mid:.2} [{lo:.2}–{hi:.2}]"),
             _ => "—".into(),
         };
         let _ = writeln!(
