@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
 use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -144,10 +145,22 @@ struct Http {
     state: Drained,
 }
 
+/// The peer address adapters report for a local client.
+fn loopback_peer() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 50_000)))
+}
+
 impl Http {
+    /// A connection from a loopback peer, as from a local client.
     fn new(service: &Arc<Service>) -> Self {
+        Self::from_peer(service, loopback_peer())
+    }
+
+    /// A connection from `peer` (`None`: an address the adapter does not know).
+    fn from_peer(service: &Arc<Service>, peer: Option<SocketAddr>) -> Self {
         let now = start();
-        Self { conn: ServerConnection::new(service.clone(), now), now, state: Drained::default() }
+        let conn = ServerConnection::with_peer(service.clone(), now, peer);
+        Self { conn, now, state: Drained::default() }
     }
 
     /// Feeds `bytes` (consuming all, running handler work) and returns the output so far.
