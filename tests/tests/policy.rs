@@ -175,13 +175,21 @@ pub fn metrics_are_for_loopback_clients<A: Adapter>() {
     server.shutdown(Duration::from_secs(1));
 }
 
+/// Holds a server's answer to the client's close frame: `seen` is signalled when the close
+/// arrived, and the answer is written once `release` is.
+struct Gate {
+    seen: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
 /// Accepts one WebSocket on `listener` and reads until it closes: its close code, and
 /// whether both close frames were exchanged.
-fn serve_one_until_closed(listener: TcpListener) -> (CloseCode, bool) {
+fn serve_one_until_closed(listener: TcpListener, mut gate: Option<Gate>) -> (CloseCode, bool) {
     let (mut sock, _) = listener.accept().unwrap();
     let mut conn = ws::Connection::server(ws::Config::default(), Instant::now());
     let mut buf = vec![0u8; 16 * 1024];
     let end = Instant::now() + LONG;
+    let mut closed = None;
     loop {
         assert!(Instant::now() < end, "the client neither closed nor went away");
         while let Some(bytes) = conn.poll_transmit() {
@@ -189,31 +197,69 @@ fn serve_one_until_closed(listener: TcpListener) -> (CloseCode, bool) {
             conn.advance_transmit(n);
         }
         while let Some(event) = conn.poll_event() {
-            if let Event::Closed(closed) = event {
-                return (closed.code, closed.clean);
+            if let Event::Closed(c) = event {
+                closed = Some(c);
             }
+        }
+        if let Some(c) = closed {
+            return (c.code, c.clean);
         }
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let now = Instant::now();
+        let mut take = |_: &mut ws::Connection, event| {
+            if let Event::Closed(c) = event {
+                closed = Some(c);
+            }
+        };
         match sock.read(&mut buf) {
-            Ok(0) | Err(_) if conn.is_finished() => {}
             Ok(0) => conn.handle_eof(now),
-            Ok(n) => conn.handle_all_input(now, &buf[..n], |_, _| {}),
+            Ok(n) => conn.handle_all_input(now, &buf[..n], &mut take),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => conn.handle_eof(now),
         }
         conn.handle_timeout(Instant::now());
+        if !conn.is_open() && !conn.is_handshaking() {
+            if let Some(gate) = gate.take() {
+                gate.seen.send(()).unwrap();
+                gate.release.recv().unwrap();
+            }
+        }
     }
 }
 
 pub fn a_client_dropped_without_close_closes_with_1000<A: Adapter>() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
-    let server = std::thread::spawn(move || serve_one_until_closed(listener));
+    let server = std::thread::spawn(move || serve_one_until_closed(listener, None));
     let client = A::connect(&url, ClientOptions::default()).expect("connects");
     drop(client);
     let (code, clean) = server.join().expect("the server side ends");
     assert_eq!((code, clean), (CloseCode::NORMAL, true));
+}
+
+/// A blocking client's last drop returns only once the close handshake is done, so a
+/// program that drops it and exits still closes cleanly.
+#[test]
+fn a_dropped_blocking_client_waits_for_the_close_handshake() {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let ((seen, seen_rx), (release_tx, release)) = (channel(), channel());
+    let gate = Gate { seen, release };
+    let server = std::thread::spawn(move || serve_one_until_closed(listener, Some(gate)));
+    let client = wsrpc_blocking::connect(&url, ClientOptions::default()).expect("connects");
+    let (dropped_tx, dropped) = channel();
+    let dropper = std::thread::spawn(move || {
+        drop(client);
+        dropped_tx.send(()).unwrap();
+    });
+    seen_rx.recv_timeout(LONG).expect("the close frame arrives");
+    // The server holds its answer: the drop is still waiting for it.
+    assert_eq!(dropped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+    release_tx.send(()).unwrap();
+    assert_ne!(dropped.recv_timeout(LONG), Err(RecvTimeoutError::Timeout));
+    dropper.join().unwrap();
+    assert_eq!(server.join().unwrap(), (CloseCode::NORMAL, true));
 }
 
 macro_rules! policy_tests {
