@@ -399,7 +399,10 @@ fn a_trusted_proxy_names_the_client_the_policy_judges() {
     assert_eq!(get_from(&svc, proxy, "/metrics", forged).status, 403);
     // The proxy's own request, and a local client it forwards.
     assert_eq!(get_from(&svc, proxy, "/metrics", "").status, 200);
-    assert_eq!(get_from(&svc, peer("10.0.0.2:80"), "/metrics", "X-Forwarded-For: ::1\r\n").status, 200);
+    assert_eq!(
+        get_from(&svc, peer("10.0.0.2:80"), "/metrics", "X-Forwarded-For: ::1\r\n").status,
+        200
+    );
     // An untrusted peer's header is ignored: its own address is judged.
     let remote = peer("198.51.100.7:5000");
     assert_eq!(get_from(&svc, remote, "/metrics", "X-Forwarded-For: 127.0.0.1\r\n").status, 403);

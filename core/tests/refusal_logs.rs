@@ -82,7 +82,11 @@ fn refusals_are_logged_at_info_with_peer_connection_and_reason() {
     };
     // A foreign origin: the auth layer's refusal.
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    exchange(&service, "198.51.100.7:4001", &upgrade(&format!("{key}Origin: https://evil.example\r\n")));
+    exchange(
+        &service,
+        "198.51.100.7:4001",
+        &upgrade(&format!("{key}Origin: https://evil.example\r\n")),
+    );
     let (level, message) = logged("wsrpc::auth", &["peer=198.51.100.7:4001", "status=403"]);
     assert_eq!(level, Level::Info);
     assert!(message.contains("conn=") && message.contains("reason=\""), "{message}");
