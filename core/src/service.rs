@@ -63,7 +63,7 @@ pub struct HttpConfig {
     /// Fixed `GET` answers for exact paths (a demo page, its script) [none].
     pub routes: Vec<crate::http::StaticRoute>,
     /// Who may read the details of `health_path` and `metrics_path` (and `rpc.metrics`)
-    /// [[`MonitoringAccess::Restricted`]].
+    /// [`Restricted`: loopback clients, or authenticated ones under `require_auth`].
     pub monitoring: MonitoringAccess,
 }
 

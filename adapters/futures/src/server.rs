@@ -189,7 +189,9 @@ impl ServerHandle {
 
     /// Serves a stream you accepted yourself (a Unix socket, a TLS stream of your own
     /// acceptor) as one more connection of this server: same limits, metrics and shutdown.
-    /// The stream's `poll_close` should half-close (send FIN) when it can.
+    /// The stream's `poll_close` should half-close (send FIN) when it can. Its peer address is
+    /// unknown to the server: no per-address rate limit applies, and it is not a loopback
+    /// client for `/metrics` (see `MonitoringAccess`).
     pub fn serve<R: Runtime, S>(&self, rt: &R, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
