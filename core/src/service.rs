@@ -63,7 +63,7 @@ pub struct HttpConfig {
     /// Fixed `GET` answers for exact paths (a demo page, its script) [none].
     pub routes: Vec<crate::http::StaticRoute>,
     /// Who may read the details of `health_path` and `metrics_path` (and `rpc.metrics`)
-    /// [`Restricted`: loopback clients, or authenticated ones under `require_auth`].
+    /// (default `Restricted`: loopback clients, or authenticated ones under `require_auth`).
     pub monitoring: MonitoringAccess,
 }
 
@@ -814,9 +814,9 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client [none]:
-    /// the address per-address rate limits, the loopback check of `/metrics` and the refusal
-    /// logs use.
+    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client (none
+    /// by default): the address per-address rate limits, the loopback check of `/metrics` and
+    /// the refusal logs use.
     pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.config.limits.trusted_proxies = proxies;
         self

@@ -188,9 +188,10 @@ impl Launch for Blocking {
     }
 }
 
-/// A running server: graceful shutdown here; its address, service, `publish` and `metrics`
-/// through [`Running`], which it dereferences to. `Send + Sync`, so it can be shared
-/// (`&Server`, `Arc<Server>`) with the threads that publish.
+/// A running server: graceful shutdown here; its address, service, `publish`, `publisher`
+/// and `metrics` through [`Running`], which it dereferences to. Give threads that publish a
+/// `server.publisher()` (`Send + Sync + Clone`), or share the server itself (`&Server`,
+/// `Arc<Server>`).
 ///
 /// Dropping it shuts it down like [`shutdown`](Self::shutdown) with a deadline of 250 ms.
 pub struct Server {

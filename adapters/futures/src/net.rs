@@ -230,7 +230,7 @@ impl futures_io::AsyncWrite for TcpConn {
 }
 
 /// A running server on runtime `R` (what `wsrpc_smol::Server` and `wsrpc_async_std::Server`
-/// are). Derefs to [`ServerHandle`] for `local_addr`, `publish`, `metrics`, `connections`.
+/// are). Derefs to [`ServerHandle`] for `local_addr`, `publish`, `publisher`, `metrics`, `connections`.
 #[derive(Debug)]
 pub struct Server<R: Runtime> {
     handle: ServerHandle,

@@ -47,8 +47,8 @@ pub struct LimitConfig {
     /// the TCP peer, or the address [`trusted_proxies`](Self::trusted_proxies) forwarded. IPv6
     /// clients are keyed by their /64.
     pub per_address: bool,
-    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client
-    /// [none: the TCP peer is the client]. The client address this gives is also what the
+    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client (none
+    /// by default: the TCP peer is the client). The client address this gives is also what the
     /// loopback check of `/metrics` and the refusal logs use.
     pub trusted_proxies: TrustedProxies,
     /// Limit every incoming message of a connection, whatever it contains.
