@@ -182,11 +182,11 @@ pub(crate) fn serve(
             if !wsrpc_examples::cluster::wait_until_up(server.service(), Duration::from_secs(10)) {
                 return Err(io::Error::other(format!("Redis at {url} is not reachable")));
             }
-            let service = server.service().clone();
+            let publisher = server.publisher();
             // Redis numbers each message and sends it back to both instances for delivery;
             // the publisher does not wait for that (its ticket is dropped).
             start_publisher(udp.as_ref(), publishing, rows, move |topic, t| {
-                let _ = service.publish(topic, t);
+                let _ = publisher.publish(topic, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
             park_forever()
