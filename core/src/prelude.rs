@@ -9,5 +9,6 @@ pub use crate::rpc::client::{
 };
 pub use crate::rpc::{CallContext, ConnectionId, Params, Router, RouterError, RpcError, Transport};
 pub use crate::service::{
-    Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,
+    Bind, HttpConfig, MonitoringAccess, Publisher, RpcConfig, ServerBuilder, ServiceConfig,
+    StartError, Threads,
 };

@@ -80,7 +80,8 @@ impl Runtime for AsyncStdRuntime {
 
 /// A running server on async-std: start it with [`Server::builder`]`()…`[`start`](ServerBuilder::start)`()?`,
 /// then [`local_addr`](wsrpc_core::service::Running::local_addr),
-/// [`publish`](wsrpc_core::service::Running::publish) (from any thread),
+/// [`publish`](wsrpc_core::service::Running::publish),
+/// [`publisher`](wsrpc_core::service::Running::publisher) (a cloneable handle for other threads),
 /// [`metrics`](wsrpc_core::service::Running::metrics), [`serve`](net::Server::serve) (a
 /// stream you accepted yourself), [`set_tls`](net::Server::set_tls) (a renewed certificate),
 /// and [`shutdown`](Self::shutdown)`(deadline).await`.

@@ -127,10 +127,14 @@ pub(crate) trait Role: Sized + Send + 'static {
         log::trace!(target: "wsrpc::rpc", "{event:?}");
     }
 
-    /// A connection was accepted: the endpoint to serve it with and its TLS layer (for a
-    /// TLS port), or `None` to drop it.
-    fn accept(&mut self, now: Now) -> Option<(Self::Conn, Option<Box<TlsLayer>>)> {
-        let _ = now;
+    /// A connection from `peer` was accepted: the endpoint to serve it with and its TLS
+    /// layer (for a TLS port), or `None` to drop it.
+    fn accept(
+        &mut self,
+        now: Now,
+        peer: std::net::SocketAddr,
+    ) -> Option<(Self::Conn, Option<Box<TlsLayer>>)> {
+        let _ = (now, peer);
         None
     }
 
@@ -406,13 +410,13 @@ impl<R: Role> Reactor<R> {
         let now = crate::system_now();
         while let Some(listener) = &self.core.listener {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if let Err(e) = stream.set_nonblocking(true) {
                         log::debug!(target: "wsrpc::http", "cannot configure an accepted socket: {e}");
                         continue;
                     }
-                    if let Some((conn, tls)) = self.role.accept(now) {
+                    if let Some((conn, tls)) = self.role.accept(now, peer) {
                         self.core.insert(conn, Some(stream), tls);
                     }
                 }

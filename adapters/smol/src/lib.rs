@@ -75,7 +75,8 @@ impl Runtime for SmolRuntime {
 }
 
 /// A running server on smol: start it with [`Server::builder`]`()…`[`start`](ServerBuilder::start)`()?`,
-/// then [`local_addr`](wsrpc_core::service::Running::local_addr), [`publish`](wsrpc_core::service::Running::publish) (from any thread),
+/// then [`local_addr`](wsrpc_core::service::Running::local_addr), [`publish`](wsrpc_core::service::Running::publish),
+/// [`publisher`](wsrpc_core::service::Running::publisher) (a cloneable handle for other threads),
 /// [`metrics`](wsrpc_core::service::Running::metrics), [`serve`](net::Server::serve) (a stream you accepted
 /// yourself), [`set_tls`](net::Server::set_tls) (a renewed certificate), and
 /// [`shutdown`](Self::shutdown)`(deadline).await`.
