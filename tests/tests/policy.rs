@@ -218,11 +218,12 @@ fn serve_one_until_closed(listener: TcpListener, mut gate: Option<Gate>) -> (Clo
             Err(_) => conn.handle_eof(now),
         }
         conn.handle_timeout(Instant::now());
-        if !conn.is_open() && !conn.is_handshaking() {
-            if let Some(gate) = gate.take() {
-                gate.seen.send(()).unwrap();
-                gate.release.recv().unwrap();
-            }
+        if !conn.is_open()
+            && !conn.is_handshaking()
+            && let Some(gate) = gate.take()
+        {
+            gate.seen.send(()).unwrap();
+            gate.release.recv().unwrap();
         }
     }
 }
