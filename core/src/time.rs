@@ -46,7 +46,9 @@ pub struct Now {
 }
 
 impl Now {
-    /// Both clocks.
+    /// Both clocks, read by the caller at the same moment:
+    /// `Now::new(Instant::now(), UnixTime(SystemTime::now().duration_since(UNIX_EPOCH)?))` in
+    /// an adapter, a fixed origin moved with [`after`](Self::after) or [`at`](Self::at) in a test.
     pub fn new(mono: Instant, wall: UnixTime) -> Self {
         Self { mono, wall }
     }

@@ -82,7 +82,8 @@ pub use server::ServerHandle;
 pub use wsrpc_core;
 pub use wsrpc_tls::{self, TlsOptions};
 
-/// A boxed `Send` future.
+/// A boxed `Send` future: what [`Runtime::spawn`] takes and [`Runtime::timer`] returns
+/// (`Box::pin(async move { .. })`).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What the drive loop needs from an async runtime: spawning, a blocking pool, a timer, and

@@ -151,7 +151,8 @@ pub struct TcpConn {
 }
 
 impl TcpConn {
-    /// Wraps a registered stream.
+    /// Wraps a stream registered with async-io (`Async::new(stream)?`), to serve with
+    /// [`ServerHandle::serve`] or return from a [`Connector`](crate::Connector).
     pub fn new(io: Async<TcpStream>) -> Self {
         Self { io, drained: false }
     }

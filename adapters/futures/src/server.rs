@@ -202,7 +202,7 @@ impl ServerHandle {
         rt.spawn(Box::pin(fut));
     }
 
-    /// Connections being served.
+    /// Connections being served now, HTTP and WebSocket (a drain is done when it reaches 0).
     pub fn connections(&self) -> usize {
         self.registry.live()
     }

@@ -119,7 +119,9 @@ impl Target {
     }
 }
 
-/// What [`Output::Connect`] asks for.
+/// What [`Output::Connect`] asks for: open a transport to `target` (TCP, then TLS when
+/// [`Target::is_tls`]) and report back with [`Input::Connected`]`(attempt)` once it is up or
+/// [`Input::ConnectFailed`]`(attempt, error)`; an answer after `deadline` is ignored.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectRequest<'a> {
     /// Name it when reporting the result.

@@ -86,7 +86,9 @@ enum Chunked {
     Done,
 }
 
-/// Collects one body.
+/// Collects one request body, framed by length ([`with_length`](Self::with_length)) or
+/// chunked ([`chunked`](Self::chunked)): [`push`](Self::push) the bytes that follow the head
+/// until it reports the body complete, then take it with [`into_body`](Self::into_body).
 #[derive(Debug)]
 pub struct BodyReader {
     body: Vec<u8>,

@@ -229,7 +229,8 @@ impl Headers {
     }
 }
 
-/// A parsed request head.
+/// A request head, from [`RequestHead::parse`] on the bytes up to the blank line (a
+/// [`HeadBuffer`] collects them): method, target, version and header lines.
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     method: Range<u32>,
@@ -317,7 +318,8 @@ impl RequestHead {
     }
 }
 
-/// A parsed response head.
+/// A response head (a client reading the server's answer to its upgrade), from
+/// [`ResponseHead::parse`] on the bytes up to the blank line.
 #[derive(Clone, Debug)]
 pub struct ResponseHead {
     /// The status code.
