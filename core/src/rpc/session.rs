@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, Params, Transport, Work};
+use super::router::{CallContext, ConnectionId, Handler, Params, RequestId, Transport, Work};
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
@@ -123,7 +123,9 @@ impl RpcSession {
     ) -> Self {
         let limiter = ConnectionLimiter::new(service.limit_config().clone());
         let outbox = service.hub().new_outbox();
-        let ctx = CallContext { connection, origin, principal, now, transport };
+        let mut ctx = CallContext::new(connection, transport, now);
+        ctx.origin = origin;
+        ctx.principal = principal;
         Self {
             service,
             ctx,
@@ -543,6 +545,7 @@ impl RpcSession {
             return false;
         }
         self.ctx.now = now;
+        self.ctx.id = req.id.map(RequestId::from_raw);
         let params = Params(req.params);
         match &method.handler {
             Handler::Sync(f) => {
