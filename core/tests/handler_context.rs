@@ -60,7 +60,7 @@ fn run(work: Work) -> Result<Box<serde_json::value::RawValue>, RpcError> {
 /// What a handler reports about its context.
 fn describe<S>(ctx: &HandlerContext<'_, S>) -> Value {
     json!({
-        "id": ctx.id.as_ref().map(ToString::to_string),
+        "id": ctx.id.as_ref().map(|id| id.as_json()),
         "connection": ctx.connection.0,
         "principal": ctx.principal.id,
         "authenticated": ctx.principal.authenticated,
@@ -82,11 +82,10 @@ fn every_kind_of_handler_sees_the_call_it_serves() {
     for (method, id) in [("sync", "1"), ("async", "\"a-\\u0062\""), ("blocking", "-3")] {
         let msg = format!(r#"{{"jsonrpc":"2.0","method":"{method}","id":{id}}}"#);
         let r = call(&mut s, now, &msg);
-        let want_id = if id.starts_with('"') { "\"a-b\"" } else { id };
         assert_eq!(
             r["result"],
             json!({
-                "id": want_id, "connection": 7, "principal": "alice", "authenticated": true,
+                "id": id, "connection": 7, "principal": "alice", "authenticated": true,
                 "origin": "https://app.example", "websocket": true, "extensions": 0,
             }),
             "{method}"
@@ -95,20 +94,24 @@ fn every_kind_of_handler_sees_the_call_it_serves() {
 }
 
 #[test]
-fn request_ids_keep_their_kind() {
-    let parse = |json: &str| {
-        RequestId::from_raw(&serde_json::value::RawValue::from_string(json.to_owned()).unwrap())
-    };
-    assert_eq!(parse("42"), RequestId::Number(42));
-    assert_eq!(parse("-1"), RequestId::Number(-1));
-    assert_eq!(parse("null"), RequestId::Null);
-    assert_eq!(parse(r#""x\"y""#), RequestId::String(Arc::from("x\"y")));
-    assert_eq!(parse(r#""x\"y""#).to_string(), r#""x\"y""#, "Display writes JSON");
-    assert_eq!(parse("1.5"), RequestId::OtherNumber(Arc::from("1.5")));
-    assert_eq!(
-        parse("18446744073709551615"),
-        RequestId::OtherNumber(Arc::from("18446744073709551615"))
-    );
+fn request_ids_read_as_sent() {
+    let id = |json: &str| RequestId::from_json(json).unwrap();
+    assert_eq!(id("42").as_i64(), Some(42));
+    assert_eq!(id("-1").as_i64(), Some(-1));
+    assert_eq!(id("-1").as_u64(), None);
+    assert_eq!(id("18446744073709551615").as_u64(), Some(u64::MAX));
+    assert!(id("null").is_null());
+    assert_eq!(id(r#""x\"y""#).as_str().as_deref(), Some("x\"y"));
+    assert_eq!(id(r#""x\"y""#).to_string(), r#""x\"y""#, "Display writes the JSON sent");
+    assert_eq!(id("1.5").as_i64(), None);
+    assert_eq!(id("1.5").as_str(), None);
+    let long = format!("\"{}\"", "u".repeat(40));
+    assert_eq!(id(&long).as_json(), long, "longer than the inline buffer");
+    assert_eq!(id(&long), id(&long).clone());
+    assert_ne!(id("1"), id("\"1\""));
+    for not_an_id in ["{}", "[1]", "true", "", "1 2"] {
+        assert!(RequestId::from_json(not_an_id).is_none(), "{not_an_id}");
+    }
 }
 
 #[test]
@@ -163,13 +166,13 @@ fn a_handler_can_be_run_by_hand_with_a_context() {
     #[derive(Debug, PartialEq)]
     struct Tenant(&'static str);
     let mut call = CallContext::new(ConnectionId(3), Transport::Messages, Instant::now());
-    call.id = Some(RequestId::Number(9));
+    call.id = RequestId::from_json("9");
     call.extensions.insert(Tenant("t1"));
     let state = Arc::new(5u32);
     let ctx = HandlerContext::new(&call, &state);
     assert_eq!(*ctx.state(), 5);
     assert_eq!(ctx.extensions.get::<Tenant>(), Some(&Tenant("t1")));
     let owned = ctx.clone().into_call();
-    assert_eq!(owned.id, Some(RequestId::Number(9)));
+    assert_eq!(owned.id.and_then(|id| id.as_i64()), Some(9));
     assert_eq!(Extensions::new().len(), 0);
 }

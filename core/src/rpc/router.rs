@@ -42,50 +42,95 @@ pub enum Transport {
     Messages,
 }
 
-/// The id of a request as its client sent it, for handlers and hooks (logs, traces).
+/// The id of a request as its client sent it (a number, a string or `null`), for handlers
+/// and hooks (logs, traces, correlating with the client).
 ///
-/// Numeric ids that fit an `i64` (what most clients send) and `null` are held inline; a
-/// string id costs one small allocation per call.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RequestId {
-    /// `null` (allowed by JSON-RPC 2.0, though discouraged).
-    Null,
-    /// An integer.
-    Number(i64),
-    /// A string, unescaped.
-    String(Arc<str>),
-    /// A number that is not an `i64` (a fraction, an exponent, beyond the range), as sent.
-    OtherNumber(Arc<str>),
+/// ```
+/// use wsrpc_core::rpc::RequestId;
+///
+/// let id = RequestId::from_json("42").unwrap();
+/// assert_eq!(id.as_i64(), Some(42));
+/// let id = RequestId::from_json(r#""a\u0062c""#).unwrap();
+/// assert_eq!(id.as_str().as_deref(), Some("abc"));
+/// assert_eq!(id.to_string(), r#""a\u0062c""#, "displayed as sent");
+/// ```
+// Kept as the JSON text, inline up to 23 bytes (every numeric id, most string ones): taking
+// the id of each call then costs a copy, never a parse or an allocation.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(IdText);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdText {
+    Inline { len: u8, bytes: [u8; 23] },
+    Shared(Arc<str>),
 }
 
 impl RequestId {
-    /// The id of a request from its raw JSON (a string, a number or `null`, as the message
-    /// parser admits).
+    /// The id of a request from its raw JSON, as the message parser admitted it.
     pub fn from_raw(raw: &RawValue) -> Self {
-        let text = raw.get();
-        match text.as_bytes().first() {
-            Some(b'n') => Self::Null,
-            Some(b'"') => match serde_json::from_str::<std::borrow::Cow<'_, str>>(text) {
-                Ok(s) => Self::String(Arc::from(&*s)),
-                Err(_) => Self::OtherNumber(Arc::from(text)),
-            },
-            _ => text.parse().map_or_else(|_| Self::OtherNumber(Arc::from(text)), Self::Number),
+        let text = raw.get().as_bytes();
+        let mut bytes = [0; 23];
+        match bytes.get_mut(..text.len()) {
+            Some(inline) => {
+                inline.copy_from_slice(text);
+                #[allow(clippy::cast_possible_truncation)] // at most 23
+                Self(IdText::Inline { len: text.len() as u8, bytes })
+            }
+            None => Self(IdText::Shared(Arc::from(raw.get()))),
         }
+    }
+
+    /// The id from JSON text; `None` unless it is a JSON string, number or `null` (what
+    /// JSON-RPC allows).
+    pub fn from_json(text: &str) -> Option<Self> {
+        let value: &RawValue = serde_json::from_str(text).ok()?;
+        matches!(value.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
+            .then(|| Self::from_raw(value))
+    }
+
+    /// The id as JSON text, exactly as the client sent it (`42`, `"abc"`, `null`).
+    pub fn as_json(&self) -> &str {
+        match &self.0 {
+            // Only ever copied from a `&str`, whole.
+            IdText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            IdText::Shared(text) => text,
+        }
+    }
+
+    /// The id as an integer, when it is one that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        self.as_json().parse().ok()
+    }
+
+    /// The id as an unsigned integer, when it is one that fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.as_json().parse().ok()
+    }
+
+    /// The id as a string (unescaped), when it is a string.
+    pub fn as_str(&self) -> Option<Cow<'_, str>> {
+        let json = self.as_json();
+        json.starts_with('"').then(|| serde_json::from_str(json).ok()).flatten()
+    }
+
+    /// Whether the id is `null` (allowed by JSON-RPC 2.0, though discouraged).
+    pub fn is_null(&self) -> bool {
+        self.as_json() == "null"
     }
 }
 
 impl fmt::Display for RequestId {
-    /// The id as JSON text.
+    /// The id as JSON text, as sent.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Null => f.write_str("null"),
-            Self::Number(n) => write!(f, "{n}"),
-            Self::String(s) => {
-                write!(f, "{}", serde_json::to_string(&**s).map_err(|_| fmt::Error)?)
-            }
-            Self::OtherNumber(n) => f.write_str(n),
-        }
+        f.write_str(self.as_json())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_json()).finish()
     }
 }
 
