@@ -8,8 +8,8 @@ pub use crate::rpc::client::{
     TlsError,
 };
 pub use crate::rpc::{
-    CallContext, ConnectionId, Extensions, HandlerContext, Params, RequestId, Router, RouterError,
-    RpcError, Transport,
+    CallContext, ConnectionId, Extensions, HandlerContext, Method, Notification, Params, RequestId,
+    Router, RouterError, RpcError, Topic, TopicEvent, Transport,
 };
 pub use crate::service::{
     Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,

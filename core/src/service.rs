@@ -158,6 +158,8 @@ pub struct Service {
     clock: Option<Box<dyn Clock>>,
     next_connection: AtomicU64,
     active: AtomicUsize,
+    /// The `rpc.discover` document, made at its first request (the router never changes).
+    openrpc: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -235,6 +237,7 @@ impl Service {
             clock,
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
+            openrpc: std::sync::OnceLock::new(),
         })
     }
 
@@ -250,6 +253,15 @@ impl Service {
     /// The router.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The OpenRPC 1.3 document `rpc.discover` answers: the router's methods, the
+    /// subscription methods with the declared topics, and the built-ins.
+    pub fn openrpc(&self) -> &serde_json::value::RawValue {
+        self.openrpc.get_or_init(|| {
+            let doc = crate::rpc::openrpc::document(&self.router, &self.config);
+            serde_json::value::to_raw_value(&doc).expect("a JSON value serializes")
+        })
     }
 
     /// The pub/sub hub.

@@ -9,8 +9,10 @@ pub mod dispatch;
 pub mod error;
 pub mod extensions;
 pub mod message;
+pub mod openrpc;
 pub mod router;
 pub mod session;
+pub mod typed;
 
 pub use error::RpcError;
 pub use extensions::Extensions;
@@ -20,3 +22,6 @@ pub use router::{
     Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
+pub use typed::{
+    Method, Notification, NotifyTo, PublishTo, SubscribeTo, SubscriptionItem, Topic, TopicEvent,
+};

@@ -521,7 +521,9 @@ impl RpcSession {
             return false;
         }
         if let Some(builtin) = req.method.strip_prefix("rpc.") {
-            if matches!(builtin, "health" | "metrics") && !self.take_call_token(out, &req, now) {
+            if matches!(builtin, "health" | "metrics" | "discover")
+                && !self.take_call_token(out, &req, now)
+            {
                 return false;
             }
             let result = match builtin {
@@ -529,6 +531,7 @@ impl RpcSession {
                     .map_err(RpcError::internal),
                 "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
                     .map_err(RpcError::internal),
+                "discover" => Ok(service.openrpc().to_owned()),
                 _ => Err(RpcError::method_not_found()),
             };
             self.answer(out, req.id, result);
