@@ -11,8 +11,8 @@ use crate::hub::{
 };
 use crate::limit::{LimitConfig, OriginLimiter};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
-use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
+use crate::rpc::{PublishTo, Router};
 use crate::time::Now;
 use crate::ws;
 
@@ -297,12 +297,15 @@ impl Service {
     /// the call returns once the message is queued for it, with the answer to come in
     /// [`Published::pending`] (`Published::wait` blocks for it); it fails at once with
     /// [`PublishError::BrokerUnavailable`] while the broker is down.
+    ///
+    /// `topic` is a [`Topic<T>`](crate::rpc::Topic) (then `value` must be a `T`) or a topic
+    /// name.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
-        self.hub.publish(topic, value)
+        self.hub.publish(topic.topic_name(), value)
     }
 
     /// The health document served as `rpc.health` and `GET /health`: the metrics' health
@@ -430,10 +433,11 @@ impl Running {
         &self.service
     }
 
-    /// Publishes `value` to `topic`; callable from any thread.
+    /// Publishes `value` to `topic` (a [`Topic<T>`](crate::rpc::Topic), then `value` must be
+    /// a `T`, or a topic name); callable from any thread.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
         self.service.publish(topic, value)
