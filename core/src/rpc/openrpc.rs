@@ -4,11 +4,10 @@
 //!
 //! Param names come from the handler's param type when serde says them (a struct's fields;
 //! a tuple gets `p0`, `p1`, …, or the names given to [`Method::params`]). JSON Schemas come
-//! from `schemars` for descriptors marked [`Method::with_schemas`] (feature `schemars`);
+//! from `schemars` for descriptors marked `Method::with_schemas` (feature `schemars`);
 //! everything else is described by the empty schema `{}`, which admits any value.
 //!
 //! [`Method::params`]: super::Method::params
-//! [`Method::with_schemas`]: super::Method::with_schemas
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde_json::{Map, Value, json};
