@@ -12,5 +12,6 @@ pub use crate::rpc::{
     Router, RouterError, RpcError, Topic, TopicEvent, Transport,
 };
 pub use crate::service::{
-    Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,
+    Bind, HttpConfig, MonitoringAccess, Publisher, RpcConfig, ServerBuilder, ServiceConfig,
+    StartError, Threads,
 };

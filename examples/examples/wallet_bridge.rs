@@ -1,6 +1,7 @@
 //! A local dApp bridge, the way a desktop wallet exposes itself to web pages: 127.0.0.1 only,
 //! the first free port of 8766..=8800, `eth_*` methods rate limited by class (signing 1/s,
-//! reads 20/s, account access 5/s), an origin allowlist, `eth_subscribe("newHeads")`, and
+//! reads 20/s, account access 5/s) per connection and per dApp site (`LimitConfig::wallet()`:
+//! one budget per origin however many tabs it opens), an origin allowlist, `eth_subscribe("newHeads")`, and
 //! the wallet's own events as subscriptions: `eth_subscribe("chainChanged")` after
 //! `wallet_switchEthereumChain`, `eth_subscribe("accountsChanged")` after
 //! `wallet_revokePermissions` or a new `eth_requestAccounts`.
@@ -24,7 +25,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wsrpc_core::auth::{OriginAllowList, OriginPolicy};
 use wsrpc_core::hub::{HubConfig, SubscriptionMethods};
-use wsrpc_core::limit::{LimitConfig, MethodClasses};
+use wsrpc_core::limit::LimitConfig;
 use wsrpc_core::rpc::{Router, RpcError};
 use wsrpc_core::service::Service;
 
@@ -166,8 +167,6 @@ fn main() -> std::io::Result<()> {
             }
         }
     };
-    let mut limits = LimitConfig::default();
-    limits.classes = MethodClasses::eth_wallet();
     let mut hub = HubConfig::default();
     hub.methods = SubscriptionMethods::eth();
 
@@ -176,7 +175,8 @@ fn main() -> std::io::Result<()> {
         .name(name.clone())
         .router(router)
         .origin_policy(origin)
-        .limits(limits)
+        // `eth_*` classes, with buckets per dApp site (origin) besides per connection.
+        .limits(LimitConfig::wallet())
         .hub(hub);
     if let Some(port) = wsrpc_examples::arg("--port").and_then(|p| p.parse::<u16>().ok()) {
         builder = builder.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));

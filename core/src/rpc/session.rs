@@ -98,6 +98,8 @@ pub struct RpcSession {
     batches: HashMap<u64, PendingBatch>,
     next_call: u64,
     closing: bool,
+    /// For the monitoring policy of `rpc.metrics`.
+    client_address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for RpcSession {
@@ -121,7 +123,10 @@ impl RpcSession {
         transport: Transport,
         now: Instant,
     ) -> Self {
-        let limiter = ConnectionLimiter::new(service.limit_config().clone());
+        let mut limiter =
+            ConnectionLimiter::new(service.limit_config().clone()).with_connection(connection.0);
+        limiter.set_origin(origin.clone());
+        limiter.set_principal(principal.authenticated.then_some(principal.id.as_str()));
         let outbox = service.hub().new_outbox();
         let mut ctx = CallContext::new(connection, transport, now);
         ctx.origin = origin;
@@ -139,6 +144,7 @@ impl RpcSession {
             batches: HashMap::new(),
             next_call: 1,
             closing: false,
+            client_address: None,
         }
     }
 
@@ -150,8 +156,29 @@ impl RpcSession {
     /// Replaces origin and principal (HTTP: each request on a keep-alive connection brings
     /// its own).
     pub fn set_identity(&mut self, origin: Option<Arc<str>>, principal: Arc<Principal>) {
+        self.limiter.set_origin(origin.clone());
+        self.limiter.set_principal(principal.authenticated.then_some(principal.id.as_str()));
         self.ctx.origin = origin;
         self.ctx.principal = principal;
+    }
+
+    /// The client's address (the TCP peer, or what trusted proxies forwarded), for rate
+    /// limits keyed per address, the monitoring policy of `rpc.metrics` and logs; unknown
+    /// until set.
+    pub fn set_client_address(&mut self, address: Option<std::net::IpAddr>) {
+        self.limiter.set_address(address);
+        self.client_address = address;
+    }
+
+    /// Whether the server's monitoring policy lets this connection read `rpc.metrics` and
+    /// the details of `rpc.health`.
+    fn may_read_details(&self) -> bool {
+        let config = self.service.config();
+        config.http.monitoring.allows(
+            self.client_address,
+            self.ctx.principal.authenticated,
+            config.auth.require_auth,
+        )
     }
 
     /// Wakes `waker` when a notification arrives for this connection.
@@ -415,16 +442,12 @@ impl RpcSession {
     /// returns false.
     fn take_call_token(&mut self, out: &mut Vec<u8>, req: &Request<'_>, now: Instant) -> bool {
         // Disjoint fields: no `Arc` clone on the per-call path.
-        let Err(limited) = self.limiter.check_call(
-            self.service.origin_limiter(),
-            self.ctx.origin.as_deref(),
-            &req.method,
-            now,
-        ) else {
+        // The limiter logs the refusal with the connection and client address.
+        let Err(limited) = self.limiter.check_call(self.service.shared_limits(), &req.method, now)
+        else {
             return true;
         };
         self.service.metrics().call_rate_limited();
-        log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
         if let Some(id) = req.id {
             let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
             self.write_failure(
@@ -527,8 +550,22 @@ impl RpcSession {
                 return false;
             }
             let result = match builtin {
+                "health" if !self.may_read_details() => {
+                    // Status and what a client checks a server by; not its details.
+                    let health = service.health(now);
+                    let bare = serde_json::json!({
+                        "status": health.status,
+                        "name": health.name,
+                        "pubsub": health.pubsub,
+                    });
+                    serde_json::value::to_raw_value(&bare).map_err(RpcError::internal)
+                }
                 "health" => serde_json::value::to_raw_value(&service.health(now))
                     .map_err(RpcError::internal),
+                "metrics" if !self.may_read_details() => {
+                    log::info!(target: "wsrpc::auth", "refused conn={} client={:?} method=rpc.metrics code={} reason=\"monitoring policy\"", self.ctx.connection, self.client_address, error::FORBIDDEN);
+                    Err(RpcError::forbidden("metrics are not served to this client"))
+                }
                 "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
                     .map_err(RpcError::internal),
                 "discover" => Ok(service.openrpc().to_owned()),
