@@ -112,6 +112,7 @@
 //! - [`prelude`]: the names each adapter re-exports at its top level.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod engine;

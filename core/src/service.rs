@@ -12,8 +12,8 @@ use crate::hub::{
 };
 use crate::limit::{LimitConfig, SharedLimits, TrustedProxies};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
-use crate::rpc::Router;
 use crate::rpc::router::ConnectionId;
+use crate::rpc::{PublishTo, Router};
 use crate::time::Now;
 use crate::ws;
 
@@ -202,6 +202,8 @@ pub struct Service {
     clock: Option<Box<dyn Clock>>,
     next_connection: AtomicU64,
     active: AtomicUsize,
+    /// The `rpc.discover` document, made at its first request (the router never changes).
+    openrpc: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -216,18 +218,22 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// A service started at `now`. The hub's epoch is derived from the wall clock, so
     /// sequence numbers of a restarted server are recognised as new.
-    pub fn new(config: ServiceConfig, router: Router, now: Now) -> Arc<Self> {
+    pub fn new<S: Send + Sync + 'static>(
+        config: ServiceConfig,
+        router: Router<S>,
+        now: Now,
+    ) -> Arc<Self> {
         Self::with_clock(config, router, now, None)
     }
 
     /// [`new`](Self::new) with a clock for measuring synchronous handlers.
-    pub fn with_clock(
+    pub fn with_clock<S: Send + Sync + 'static>(
         config: ServiceConfig,
-        router: Router,
+        router: Router<S>,
         now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
-        Self::build(config, router, now, clock, None)
+        Self::build(config, router.into_stateless(), now, clock, None)
     }
 
     /// The service, with a broker when `broker` is given: its driver is started here with
@@ -275,6 +281,7 @@ impl Service {
             clock,
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
+            openrpc: std::sync::OnceLock::new(),
         })
     }
 
@@ -290,6 +297,15 @@ impl Service {
     /// The router.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The OpenRPC 1.3 document `rpc.discover` answers: the router's methods, the
+    /// subscription methods with the declared topics, and the built-ins.
+    pub fn openrpc(&self) -> &serde_json::value::RawValue {
+        self.openrpc.get_or_init(|| {
+            let doc = crate::rpc::openrpc::document(&self.router, &self.config);
+            serde_json::value::to_raw_value(&doc).expect("a JSON value serializes")
+        })
     }
 
     /// The pub/sub hub.
@@ -325,12 +341,15 @@ impl Service {
     /// the call returns once the message is queued for it, with the answer to come in
     /// [`Published::pending`] (`Published::wait` blocks for it); it fails at once with
     /// [`PublishError::BrokerUnavailable`] while the broker is down.
+    ///
+    /// `topic` is a [`Topic<T>`](crate::rpc::Topic) (then `value` must be a `T`) or a topic
+    /// name.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
-        self.hub.publish(topic, value)
+        self.hub.publish(topic.topic_name(), value)
     }
 
     /// The health document served as `rpc.health` and `GET /health`: the metrics' health
@@ -458,11 +477,12 @@ impl Running {
         &self.service
     }
 
-    /// Publishes `value` to `topic`; callable from any thread that can reach the server (to
-    /// publish from threads of your own, give each a [`publisher`](Self::publisher)).
+    /// Publishes `value` to `topic` (a [`Topic<T>`](crate::rpc::Topic), then `value` must be
+    /// a `T`, or a topic name); callable from any thread that can reach the server (to publish
+    /// from threads of your own, give each a [`publisher`](Self::publisher)).
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
         self.service.publish(topic, value)
@@ -509,10 +529,11 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Publishes `value` to `topic`, as [`Service::publish`] does.
+    /// Publishes `value` to `topic` (a [`Topic<T>`](crate::rpc::Topic), then `value` must be
+    /// a `T`, or a topic name), as [`Service::publish`] does.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
         self.service.publish(topic, value)
@@ -724,9 +745,10 @@ impl<L: Launch> ServerBuilder<L> {
         self.tls.as_ref()
     }
 
-    /// The methods to serve.
-    pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
+    /// The methods to serve (a [`Router`], or a `Router<S>` made with
+    /// [`Router::with_state`]).
+    pub fn router<S: Send + Sync + 'static>(mut self, router: Router<S>) -> Self {
+        self.router = router.into_stateless();
         self
     }
 

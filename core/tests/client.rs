@@ -647,3 +647,30 @@ fn tokens_are_checked_against_the_wall_clock_after_a_suspend() {
     net.advance(Duration::from_secs(1));
     assert_eq!(net.failed(), Some(&ClientError::Rejected { status: 401 }));
 }
+
+#[test]
+fn two_subscriptions_to_one_topic_share_the_server_subscription() {
+    let mut net = Net::new(ClientOptions::default());
+    net.settle();
+    let (first_reply, first) = net.subscribe("prices");
+    let (second_reply, second) = net.subscribe("prices");
+    let first_token = first_reply.lock().unwrap()[0].clone().unwrap();
+    assert!(second_reply.lock().unwrap()[0].is_ok());
+    assert_eq!(net.service.hub().stats().subscriptions_active, 1, "one on the server");
+    for i in 1..=2 {
+        net.service.publish("prices", &i).unwrap();
+    }
+    net.server.as_mut().unwrap().handle(net.now, Input::Wakeup);
+    net.settle();
+    assert_eq!(Net::seqs(&first), [1, 2]);
+    assert_eq!(Net::seqs(&second), [1, 2]);
+    // Ending one keeps the other fed, and the server's subscription with it.
+    net.client.handle_command(net.now, Command::Unsubscribe(first_token));
+    net.settle();
+    assert_eq!(net.service.hub().stats().subscriptions_active, 1);
+    net.service.publish("prices", &3).unwrap();
+    net.server.as_mut().unwrap().handle(net.now, Input::Wakeup);
+    net.settle();
+    assert_eq!(Net::seqs(&first), [1, 2]);
+    assert_eq!(Net::seqs(&second), [1, 2, 3]);
+}

@@ -612,7 +612,9 @@ pub struct ClientSession {
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
     subscriptions: HashMap<SubscriptionToken, Subscription>,
-    by_server_id: HashMap<Arc<str>, SubscriptionToken>,
+    /// The local subscriptions behind each server subscription: a server answers a second
+    /// subscribe to the same topic on one connection with the same id.
+    by_server_id: HashMap<Arc<str>, Vec<SubscriptionToken>>,
 }
 
 #[derive(Deserialize)]
@@ -811,8 +813,15 @@ impl ClientSession {
     pub fn unsubscribe(&mut self, now: Instant, token: SubscriptionToken) {
         let Some(sub) = self.subscriptions.remove(&token) else { return };
         if let (Some(server_id), true) = (sub.server_id, self.connected) {
-            self.by_server_id.remove(&server_id);
-            self.send_unsubscribe(now, &server_id);
+            let shared = self.by_server_id.get_mut(&server_id).is_some_and(|tokens| {
+                tokens.retain(|t| *t != token);
+                !tokens.is_empty()
+            });
+            // The server's subscription ends with the last local one it serves.
+            if !shared {
+                self.by_server_id.remove(&server_id);
+                self.send_unsubscribe(now, &server_id);
+            }
         }
     }
 
@@ -1086,7 +1095,10 @@ impl ClientSession {
                 sub.retry_delay = Duration::ZERO;
                 let server_id: Arc<str> = server_id.into();
                 sub.server_id = Some(server_id.clone());
-                self.by_server_id.insert(server_id, token);
+                let tokens = self.by_server_id.entry(server_id).or_default();
+                if !tokens.contains(&token) {
+                    tokens.push(token);
+                }
                 self.events.push_back(ClientEvent::Subscribed { subscription: token });
             }
             // A renewal refused for now (the server's broker is down, a limit): asked again
@@ -1113,7 +1125,7 @@ impl ClientSession {
 
     fn handle_notification(&mut self, method: &str, params: Option<&RawValue>) {
         let methods = &self.config.methods;
-        let kind = if method == methods.notification {
+        let kind: u8 = if method == methods.notification {
             0
         } else if method == methods.lagged {
             1
@@ -1129,8 +1141,24 @@ impl ClientSession {
         else {
             return;
         };
-        let Some(&token) = self.by_server_id.get(&*params.subscription) else { return };
-        let Some(sub) = self.subscriptions.get_mut(&token) else { return };
+        let Some(tokens) = self.by_server_id.get(&*params.subscription) else { return };
+        for i in 0..tokens.len() {
+            let token = tokens[i];
+            if let Some(sub) = self.subscriptions.get_mut(&token) {
+                Self::deliver(&mut self.events, token, sub, kind, &params);
+            }
+        }
+    }
+
+    /// One notification (`kind`: 0 a message, 1 lagged, 2 gap, 3 reset) for one local
+    /// subscription.
+    fn deliver(
+        events: &mut VecDeque<ClientEvent>,
+        token: SubscriptionToken,
+        sub: &mut Subscription,
+        kind: u8,
+        params: &NotificationParams<'_>,
+    ) {
         match kind {
             0 => {
                 let Some(value) = params.result else { return };
@@ -1140,7 +1168,7 @@ impl ClientSession {
                     }
                     sub.last_seq = Some(seq);
                 }
-                self.events.push_back(ClientEvent::Notification {
+                events.push_back(ClientEvent::Notification {
                     subscription: token,
                     topic: sub.topic.clone(),
                     seq: params.seq.unwrap_or(0),
@@ -1152,19 +1180,19 @@ impl ClientSession {
                 // Numbers start over: whatever comes next is new.
                 sub.epoch = Some(epoch);
                 sub.last_seq = None;
-                self.events.push_back(ClientEvent::Reset { subscription: token, epoch });
+                events.push_back(ClientEvent::Reset { subscription: token, epoch });
             }
             // A lag notice without an end: held up while the server's broker is down.
             1 if params.missed_to.is_none() => {
                 let Some(from) = params.missed_from else { return };
-                self.events.push_back(ClientEvent::Stalled { subscription: token, from });
+                events.push_back(ClientEvent::Stalled { subscription: token, from });
             }
             _ => {
                 let (Some(from), Some(to)) = (params.missed_from, params.missed_to) else { return };
                 if kind == 1 {
                     sub.last_seq = Some(sub.last_seq.map_or(to, |l| l.max(to)));
                 }
-                self.events.push_back(ClientEvent::Gap {
+                events.push_back(ClientEvent::Gap {
                     subscription: token,
                     from,
                     to,

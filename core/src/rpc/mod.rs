@@ -7,14 +7,21 @@
 pub mod client;
 pub mod dispatch;
 pub mod error;
+pub mod extensions;
 pub mod message;
+pub mod openrpc;
 pub mod router;
 pub mod session;
+pub mod typed;
 
 pub use error::RpcError;
+pub use extensions::Extensions;
 pub use message::{Incoming, Invalid, Request};
 pub use router::{
-    BlockingCall, CallContext, ConnectionId, HandlerFuture, Params, Router, RouterError, Transport,
-    Work,
+    BlockingCall, CallContext, ConnectionId, HandlerContext, HandlerFuture, Params, RequestId,
+    Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
+pub use typed::{
+    Method, Notification, NotifyTo, PublishTo, SubscribeTo, SubscriptionItem, Topic, TopicEvent,
+};

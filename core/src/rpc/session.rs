@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, Params, Transport, Work};
+use super::router::{CallContext, ConnectionId, Handler, Params, RequestId, Transport, Work};
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
@@ -128,7 +128,9 @@ impl RpcSession {
         limiter.set_origin(origin.clone());
         limiter.set_principal(principal.authenticated.then_some(principal.id.as_str()));
         let outbox = service.hub().new_outbox();
-        let ctx = CallContext { connection, origin, principal, now, transport };
+        let mut ctx = CallContext::new(connection, transport, now);
+        ctx.origin = origin;
+        ctx.principal = principal;
         Self {
             service,
             ctx,
@@ -542,7 +544,9 @@ impl RpcSession {
             return false;
         }
         if let Some(builtin) = req.method.strip_prefix("rpc.") {
-            if matches!(builtin, "health" | "metrics") && !self.take_call_token(out, &req, now) {
+            if matches!(builtin, "health" | "metrics" | "discover")
+                && !self.take_call_token(out, &req, now)
+            {
                 return false;
             }
             let result = match builtin {
@@ -564,6 +568,7 @@ impl RpcSession {
                 }
                 "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
                     .map_err(RpcError::internal),
+                "discover" => Ok(service.openrpc().to_owned()),
                 _ => Err(RpcError::method_not_found()),
             };
             self.answer(out, req.id, result);
@@ -580,6 +585,7 @@ impl RpcSession {
             return false;
         }
         self.ctx.now = now;
+        self.ctx.id = req.id.map(RequestId::from_raw);
         let params = Params(req.params);
         match &method.handler {
             Handler::Sync(f) => {
