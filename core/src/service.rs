@@ -47,7 +47,8 @@ impl Default for RpcConfig {
     }
 }
 
-/// HTTP on the WebSocket port.
+/// HTTP on the WebSocket port (`ServiceConfig::http`): the paths of JSON-RPC, health and
+/// metrics, who may read monitoring, keep-alive and fixed routes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HttpConfig {
@@ -285,7 +286,7 @@ impl Service {
         })
     }
 
-    /// The configuration.
+    /// The configuration it was made with (fixed for its life).
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
@@ -294,7 +295,7 @@ impl Service {
         &self.ws_config
     }
 
-    /// The router.
+    /// The methods it serves.
     pub fn router(&self) -> &Router {
         &self.router
     }
@@ -308,12 +309,14 @@ impl Service {
         })
     }
 
-    /// The pub/sub hub.
+    /// The pub/sub hub (topics, subscriptions, replay); publish with
+    /// [`publish`](Self::publish), which also counts the message in the metrics.
     pub fn hub(&self) -> &Hub {
         &self.hub
     }
 
-    /// The metrics registry.
+    /// The live counters and histograms; [`snapshot`](Self::snapshot) reads them at an
+    /// instant.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -719,14 +722,17 @@ impl<L: Launch> Default for ServerBuilder<L> {
 }
 
 impl<L: Launch> ServerBuilder<L> {
-    /// Binds and starts the server.
+    /// Binds and starts serving: the adapter's running server (`Result<Server, StartError>`
+    /// for this workspace's adapters), or why it could not start (a bind failure, a method
+    /// name the router refused).
     pub fn start(self) -> L::Output {
         L::launch(self)
     }
 }
 
 impl<L: Launch> ServerBuilder<L> {
-    /// A builder with defaults.
+    /// A builder with every default (see [`ServiceConfig`]): no methods, 127.0.0.1 on the
+    /// first free port of 8766..=8800. Adapters give it as `Server::builder()`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -752,7 +758,8 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// The whole configuration at once.
+    /// Replaces the whole configuration (`let mut c = ServiceConfig::default(); c.name = ..;
+    /// builder.config(c)`); the setters after it change single parts.
     pub fn config(mut self, config: ServiceConfig) -> Self {
         self.config = config;
         self
@@ -800,24 +807,31 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// The configuration so far.
+    /// The configuration the setters have made so far (for an extension trait that reads it,
+    /// such as `wsrpc_redis::RedisExt`).
     pub fn service_config(&self) -> &ServiceConfig {
         &self.config
     }
 
-    /// Which origins may connect.
+    /// Which `Origin` headers may connect, on upgrades and plain HTTP: `OriginPolicy::Loopback`
+    /// (the default), `OriginPolicy::allow_list(["https://app.example.org"])?` or
+    /// `OriginPolicy::Any`; a refused origin gets 403.
     pub fn origin_policy(mut self, policy: crate::auth::OriginPolicy) -> Self {
         self.config.auth.origin = policy;
         self
     }
 
-    /// Who is calling.
+    /// Checks the token a client brings (`Authorization: Bearer` or `?token=`) and names its
+    /// principal: `Hs256Jwt::new(secret)`, `StaticToken::new(principal, token)` or your own
+    /// [`Authenticator`](crate::auth::Authenticator). A bad token gets 401; no token stays
+    /// anonymous unless [`require_auth`](Self::require_auth).
     pub fn authenticator(mut self, authenticator: impl crate::auth::Authenticator) -> Self {
         self.config.auth.authenticator = Some(Arc::new(authenticator));
         self
     }
 
-    /// Refuse anonymous connections with 401.
+    /// With `true`, requests without a valid token get 401 (with `WWW-Authenticate: Bearer`)
+    /// instead of running as the anonymous principal; off by default.
     pub fn require_auth(mut self, required: bool) -> Self {
         self.config.auth.require_auth = required;
         self
@@ -851,19 +865,24 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// Pub/sub options.
+    /// Pub/sub limits and policies ([`HubConfig`]: subscriptions per connection, topics,
+    /// replay, outboxes and the slow-consumer policy, topic policies, subscription method
+    /// names); start from `HubConfig::default()` and change fields.
     pub fn hub(mut self, hub: HubConfig) -> Self {
         self.config.hub = hub;
         self
     }
 
-    /// WebSocket limits and timers.
+    /// WebSocket limits, timers and compression ([`ws::Config`]: frame and message sizes, the
+    /// handshake timeout, heartbeat, `enable_compression()`); start from
+    /// `ws::Config::default()` and change fields.
     pub fn websocket(mut self, ws: ws::Config) -> Self {
         self.config.ws = ws;
         self
     }
 
-    /// JSON-RPC limits.
+    /// JSON-RPC limits ([`RpcConfig`]: batch size, request and response sizes, async calls in
+    /// flight per connection); start from `RpcConfig::default()` and change fields.
     pub fn rpc(mut self, rpc: RpcConfig) -> Self {
         self.config.rpc = rpc;
         self
@@ -886,13 +905,16 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// Most concurrent connections (503 beyond).
+    /// Most connections served at once (1024 by default); one more is answered HTTP 503 and
+    /// closed.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
         self
     }
 
-    /// HMAC-SHA256 message signing.
+    /// Requires every request to carry an HMAC-SHA256 signature made with the shared key
+    /// (`MessageSigner::new(key)`) and signs every response; a bad signature gets -32004. Off
+    /// by default.
     pub fn signing(mut self, signer: MessageSigner) -> Self {
         self.config.signing = Some(signer);
         self
@@ -906,7 +928,7 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// [`broker`](Self::broker) with a boxed driver.
+    /// [`broker`](Self::broker) with a driver already boxed (chosen at run time, say).
     pub fn broker_boxed(mut self, driver: Box<dyn BrokerDriver>) -> Self {
         self.broker = Some(driver);
         self

@@ -422,7 +422,9 @@ impl<S> fmt::Debug for Router<S> {
 }
 
 impl Router {
-    /// An empty router without state.
+    /// An empty router without state; add methods with [`method`](Self::method),
+    /// [`register`](Self::register) and their async and blocking kinds. Handlers that share
+    /// application state take a router from [`with_state`](Router::with_state) instead.
     pub fn new() -> Self {
         Self::with_shared_state(Arc::new(()))
     }
