@@ -12,6 +12,7 @@ use crate::hub::{
 use crate::limit::{LimitConfig, OriginLimiter};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
 use crate::rpc::Router;
+use crate::rpc::hooks::{CallEnd, ConnectionClosed, ConnectionOpened, Hook, HookSet};
 use crate::rpc::router::ConnectionId;
 use crate::time::Now;
 use crate::ws;
@@ -156,6 +157,7 @@ pub struct Service {
     limit_config: Arc<LimitConfig>,
     origin_limiter: OriginLimiter,
     clock: Option<Box<dyn Clock>>,
+    hooks: HookSet,
     next_connection: AtomicU64,
     active: AtomicUsize,
 }
@@ -183,7 +185,18 @@ impl Service {
         now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
-        Self::build(config, router, now, clock, None)
+        Self::build(config, router, now, clock, None, Vec::new())
+    }
+
+    /// [`new`](Self::new) with hooks (what `ServerBuilder::hook` registers), for sessions
+    /// over transports the caller runs itself and for tests.
+    pub fn with_hooks(
+        config: ServiceConfig,
+        router: Router,
+        now: Now,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> Arc<Self> {
+        Self::build(config, router, now, None, None, hooks)
     }
 
     /// The service, with a broker when `broker` is given: its driver is started here with
@@ -194,6 +207,7 @@ impl Service {
         now: Now,
         clock: Option<Box<dyn Clock>>,
         broker: Option<Box<dyn BrokerDriver>>,
+        hooks: Vec<Arc<dyn Hook>>,
     ) -> Arc<Self> {
         let mut metrics = Metrics::new(now.mono);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
@@ -229,6 +243,7 @@ impl Service {
             limit_config,
             origin_limiter,
             clock,
+            hooks: HookSet::new(hooks),
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
         })
@@ -273,6 +288,26 @@ impl Service {
 
     pub(crate) fn clock_now(&self) -> Option<Instant> {
         self.clock.as_ref().map(|c| c.now())
+    }
+
+    pub(crate) fn hooks(&self) -> &HookSet {
+        &self.hooks
+    }
+
+    /// The one place a finished call is observed: the built-in metrics and log, then the
+    /// application's hooks.
+    pub(crate) fn after_call(&self, call: &CallEnd<'_>) {
+        self.hooks.after_call(&self.metrics, call);
+    }
+
+    /// The one place an upgraded connection is announced.
+    pub(crate) fn connection_opened(&self, connection: &ConnectionOpened<'_>) {
+        self.hooks.connection_opened(&self.metrics, connection);
+    }
+
+    /// The one place an ended connection is announced.
+    pub(crate) fn connection_closed(&self, connection: &ConnectionClosed<'_>) {
+        self.hooks.connection_closed(&self.metrics, connection);
     }
 
     /// Publishes `value` to `topic` (callable from any thread).
@@ -504,6 +539,7 @@ pub struct ServerBuilder<L: Launch> {
     measure_handlers: bool,
     threads: Threads,
     broker: Option<Box<dyn BrokerDriver>>,
+    hooks: Vec<Arc<dyn Hook>>,
     launcher: std::marker::PhantomData<fn() -> L>,
 }
 
@@ -588,6 +624,7 @@ impl<L: Launch> std::fmt::Debug for ServerBuilder<L> {
             .field("config", &self.config)
             .field("bind", &self.bind)
             .field("broker", &self.broker.is_some())
+            .field("hooks", &self.hooks.len())
             .finish()
     }
 }
@@ -602,6 +639,7 @@ impl<L: Launch> Default for ServerBuilder<L> {
             measure_handlers: true,
             threads: Threads::default(),
             broker: None,
+            hooks: Vec::new(),
             launcher: std::marker::PhantomData,
         }
     }
@@ -778,6 +816,16 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
+    /// Runs `hook` at every call and WebSocket connection of the server, after the
+    /// built-in metrics and log and after the hooks registered before it (see
+    /// [`rpc::hooks`](crate::rpc::hooks) for the points and their order).
+    /// [`before_call`](crate::rpc::hooks::before_call) and
+    /// [`after_call`](crate::rpc::hooks::after_call) make one from a closure.
+    pub fn hook(mut self, hook: impl Hook + 'static) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
     /// Builds the service (for adapters), started at `now`; `clock` measures synchronous
     /// handlers; a broker driver given to [`broker`](Self::broker) is started here. Fails
     /// when the router refused a method name.
@@ -788,7 +836,7 @@ impl<L: Launch> ServerBuilder<L> {
     ) -> Result<ServerParts, StartError> {
         self.router.check().map_err(StartError::Router)?;
         let clock = if self.measure_handlers { clock } else { None };
-        let service = Service::build(self.config, self.router, now, clock, self.broker);
+        let service = Service::build(self.config, self.router, now, clock, self.broker, self.hooks);
         Ok(ServerParts { service, bind: self.bind, threads: self.threads })
     }
 }

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod dispatch;
 pub mod error;
+pub mod hooks;
 pub mod message;
 pub mod router;
 pub mod session;

@@ -308,6 +308,11 @@ impl Router {
         self.methods.get(name)
     }
 
+    /// The name of the method registered at `index` (its [`Method::index`]).
+    pub(crate) fn name(&self, index: usize) -> &str {
+        &self.names[index]
+    }
+
     /// Registered method names, in registration order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(|n| &**n)

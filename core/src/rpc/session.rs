@@ -4,17 +4,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
+use super::hooks::{CallEnd, CallStart, Outcome, Refusal};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, Params, Transport, Work};
+use super::router::{CallContext, ConnectionId, Handler, Method, Params, Transport, Work};
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, MethodId};
 use crate::service::Service;
 use crate::ws::{CloseCode, SharedFrame};
 
@@ -59,12 +60,34 @@ enum Slot {
     Batch { batch: u64, index: usize },
 }
 
+/// A call answered later: async or blocking work, or a subscription waiting for the broker.
 #[derive(Debug)]
 struct PendingCall {
     id: Option<Box<RawValue>>,
+    /// The router method (none: the subscribe method).
     method_index: Option<usize>,
+    params_len: usize,
     started: Instant,
     slot: Slot,
+}
+
+/// Where a call goes once it passed the per-message checks.
+enum Target<'r> {
+    Subscribe,
+    Unsubscribe,
+    Health,
+    Metrics,
+    Method(&'r Method),
+}
+
+/// How far a call got in [`RpcSession::call`].
+enum Called {
+    /// Its handler ran: `Ok` when the result is written (or it was a notification).
+    Ran { result: Result<(), RpcError>, method_id: Option<MethodId>, duration: Duration },
+    /// Refused before its handler ran.
+    Refused(RpcError, Refusal),
+    /// Handed out; observed when it completes.
+    Pending,
 }
 
 #[derive(Debug)]
@@ -186,7 +209,7 @@ impl RpcSession {
             }
             Incoming::Single(entry) => {
                 let mut out = Vec::new();
-                self.dispatch(now, entry, &mut out, Slot::Single, message_limited);
+                self.dispatch(now, entry, &mut out, Slot::Single, message_limited.as_ref());
                 if !out.is_empty() {
                     self.out.push_back(SessionOutput::Message(out));
                 }
@@ -203,7 +226,7 @@ impl RpcSession {
                         entry,
                         &mut out,
                         Slot::Batch { batch, index },
-                        message_limited,
+                        message_limited.as_ref(),
                     );
                     waiting += usize::from(pending);
                     parts.push((!out.is_empty()).then_some(out));
@@ -230,18 +253,29 @@ impl RpcSession {
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&call.0) else { return };
-        if let Some(index) = p.method_index {
-            self.service.metrics().record_call(
-                self.service.method_id(index),
-                now.saturating_duration_since(p.started),
-                now,
-            );
-        }
         let mut out = Vec::new();
-        match (&p.id, result) {
-            (None, Err(e)) => self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code)),
-            (id, result) => self.answer(&mut out, id.as_deref(), result),
+        let result = match (&p.id, result) {
+            (Some(id), Ok(value)) => self.write_value(&mut out, Some(id), &value),
+            (_, result) => result.map(drop),
+        };
+        if let (Err(e), Some(id)) = (&result, &p.id) {
+            self.write_error_response(&mut out, Some(id), e);
         }
+        let service = &self.service;
+        let call = CallEnd {
+            method: p
+                .method_index
+                .map_or(&service.config().hub.methods.subscribe, |i| service.router().name(i)),
+            id: p.id.as_deref(),
+            params_len: p.params_len,
+            context: &self.ctx,
+            outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
+            refused: None,
+            duration: now.saturating_duration_since(p.started),
+            now,
+            method_id: p.method_index.map(|i| service.method_id(i)),
+        };
+        service.after_call(&call);
         match p.slot {
             Slot::Single => {
                 if !out.is_empty() {
@@ -408,31 +442,22 @@ impl RpcSession {
         }
     }
 
-    /// Takes a rate token for `req`'s method class (per origin and per connection); when
-    /// there is none, answers -32005 with `retry_after_ms` (a notification gets nothing) and
-    /// returns false.
-    fn take_call_token(&mut self, out: &mut Vec<u8>, req: &Request<'_>, now: Instant) -> bool {
+    /// Takes a rate token for `method`'s class (per origin and per connection); when there is
+    /// none, the -32005 error to answer with `retry_after_ms`.
+    fn take_call_token(&mut self, method: &str, now: Instant) -> Result<(), RpcError> {
         // Disjoint fields: no `Arc` clone on the per-call path.
         let Err(limited) = self.limiter.check_call(
             self.service.origin_limiter(),
             self.ctx.origin.as_deref(),
-            &req.method,
+            method,
             now,
         ) else {
-            return true;
+            return Ok(());
         };
-        self.service.metrics().call_rate_limited();
-        log::debug!(target: "wsrpc::limit", "call limited conn={} method={} retry_after_ms={}", self.ctx.connection, req.method, limited.retry_after_ms());
-        if let Some(id) = req.id {
-            let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
-            self.write_failure(
-                out,
-                Some(id),
-                &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
-            );
-        }
+        log::debug!(target: "wsrpc::limit", "call limited conn={} method={method} retry_after_ms={}", self.ctx.connection, limited.retry_after_ms());
         self.note_limited(&limited);
-        false
+        let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
+        Err(RpcError::limit_exceeded(&what, limited.retry_after_ms()))
     }
 
     fn note_limited(&mut self, limited: &LimitExceeded) {
@@ -445,200 +470,219 @@ impl RpcSession {
     }
 
     /// Handles one entry; writes its response to `out` unless it is a notification or
-    /// async. Returns true when an async call was handed out.
+    /// async. Returns true when the call was handed out (async work, a subscription waiting
+    /// for the broker); it is observed when it completes.
     fn dispatch(
         &mut self,
         now: Instant,
         entry: Result<Request<'_>, Invalid<'_>>,
         out: &mut Vec<u8>,
         slot: Slot,
-        message_limited: Option<LimitExceeded>,
+        message_limited: Option<&LimitExceeded>,
     ) -> bool {
-        let service = self.service.clone();
-        let metrics = service.metrics();
         let req = match entry {
             Ok(req) => req,
             Err(invalid) => {
-                metrics.record_error(ErrorKind::InvalidRequest);
+                self.service.metrics().record_error(ErrorKind::InvalidRequest);
                 self.write_error_response(out, invalid.id, &invalid.error);
                 return false;
             }
         };
-        if let Some(limited) = &message_limited {
-            metrics.call_rate_limited();
-            if let Some(id) = req.id {
-                self.write_failure(
-                    out,
-                    Some(id),
-                    &RpcError::limit_exceeded("messages", limited.retry_after_ms()),
-                );
-            }
-            return false;
+        let (result, refused, method_id, duration) =
+            match self.call(now, &req, out, slot, message_limited) {
+                Called::Pending => return true,
+                Called::Ran { result, method_id, duration } => (result, None, method_id, duration),
+                Called::Refused(e, why) => (Err(e), Some(why), None, Duration::ZERO),
+            };
+        if let (Err(e), Some(id)) = (&result, req.id) {
+            self.write_error_response(out, Some(id), e);
         }
-        if let Some(signer) = self.service.config().signing.as_ref() {
+        let call = CallEnd {
+            method: &req.method,
+            id: req.id,
+            params_len: req.params.map_or(0, |p| p.get().len()),
+            context: &self.ctx,
+            outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
+            refused,
+            duration,
+            now,
+            method_id,
+        };
+        self.service.after_call(&call);
+        false
+    }
+
+    /// Runs one call to the point where it is answered (into `out`, unless a notification)
+    /// or handed out: the limits, the method lookup, the before-call hooks, the handler.
+    fn call(
+        &mut self,
+        now: Instant,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        slot: Slot,
+        message_limited: Option<&LimitExceeded>,
+    ) -> Called {
+        if let Some(limited) = message_limited {
+            let e = RpcError::limit_exceeded("messages", limited.retry_after_ms());
+            return Called::Refused(e, Refusal::Limit);
+        }
+        let service = self.service.clone();
+        if let Some(signer) = service.config().signing.as_ref() {
             let id_raw = req.id.map_or("null", RawValue::get);
             let params_raw = req.params.map_or("null", RawValue::get);
             let sig =
                 req.sig.and_then(|s| serde_json::from_str::<&str>(s.get()).ok()).unwrap_or("");
             if signer.verify_request(&req.method, id_raw, params_raw, sig).is_err() {
-                metrics.record_error(ErrorKind::Auth);
-                if let Some(id) = req.id {
-                    self.write_error_response(
-                        out,
-                        Some(id),
-                        &RpcError::new(error::BAD_SIGNATURE, "Bad signature"),
-                    );
-                }
-                return false;
+                let e = RpcError::new(error::BAD_SIGNATURE, "Bad signature");
+                return Called::Refused(e, Refusal::Signature);
             }
         }
         let methods = &service.config().hub.methods;
-        // Subscriptions take no rate token: a reconnecting client resubscribes everything at
-        // once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
-        if req.method == methods.subscribe {
-            let result = match self.subscribe(now, Params(req.params)) {
-                Ok(SubscribeAnswer::Now(value)) => Ok(value),
-                Ok(SubscribeAnswer::Pending(subscription, bare)) => {
-                    // Answered when the broker side is ready (`finish_subscribe`).
-                    let call = self.next_call;
-                    self.next_call += 1;
-                    let id = req.id.map(|i| i.to_owned());
-                    let pending = PendingCall { id, method_index: None, started: now, slot };
-                    self.pending.insert(call, pending);
-                    self.pending_subscribes.entry(subscription).or_default().push((call, bare));
-                    return true;
-                }
-                Err(e) => Err(e),
-            };
-            self.answer(out, req.id, result);
-            return false;
-        }
-        if req.method == methods.unsubscribe {
-            let result = self.unsubscribe(Params(req.params));
-            self.answer(out, req.id, result);
-            return false;
-        }
-        if let Some(builtin) = req.method.strip_prefix("rpc.") {
-            if matches!(builtin, "health" | "metrics") && !self.take_call_token(out, &req, now) {
-                return false;
+        let target = if req.method == methods.subscribe {
+            // Subscriptions take no rate token: a reconnecting client resubscribes everything
+            // at once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
+            Target::Subscribe
+        } else if req.method == methods.unsubscribe {
+            Target::Unsubscribe
+        } else if let Some(builtin) = req.method.strip_prefix("rpc.") {
+            match builtin {
+                "health" => Target::Health,
+                "metrics" => Target::Metrics,
+                _ => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
             }
-            let result = match builtin {
-                "health" => serde_json::value::to_raw_value(&service.health(now))
-                    .map_err(RpcError::internal),
-                "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
-                    .map_err(RpcError::internal),
-                _ => Err(RpcError::method_not_found()),
-            };
-            self.answer(out, req.id, result);
-            return false;
-        }
-        let Some(method) = service.router().get(&req.method) else {
-            metrics.record_error(ErrorKind::MethodNotFound);
-            if let Some(id) = req.id {
-                self.write_error_response(out, Some(id), &RpcError::method_not_found());
+        } else {
+            match service.router().get(&req.method) {
+                Some(method) => Target::Method(method),
+                None => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
             }
-            return false;
         };
-        if !self.take_call_token(out, &req, now) {
-            return false;
+        if matches!(target, Target::Method(_) | Target::Health | Target::Metrics) {
+            if let Err(e) = self.take_call_token(&req.method, now) {
+                return Called::Refused(e, Refusal::Limit);
+            }
+        }
+        if let Target::Method(Method { handler: Handler::Deferred(_), .. }) = target {
+            let max = service.config().rpc.max_inflight_async;
+            if self.pending.len() >= max {
+                let e = RpcError::count_limit("async calls in flight", max);
+                return Called::Refused(e, Refusal::Limit);
+            }
         }
         self.ctx.now = now;
+        let params = Params(req.params);
+        if service.hooks().has_user_hooks() {
+            let mut start =
+                CallStart { method: &req.method, id: req.id, params, context: &self.ctx };
+            if let Err(e) = service.hooks().before_call(&mut start) {
+                return Called::Refused(e, Refusal::Hook);
+            }
+        }
+        let value =
+            match target {
+                Target::Method(method) => {
+                    return self.run_method(&service, now, req, method, out, slot);
+                }
+                Target::Subscribe => match self.subscribe(now, params) {
+                    Ok(SubscribeAnswer::Now(value)) => Ok(value),
+                    Ok(SubscribeAnswer::Pending(subscription, bare)) => {
+                        // Answered when the broker side is ready (`finish_subscribe`).
+                        self.hand_out(req, None, now, slot);
+                        let call = self.next_call - 1;
+                        self.pending_subscribes.entry(subscription).or_default().push((call, bare));
+                        return Called::Pending;
+                    }
+                    Err(e) => Err(e),
+                },
+                Target::Unsubscribe => self.unsubscribe(params),
+                Target::Health => serde_json::value::to_raw_value(&service.health(now))
+                    .map_err(RpcError::internal),
+                Target::Metrics => serde_json::value::to_raw_value(&service.snapshot(now))
+                    .map_err(RpcError::internal),
+            };
+        let result = value.and_then(|v| self.write_value(out, req.id, &v));
+        Called::Ran { result, method_id: None, duration: Duration::ZERO }
+    }
+
+    /// Runs a router method: a synchronous one here, timed with the service's clock; an
+    /// async or blocking one is handed out.
+    fn run_method(
+        &mut self,
+        service: &Service,
+        now: Instant,
+        req: &Request<'_>,
+        method: &Method,
+        out: &mut Vec<u8>,
+        slot: Slot,
+    ) -> Called {
+        let method_id = Some(service.method_id(method.index));
         let params = Params(req.params);
         match &method.handler {
             Handler::Sync(f) => {
                 let start = service.clock_now().unwrap_or(now);
                 let ctx = &self.ctx;
                 let call = |o: &mut Vec<u8>| unwind_to_error(&req.method, || f(params, ctx, o));
-                match req.id {
+                let result = match req.id {
                     // The result is serialized straight into the response.
                     Some(id) => self.write_result_of(out, id, call),
-                    None => {
-                        if let Err(e) = call(&mut Vec::new()) {
-                            metrics.record_error(ErrorKind::from_rpc_code(e.code));
-                        }
-                    }
-                }
+                    None => call(&mut Vec::new()),
+                };
                 let end = service.clock_now().unwrap_or(now);
-                metrics.record_call(
-                    service.method_id(method.index),
-                    end.saturating_duration_since(start),
-                    now,
-                );
-                false
+                Called::Ran { result, method_id, duration: end.saturating_duration_since(start) }
             }
-            Handler::Deferred(f) => {
-                let max = service.config().rpc.max_inflight_async;
-                if self.pending.len() >= max {
-                    metrics.call_rate_limited();
-                    if let Some(id) = req.id {
-                        self.write_failure(
-                            out,
-                            Some(id),
-                            &RpcError::count_limit("async calls in flight", max),
-                        );
-                    }
-                    return false;
+            // The handler's code before its first `.await` runs here, in the core.
+            Handler::Deferred(f) => match unwind_to_error(&req.method, || f(params, &self.ctx)) {
+                Ok(work) => {
+                    self.hand_out(req, Some(method.index), now, slot);
+                    self.out.push_back(SessionOutput::Spawn(CallId(self.next_call - 1), work));
+                    Called::Pending
                 }
-                // The handler's code before its first `.await` runs here, in the core.
-                match unwind_to_error(&req.method, || f(params, &self.ctx)) {
-                    Ok(fut) => {
-                        let call = self.next_call;
-                        self.next_call += 1;
-                        let id = req.id.map(|i| i.to_owned());
-                        self.pending.insert(
-                            call,
-                            PendingCall {
-                                id,
-                                method_index: Some(method.index),
-                                started: now,
-                                slot,
-                            },
-                        );
-                        self.out.push_back(SessionOutput::Spawn(CallId(call), fut));
-                        true
-                    }
-                    Err(e) => {
-                        match req.id {
-                            Some(id) => self.write_failure(out, Some(id), &e),
-                            None => metrics.record_error(ErrorKind::from_rpc_code(e.code)),
-                        }
-                        false
-                    }
-                }
-            }
+                Err(e) => Called::Ran { result: Err(e), method_id, duration: Duration::ZERO },
+            },
         }
     }
 
-    /// Writes the response to a request (nothing for a notification).
-    fn answer(
+    /// Records a call answered later, under the id `self.next_call - 1`.
+    fn hand_out(
+        &mut self,
+        req: &Request<'_>,
+        method_index: Option<usize>,
+        now: Instant,
+        slot: Slot,
+    ) {
+        let call = self.next_call;
+        self.next_call += 1;
+        let pending = PendingCall {
+            id: req.id.map(|i| i.to_owned()),
+            method_index,
+            params_len: req.params.map_or(0, |p| p.get().len()),
+            started: now,
+            slot,
+        };
+        self.pending.insert(call, pending);
+    }
+
+    /// Writes the response carrying `value` (nothing for a notification).
+    fn write_value(
         &self,
         out: &mut Vec<u8>,
         id: Option<&RawValue>,
-        result: Result<Box<RawValue>, RpcError>,
-    ) {
-        let Some(id) = id else { return };
-        match result {
-            Ok(value) => {
-                self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
-            }
-            Err(e) => self.write_failure(out, Some(id), &e),
-        }
-    }
-
-    fn write_success(&self, out: &mut Vec<u8>, id: &RawValue, write: impl FnOnce(&mut Vec<u8>)) {
+        value: &RawValue,
+    ) -> Result<(), RpcError> {
+        let Some(id) = id else { return Ok(()) };
         self.write_result_of(out, id, |o| {
-            write(o);
+            o.extend_from_slice(value.get().as_bytes());
             Ok(())
-        });
+        })
     }
 
-    /// Writes the response carrying what `write` produces, or the error it returns.
+    /// Writes the response carrying what `write` produces; the error it returns (or a result
+    /// over `max_response_size`) is returned with nothing written, for the caller to answer.
     fn write_result_of(
         &self,
         out: &mut Vec<u8>,
         id: &RawValue,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
-    ) {
+    ) -> Result<(), RpcError> {
         let start = out.len();
         let mut result_range = 0..0;
         let mut failed = None;
@@ -651,12 +695,12 @@ impl RpcSession {
         });
         if let Some(e) = failed {
             out.truncate(start);
-            return self.write_failure(out, Some(id), &e);
+            return Err(e);
         }
         let max = self.service.config().rpc.max_response_size;
         if out.len() - start > max {
             out.truncate(start);
-            return self.write_failure(out, Some(id), &RpcError::count_limit("response size", max));
+            return Err(RpcError::count_limit("response size", max));
         }
         if let Some(signer) = self.service.config().signing.as_ref() {
             let body = std::str::from_utf8(&out[result_range]).unwrap_or("");
@@ -664,13 +708,7 @@ impl RpcSession {
             insert_sig(out, &sig);
         }
         self.service.metrics().message_sent();
-        let _ = start;
-    }
-
-    /// Counts the error by its code, then answers it.
-    fn write_failure(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
-        self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
-        self.write_error_response(out, id, e);
+        Ok(())
     }
 
     /// Writes an error response, signed and counted as sent like a result: every error on
@@ -885,11 +923,7 @@ fn unwind_to_error<T>(
     call: impl FnOnce() -> Result<T, RpcError>,
 ) -> Result<T, RpcError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        let why = super::hooks::panic_message(&*panic);
         Err(RpcError::internal(format_args!("handler {method} panicked: {why}")))
     })
 }
