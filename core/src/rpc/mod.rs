@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod message;
 pub mod router;
 pub mod session;
+pub mod subscription;
 
 pub use error::RpcError;
 pub use message::{Incoming, Invalid, Request};
@@ -19,3 +20,4 @@ pub use router::{
     Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
+pub use subscription::{SubscribeCall, Subscription};

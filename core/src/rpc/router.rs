@@ -12,6 +12,7 @@ use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::value::RawValue;
 
 use super::error::RpcError;
+use super::subscription::{SubscribeCall, Subscription, SubscriptionHandler};
 use crate::auth::Principal;
 
 /// The future an async handler returns: it resolves to the serialized result.
@@ -194,6 +195,8 @@ pub struct Router {
     methods: HashMap<Box<str>, Method>,
     names: Vec<Box<str>>,
     refused: Vec<RouterError>,
+    /// Subscription handlers by name or kind ([`Router::subscription`]).
+    subscriptions: HashMap<Box<str>, Box<SubscriptionHandler>>,
 }
 
 impl fmt::Debug for Router {
@@ -306,6 +309,34 @@ impl Router {
 
     pub(crate) fn get(&self, name: &str) -> Option<&Method> {
         self.methods.get(name)
+    }
+
+    /// Registers the handler of subscribe calls for `name`: the subscription name itself
+    /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
+    /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
+    /// a kind. The handler gets the whole call and decides the topic and an optional filter
+    /// ([`Subscription`](super::Subscription)); its error is the call's answer. Subscriptions
+    /// without a handler are to the topic they name, unfiltered. The topic policies and the
+    /// per-connection limits apply to the topic it decides.
+    pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(&SubscribeCall<'_>) -> Result<Subscription, RpcError> + Send + Sync + 'static,
+    {
+        if self.subscriptions.contains_key(name) {
+            self.refused.push(RouterError::Duplicate(name.into()));
+        } else {
+            self.subscriptions.insert(name.into(), Box::new(handler));
+        }
+        self
+    }
+
+    /// The subscription handler for the subscription `name`: its own, or its kind's.
+    pub(crate) fn subscription_handler(&self, name: &str) -> Option<&SubscriptionHandler> {
+        if self.subscriptions.is_empty() {
+            return None;
+        }
+        let kind = crate::hub::topic_kind(name);
+        self.subscriptions.get(name).or_else(|| self.subscriptions.get(kind)).map(|h| &**h)
     }
 
     /// The name of the method registered at `index` (its [`Method::index`]).

@@ -12,6 +12,7 @@ use super::error::{self, RpcError};
 use super::hooks::{CallEnd, CallStart, Outcome, Refusal};
 use super::message::{self, Incoming, Invalid, Request};
 use super::router::{CallContext, ConnectionId, Handler, Method, Params, Transport, Work};
+use super::subscription::SubscribeCall;
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
@@ -51,6 +52,14 @@ impl std::fmt::Debug for SessionOutput {
             Self::Close(code, why) => f.debug_tuple("Close").field(code).field(why).finish(),
         }
     }
+}
+
+/// A subscription of this connection.
+#[derive(Debug)]
+struct Held {
+    key: Arc<TopicKey>,
+    /// Made with a filter: never the answer to another subscribe call.
+    filtered: bool,
 }
 
 /// Where the response of a call goes.
@@ -110,7 +119,7 @@ pub struct RpcSession {
     limiter: ConnectionLimiter,
     outbox: Arc<Outbox>,
     /// Active subscriptions by subscription id.
-    subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
+    subscriptions: HashMap<Arc<str>, Held>,
     /// Subscribe calls waiting for a broker-bridged topic to be in step, by subscription id.
     /// Subscribe calls waiting for their topic's broker side: call, and whether to answer
     /// with the bare id.
@@ -582,7 +591,7 @@ impl RpcSession {
                 Target::Method(method) => {
                     return self.run_method(&service, now, req, method, out, slot);
                 }
-                Target::Subscribe => match self.subscribe(now, params) {
+                Target::Subscribe => match self.subscribe(params) {
                     Ok(SubscribeAnswer::Now(value)) => Ok(value),
                     Ok(SubscribeAnswer::Pending(subscription, bare)) => {
                         // Answered when the broker side is ready (`finish_subscribe`).
@@ -727,8 +736,7 @@ impl RpcSession {
         self.service.metrics().message_sent();
     }
 
-    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
-        let _ = now;
+    fn subscribe(&mut self, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
         if self.ctx.transport == Transport::Http {
             return Err(RpcError::new(
                 error::METHOD_NOT_FOUND,
@@ -738,14 +746,22 @@ impl RpcSession {
         let service = self.service.clone();
         let hub = service.hub();
         let cfg = hub.config();
+        let eth_style = cfg.methods.eth_style;
         // In the eth style, `[name, {"since": N|null, "epoch": E}]` is wsrpc's resume
         // extension: only a client that sends `since` gets the full object answer below.
         let mut eth_resume = false;
-        let (topic, since, epoch): (String, Option<u64>, Option<u64>) = if cfg.methods.eth_style {
+        // Whether a filter param came (beyond the resume keys), for names without a handler.
+        let filter_given;
+        let (name, since, epoch): (String, Option<u64>, Option<u64>) = if eth_style {
             let v: Vec<serde_json::Value> = params.parse()?;
             let Some(t) = v.first().and_then(|t| t.as_str()) else {
                 return Err(RpcError::invalid_params("[0]: expected a subscription name"));
             };
+            filter_given = v.get(1).is_some_and(|f| match f {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(o) => o.keys().any(|k| k != "since" && k != "epoch"),
+                _ => true,
+            });
             let (since, epoch) = match v.get(1).and_then(|o| o.get("since")) {
                 Some(since) => {
                     eth_resume = true;
@@ -770,16 +786,39 @@ impl RpcSession {
                 since: Option<u64>,
                 #[serde(default)]
                 epoch: Option<u64>,
+                /// For the subscription handler (`SubscribeCall::filter`).
+                #[serde(default)]
+                filter: Option<serde::de::IgnoredAny>,
             }
             let s: Sub = params.parse()?;
+            filter_given = s.filter.is_some();
             (s.topic, s.since, s.epoch)
+        };
+        // The application's handler for the name decides the topic and the filter.
+        let (topic, filter) = match service.router().subscription_handler(&name) {
+            Some(handler) => {
+                let call = SubscribeCall { name: &name, params, context: &self.ctx, eth_style };
+                let decided = unwind_to_error(&cfg.methods.subscribe, || handler(&call))?;
+                (decided.topic, decided.filter)
+            }
+            None if filter_given => {
+                let at = if eth_style { "[1]" } else { "filter" };
+                return Err(RpcError::invalid_params(format!(
+                    "{at}: subscriptions to {name:?} take no filter"
+                )));
+            }
+            None => (name, None),
         };
         hub.authorize(&topic, &self.ctx.principal).map_err(subscribe_error)?;
         // eth style answers the bare subscription id, unless the client resumes.
-        let bare = cfg.methods.eth_style && !eth_resume;
-        let already = self.subscriptions.values().find(|k| *k.name == *topic).cloned();
+        let bare = eth_style && !eth_resume;
+        // A plain subscription is idempotent; a filtered one is a new subscription each time.
+        let already = match filter {
+            None => self.subscriptions.values().find(|h| !h.filtered && *h.key.name == *topic),
+            Some(_) => None,
+        };
         let key = match already {
-            Some(key) => key,
+            Some(held) => held.key.clone(),
             None => {
                 if self.subscriptions.len() >= cfg.max_subscriptions {
                     return Err(subscribe_error(SubscribeError::TooMany {
@@ -790,8 +829,11 @@ impl RpcSession {
                 let kind = topic_kind(&topic);
                 if let Some((_, max)) = cfg.kind_limits.iter().find(|(k, _)| k == kind) {
                     // Derived from the subscriptions (at most `max_subscriptions` of them).
-                    let held =
-                        self.subscriptions.values().filter(|k| topic_kind(&k.name) == kind).count();
+                    let held = self
+                        .subscriptions
+                        .values()
+                        .filter(|h| topic_kind(&h.key.name) == kind)
+                        .count();
                     if held >= *max {
                         return Err(subscribe_error(SubscribeError::TooMany {
                             limit: kind.to_owned(),
@@ -799,12 +841,17 @@ impl RpcSession {
                         }));
                     }
                 }
-                let sub = hub
-                    .subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)))
-                    .map_err(subscribe_error)?;
+                let since = since.map(|s| (s, epoch));
+                let filtered = filter.is_some();
+                let sub = match filter {
+                    None => hub.subscribe(&self.outbox, &topic, since),
+                    Some(filter) => hub.subscribe_filtered(&self.outbox, &topic, since, filter),
+                }
+                .map_err(subscribe_error)?;
                 service.metrics().subscription_opened();
-                self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
-                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?} pending={}", self.ctx.connection, sub.pending);
+                let held = Held { key: sub.key.clone(), filtered };
+                self.subscriptions.insert(sub.key.subscription.clone(), held);
+                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} id={} filtered={filtered} since={since:?} pending={}", self.ctx.connection, sub.key.subscription, sub.pending);
                 if sub.pending {
                     return Ok(SubscribeAnswer::Pending(sub.key.subscription.clone(), bare));
                 }
@@ -824,8 +871,8 @@ impl RpcSession {
     fn unsubscribe(&mut self, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
         let (id,): (String,) = params.parse()?;
         let removed = match self.subscriptions.remove(id.as_str()) {
-            Some(key) => {
-                self.service.hub().unsubscribe(&self.outbox, &key.name);
+            Some(Held { key, .. }) => {
+                self.service.hub().unsubscribe(&self.outbox, &key);
                 self.drained.retain(|item| item.topic().is_none_or(|t| !Arc::ptr_eq(t, &key)));
                 self.service.metrics().subscriptions_closed(1);
                 let waiting = if self.pending_subscribes.is_empty() {
@@ -854,8 +901,8 @@ impl RpcSession {
     /// drop.
     pub fn shutdown(&mut self) {
         let n = self.subscriptions.len() as u64;
-        for (_, key) in self.subscriptions.drain() {
-            self.service.hub().unsubscribe(&self.outbox, &key.name);
+        for (_, held) in self.subscriptions.drain() {
+            self.service.hub().unsubscribe(&self.outbox, &held.key);
         }
         if n > 0 {
             self.service.metrics().subscriptions_closed(n);
