@@ -56,7 +56,7 @@ impl<'a> SubscribeCall<'a> {
     }
 
     /// The filter param, deserialized; `None` when absent or `null`. Errors are -32602
-    /// naming the param (`[1]: address: expected 20 bytes …`).
+    /// naming the param (`Invalid params: [1]: address: expected 20 bytes …`).
     ///
     /// In Ethereum style the filter object also carries wsrpc's resume keys (`since`,
     /// `epoch`) when a client resumes: a filter type should ignore keys it does not know.
@@ -79,9 +79,11 @@ impl<'a> SubscribeCall<'a> {
         match raw {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => Params::new(Some(raw)).parse().map(Some).map_err(|mut e| {
-                e.message = format!("{at}: {}", e.message).into();
-                e
+            Some(raw) => Params::new(Some(raw)).parse().map(Some).map_err(|e| {
+                match e.message.strip_prefix("Invalid params: ") {
+                    Some(detail) => RpcError::invalid_params(format_args!("{at}: {detail}")),
+                    None => e,
+                }
             }),
         }
     }
