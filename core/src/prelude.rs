@@ -7,7 +7,10 @@ pub use crate::rpc::client::{
     BackoffConfig, ClientConfig, ClientError, ClientOptions, ConnectError, SubscriptionEvent,
     TlsError,
 };
-pub use crate::rpc::{CallContext, ConnectionId, Params, Router, RouterError, RpcError, Transport};
+pub use crate::rpc::{
+    CallContext, ConnectionId, Extensions, HandlerContext, Params, RequestId, Router, RouterError,
+    RpcError, Transport,
+};
 pub use crate::service::{
     Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,
 };

@@ -174,29 +174,33 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// A service started at `now`. The hub's epoch is derived from the wall clock, so
     /// sequence numbers of a restarted server are recognised as new.
-    pub fn new(config: ServiceConfig, router: Router, now: Now) -> Arc<Self> {
+    pub fn new<S: Send + Sync + 'static>(
+        config: ServiceConfig,
+        router: Router<S>,
+        now: Now,
+    ) -> Arc<Self> {
         Self::with_clock(config, router, now, None)
     }
 
     /// [`new`](Self::new) with a clock for measuring synchronous handlers.
-    pub fn with_clock(
+    pub fn with_clock<S: Send + Sync + 'static>(
         config: ServiceConfig,
-        router: Router,
+        router: Router<S>,
         now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
-        Self::build(config, router, now, clock, None, Vec::new())
+        Self::build(config, router.into_stateless(), now, clock, None, Vec::new())
     }
 
     /// [`new`](Self::new) with hooks (what `ServerBuilder::hook` registers), for sessions
     /// over transports the caller runs itself and for tests.
-    pub fn with_hooks(
+    pub fn with_hooks<S: Send + Sync + 'static>(
         config: ServiceConfig,
-        router: Router,
+        router: Router<S>,
         now: Now,
         hooks: Vec<Arc<dyn Hook>>,
     ) -> Arc<Self> {
-        Self::build(config, router, now, None, None, hooks)
+        Self::build(config, router.into_stateless(), now, None, None, hooks)
     }
 
     /// The service, with a broker when `broker` is given: its driver is started here with
@@ -672,9 +676,10 @@ impl<L: Launch> ServerBuilder<L> {
         self.tls.as_ref()
     }
 
-    /// The methods to serve.
-    pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
+    /// The methods to serve (a [`Router`], or a `Router<S>` made with
+    /// [`Router::with_state`]).
+    pub fn router<S: Send + Sync + 'static>(mut self, router: Router<S>) -> Self {
+        self.router = router.into_stateless();
         self
     }
 

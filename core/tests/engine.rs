@@ -971,7 +971,7 @@ mod hooks {
 
     impl Hook for Recorder {
         fn before_call(&self, call: &mut CallStart<'_>) -> Result<(), RpcError> {
-            let id = call.id.map_or("-", |i| i.get());
+            let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
             self.0.push(format!("before {} {id}", call.method));
             if call.method == "add" && call.params.parse::<(i64, i64)>().is_ok_and(|p| p.0 == 13) {
                 return Err(RpcError::new(4100, "unlucky"));
@@ -979,7 +979,7 @@ mod hooks {
             Ok(())
         }
         fn after_call(&self, call: &CallEnd<'_>) {
-            let id = call.id.map_or("-", |i| i.get());
+            let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
             let (code, refused) = (call.outcome.code(), call.refused);
             let ms = call.duration.as_millis();
             self.0.push(format!("after {} {id} {code:?} {refused:?} {ms}ms", call.method));
@@ -1065,6 +1065,57 @@ mod hooks {
         assert_eq!(trail.take(), ["closed 1000 \"bye\" clean=true 1000ms"]);
         drop(p);
         assert!(trail.take().is_empty(), "told once");
+    }
+
+    /// What a hook learned about the caller, for the handler.
+    #[derive(Debug)]
+    struct Tag(String);
+
+    #[test]
+    fn extensions_a_hook_inserts_reach_the_handler_and_end_with_the_call() {
+        let trail = Arc::new(Trail::default());
+        let t = trail.clone();
+        let tagger = before_call(|call: &mut CallStart<'_>| {
+            if call.method != "plain" {
+                let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
+                call.extensions.insert(Tag(format!("{} {id}", call.method)));
+            }
+            Ok(())
+        });
+        let observer = after_call(move |call: &CallEnd<'_>| {
+            let tag = call.context.extensions.get::<Tag>().map(|t| t.0.clone());
+            t.push(format!("observed {tag:?}"));
+        });
+        let mut r = Router::new();
+        let seen = |ctx: &wsrpc_core::rpc::CallContext| {
+            json!(ctx.extensions.get::<Tag>().map(|t| t.0.clone()))
+        };
+        r.method("sync", move |(): (), ctx| Ok(seen(&ctx)))
+            .method("plain", move |(): (), ctx| Ok(seen(&ctx)))
+            .async_method("later", move |(): (), ctx| async move { Ok(seen(&ctx)) });
+        let hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(tagger), Arc::new(observer)];
+        let svc = Service::with_hooks(ServiceConfig::default(), r, start(), hooks);
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        assert_eq!(p.call("sync", json!([]))["result"], "sync 1000");
+        assert_eq!(p.call("plain", json!([]))["result"], Value::Null, "nothing left over");
+        // An async handler gets them in its own context; the observer at completion too.
+        p.state.hold = true;
+        p.client.send_text(p.now.mono, r#"{"jsonrpc":"2.0","method":"later","id":"x"}"#).unwrap();
+        p.drive();
+        let (call, work) = p.state.held.pop().expect("handed out");
+        assert_eq!(p.call("plain", json!([]))["result"], Value::Null, "another call meanwhile");
+        p.server.handle(p.now, Input::Completed(call, run(work)));
+        p.drive();
+        assert_eq!(p.received.pop().unwrap()["result"], "later \"x\"");
+        assert_eq!(
+            trail.take(),
+            [
+                "observed Some(\"sync 1000\")",
+                "observed None",
+                "observed None",
+                "observed Some(\"later \\\"x\\\"\")",
+            ]
+        );
     }
 
     #[test]

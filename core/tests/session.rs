@@ -985,14 +985,15 @@ mod filters {
     fn a_handler_decides_the_topic_and_the_policies_apply_to_it() {
         let mut config = hub_config();
         config.hub.methods = SubscriptionMethods::eth();
-        let mut r = Router::new();
-        // `eth_subscribe("mine")`: the caller's own topic, which its principal may read.
+        // `eth_subscribe("mine")`: the caller's own topic (its kind from the router's state),
+        // which its principal may read.
+        let mut r = Router::with_state(String::from("user"));
         r.subscription("mine", |call| {
-            Ok(Subscription::topic(format!("user:{}", call.context().principal.id)))
+            Ok(Subscription::topic(format!("{}:{}", call.state(), call.context().principal.id)))
         })
         .subscription("closed", |_| Err(RpcError::new(4200, "this subscription is not offered")))
         .subscription("broken", |_| -> Result<Subscription, RpcError> { panic!("bug") });
-        let mut h = Harness::new(config, r);
+        let mut h = Harness::new(config, r.into_stateless());
         let mut alice = h.session(None, Principal::authenticated("alice"));
         let r = eth_subscribe(&h, &mut alice, json!(["mine"]));
         assert!(r["result"].is_string(), "{r}");

@@ -222,7 +222,7 @@ pub fn audit_hook() -> impl Hook {
             call.context.connection,
             call.context.origin.as_deref().unwrap_or("-"),
             call.context.principal.id,
-            call.id.map_or("-", |id| id.get()),
+            call.context.id.as_ref().map_or("-", |id| id.as_json()),
             call.params_len,
             call.duration,
             call.refused.map_or(String::new(), |r| format!(" refused by {r:?}")),

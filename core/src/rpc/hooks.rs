@@ -14,7 +14,8 @@
 //!    an unknown method ends with -32601;
 //! 3. the method class's rate token (router methods, `rpc.health`, `rpc.metrics`);
 //! 4. [`Hook::before_call`] of each hook in registration order: the first `Err` refuses the
-//!    call with that JSON-RPC error and the handler never runs;
+//!    call with that JSON-RPC error and the handler never runs; values a hook inserts into
+//!    [`CallStart::extensions`] reach the handler in its context's `extensions`;
 //! 5. the handler (a synchronous one inside the core; async and blocking ones on the
 //!    adapter's runtime or workers);
 //! 6. [`Hook::after_call`], with the outcome and how long the handler ran: at once for a
@@ -36,9 +37,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-
 use super::error::RpcError;
+use super::extensions::Extensions;
 use super::router::{CallContext, ConnectionId, Params};
 use crate::auth::Principal;
 use crate::metrics::{ErrorKind, MethodId, Metrics};
@@ -81,19 +81,21 @@ pub trait Hook: Send + Sync {
 pub struct CallStart<'a> {
     /// The method called.
     pub method: &'a str,
-    /// The request id; `None` for a notification.
-    pub id: Option<&'a RawValue>,
     /// The params as sent.
     pub params: Params<'a>,
-    /// The connection, origin, principal and transport of the call.
+    /// The request id, connection, origin, principal and transport of the call.
     pub context: &'a CallContext,
+    /// What the handler will find in its context's
+    /// [`extensions`](CallContext::extensions): insert values here (a decoded account, a
+    /// trace span). Hooks that ran before this one may have added some.
+    pub extensions: &'a mut Extensions,
 }
 
 impl std::fmt::Debug for CallStart<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallStart")
             .field("method", &self.method)
-            .field("id", &self.id.map(RawValue::get))
+            .field("id", &self.context.id)
             .field("connection", &self.context.connection)
             .finish_non_exhaustive()
     }
@@ -144,11 +146,10 @@ pub enum Refusal {
 pub struct CallEnd<'a> {
     /// The method called.
     pub method: &'a str,
-    /// The request id; `None` for a notification.
-    pub id: Option<&'a RawValue>,
     /// Bytes of the params as sent (0 without params).
     pub params_len: usize,
-    /// The connection, origin, principal and transport of the call.
+    /// The request id, connection, origin, principal and transport of the call, with the
+    /// extensions its hooks attached.
     pub context: &'a CallContext,
     /// Its result or error.
     pub outcome: Outcome<'a>,
@@ -168,7 +169,7 @@ impl std::fmt::Debug for CallEnd<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallEnd")
             .field("method", &self.method)
-            .field("id", &self.id.map(RawValue::get))
+            .field("id", &self.context.id)
             .field("connection", &self.context.connection)
             .field("outcome", &self.outcome)
             .field("refused", &self.refused)

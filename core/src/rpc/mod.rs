@@ -7,6 +7,7 @@
 pub mod client;
 pub mod dispatch;
 pub mod error;
+pub mod extensions;
 pub mod hooks;
 pub mod message;
 pub mod router;
@@ -14,10 +15,11 @@ pub mod session;
 pub mod subscription;
 
 pub use error::RpcError;
+pub use extensions::Extensions;
 pub use message::{Incoming, Invalid, Request};
 pub use router::{
-    BlockingCall, CallContext, ConnectionId, HandlerFuture, Params, Router, RouterError, Transport,
-    Work,
+    BlockingCall, CallContext, ConnectionId, HandlerContext, HandlerFuture, Params, RequestId,
+    Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
 pub use subscription::{SubscribeCall, Subscription};

@@ -1,5 +1,6 @@
 //! The method table: typed registration, params, and the per-call context.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -12,6 +13,7 @@ use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::value::RawValue;
 
 use super::error::RpcError;
+use super::extensions::Extensions;
 use super::subscription::{SubscribeCall, Subscription, SubscriptionHandler};
 use crate::auth::Principal;
 
@@ -41,9 +43,108 @@ pub enum Transport {
     Messages,
 }
 
-/// What a handler knows about the call.
+/// The id of a request as its client sent it (a number, a string or `null`), for handlers
+/// and hooks (logs, traces, correlating with the client).
+///
+/// ```
+/// use wsrpc_core::rpc::RequestId;
+///
+/// let id = RequestId::from_json("42").unwrap();
+/// assert_eq!(id.as_i64(), Some(42));
+/// let id = RequestId::from_json(r#""a\u0062c""#).unwrap();
+/// assert_eq!(id.as_str().as_deref(), Some("abc"));
+/// assert_eq!(id.to_string(), r#""a\u0062c""#, "displayed as sent");
+/// ```
+// Kept as the JSON text, inline up to 23 bytes (every numeric id, most string ones): taking
+// the id of each call then costs a copy, never a parse or an allocation.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(IdText);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdText {
+    Inline { len: u8, bytes: [u8; 23] },
+    Shared(Arc<str>),
+}
+
+impl RequestId {
+    /// The id of a request from its raw JSON, as the message parser admitted it.
+    pub fn from_raw(raw: &RawValue) -> Self {
+        let text = raw.get().as_bytes();
+        let mut bytes = [0; 23];
+        match bytes.get_mut(..text.len()) {
+            Some(inline) => {
+                inline.copy_from_slice(text);
+                #[allow(clippy::cast_possible_truncation)] // at most 23
+                Self(IdText::Inline { len: text.len() as u8, bytes })
+            }
+            None => Self(IdText::Shared(Arc::from(raw.get()))),
+        }
+    }
+
+    /// The id from JSON text; `None` unless it is a JSON string, number or `null` (what
+    /// JSON-RPC allows).
+    pub fn from_json(text: &str) -> Option<Self> {
+        let value: &RawValue = serde_json::from_str(text).ok()?;
+        matches!(value.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
+            .then(|| Self::from_raw(value))
+    }
+
+    /// The id as JSON text, exactly as the client sent it (`42`, `"abc"`, `null`).
+    pub fn as_json(&self) -> &str {
+        match &self.0 {
+            // Only ever copied from a `&str`, whole.
+            IdText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            IdText::Shared(text) => text,
+        }
+    }
+
+    /// The id as an integer, when it is one that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        self.as_json().parse().ok()
+    }
+
+    /// The id as an unsigned integer, when it is one that fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.as_json().parse().ok()
+    }
+
+    /// The id as a string (unescaped), when it is a string.
+    pub fn as_str(&self) -> Option<Cow<'_, str>> {
+        let json = self.as_json();
+        json.starts_with('"').then(|| serde_json::from_str(json).ok()).flatten()
+    }
+
+    /// Whether the id is `null` (allowed by JSON-RPC 2.0, though discouraged).
+    pub fn is_null(&self) -> bool {
+        self.as_json() == "null"
+    }
+}
+
+impl fmt::Display for RequestId {
+    /// The id as JSON text, as sent.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_json())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_json()).finish()
+    }
+}
+
+/// What a handler knows about the call: who, from where, on which connection, which request,
+/// and what hooks attached to it.
+///
+/// Handlers see it through [`HandlerContext`] (which dereferences to it); hooks fill
+/// [`extensions`](Self::extensions) before a handler runs.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CallContext {
+    /// The id of the request; `None` for a notification.
+    pub id: Option<RequestId>,
     /// The connection the call came on.
     pub connection: ConnectionId,
     /// The `Origin` header of the connection's handshake or HTTP request, if any.
@@ -54,6 +155,88 @@ pub struct CallContext {
     pub now: Instant,
     /// How the call arrived.
     pub transport: Transport,
+    /// Values hooks attached to the call, by type (empty unless a hook adds one).
+    pub extensions: Extensions,
+}
+
+impl CallContext {
+    /// The context of an anonymous call without id on `connection` (for sessions run by hand
+    /// and for testing handlers); set the public fields to say more.
+    pub fn new(connection: ConnectionId, transport: Transport, now: Instant) -> Self {
+        Self {
+            id: None,
+            connection,
+            origin: None,
+            principal: Arc::new(Principal::anonymous()),
+            now,
+            transport,
+            extensions: Extensions::new(),
+        }
+    }
+}
+
+/// What a handler of a [`Router<S>`] gets besides its params: the call's [`CallContext`]
+/// (through `Deref`: `ctx.id`, `ctx.connection`, `ctx.principal`, …) and the router's state
+/// ([`state`](Self::state)).
+///
+/// A synchronous handler's context borrows both (nothing is copied per call); an async or
+/// blocking handler's context owns them (`HandlerContext<'static, S>`), so it can move into
+/// the future or onto the worker thread.
+pub struct HandlerContext<'a, S = ()> {
+    call: Cow<'a, CallContext>,
+    state: Cow<'a, Arc<S>>,
+}
+
+impl<'a, S> HandlerContext<'a, S> {
+    /// A context borrowing the call and the state (for running a handler by hand, in tests).
+    pub fn new(call: &'a CallContext, state: &'a Arc<S>) -> Self {
+        Self { call: Cow::Borrowed(call), state: Cow::Borrowed(state) }
+    }
+
+    /// A context that owns its parts.
+    pub fn owned(call: CallContext, state: Arc<S>) -> HandlerContext<'static, S> {
+        HandlerContext { call: Cow::Owned(call), state: Cow::Owned(state) }
+    }
+
+    /// The state given to [`Router::with_state`].
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The state as its shared `Arc` (to keep beyond the call).
+    pub fn shared_state(&self) -> Arc<S> {
+        Arc::clone(&self.state)
+    }
+
+    /// The call's context.
+    pub fn call(&self) -> &CallContext {
+        &self.call
+    }
+
+    /// The call's context, owned (cloned when borrowed).
+    pub fn into_call(self) -> CallContext {
+        self.call.into_owned()
+    }
+}
+
+impl<S> Clone for HandlerContext<'_, S> {
+    fn clone(&self) -> Self {
+        Self { call: self.call.clone(), state: self.state.clone() }
+    }
+}
+
+impl<S> fmt::Debug for HandlerContext<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerContext").field("call", &*self.call).finish_non_exhaustive()
+    }
+}
+
+impl<S> std::ops::Deref for HandlerContext<'_, S> {
+    type Target = CallContext;
+
+    fn deref(&self) -> &CallContext {
+        &self.call
+    }
 }
 
 /// The params of a call, borrowed from the message.
@@ -177,7 +360,7 @@ pub(crate) struct Method {
     pub(crate) index: usize,
 }
 
-/// The table of methods a server answers.
+/// The table of methods a server answers, with the application state its handlers share.
 ///
 /// ```
 /// use wsrpc_core::rpc::{Router, RpcError};
@@ -187,28 +370,72 @@ pub(crate) struct Method {
 ///     .method("echo", |p: serde_json::Value, _ctx| Ok::<_, RpcError>(p));
 /// ```
 ///
-/// Names starting with `rpc.` are reserved for built-ins (`rpc.health`, `rpc.metrics`).
-/// Registering one, or a name twice, is refused: [`check`](Self::check) says so, and starting
-/// a server with such a router fails with that error.
-#[derive(Default)]
-pub struct Router {
+/// With state, given once and reached from every handler as `ctx.state()`:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use wsrpc_core::rpc::Router;
+///
+/// #[derive(Default)]
+/// struct Counter(AtomicU64);
+///
+/// let mut router = Router::with_state(Counter::default());
+/// router.method("bump", |(): (), ctx| Ok(ctx.state().0.fetch_add(1, Ordering::Relaxed) + 1));
+/// ```
+///
+/// Names starting with `rpc.` are reserved for built-ins (`rpc.health`, `rpc.metrics`,
+/// `rpc.discover`). Registering one, or a name twice, is refused: [`check`](Self::check) says
+/// so, and starting a server with such a router fails with that error.
+// `S` defaults to `()` so `Router::new()` and `-> Router` keep meaning a router without state;
+// each handler captures the `Arc<S>` when registered, so the server holds `Router<()>` only.
+pub struct Router<S = ()> {
     methods: HashMap<Box<str>, Method>,
     names: Vec<Box<str>>,
     refused: Vec<RouterError>,
     /// Subscription handlers by name or kind ([`Router::subscription`]).
     subscriptions: HashMap<Box<str>, Box<SubscriptionHandler>>,
+    state: Arc<S>,
 }
 
-impl fmt::Debug for Router {
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> fmt::Debug for Router<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router").field("methods", &self.names).finish()
     }
 }
 
 impl Router {
-    /// An empty router.
+    /// An empty router without state.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_shared_state(Arc::new(()))
+    }
+}
+
+impl<S: Send + Sync + 'static> Router<S> {
+    /// An empty router whose handlers get `&state` (as [`HandlerContext::state`]).
+    pub fn with_state(state: S) -> Self {
+        Self::with_shared_state(Arc::new(state))
+    }
+
+    /// [`with_state`](Self::with_state) with state already shared (kept by the caller too).
+    pub fn with_shared_state(state: Arc<S>) -> Self {
+        Self {
+            methods: HashMap::new(),
+            names: Vec::new(),
+            refused: Vec::new(),
+            subscriptions: HashMap::new(),
+            state,
+        }
+    }
+
+    /// The state handlers get.
+    pub fn state(&self) -> &Arc<S> {
+        &self.state
     }
 
     /// Registers a synchronous method with typed params, called by the core directly.
@@ -216,12 +443,13 @@ impl Router {
     where
         P: DeserializeOwned,
         R: Serialize,
-        F: Fn(P, &CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+        F: Fn(P, HandlerContext<'_, S>) -> Result<R, RpcError> + Send + Sync + 'static,
     {
+        let state = self.state.clone();
         self.insert(
             name,
             Handler::Sync(Box::new(move |params, ctx, out| {
-                let result = f(params.parse()?, ctx)?;
+                let result = f(params.parse()?, HandlerContext::new(ctx, &state))?;
                 serde_json::to_writer(out, &result).map_err(RpcError::internal)
             })),
         )
@@ -232,12 +460,16 @@ impl Router {
     pub fn method_raw<R, F>(&mut self, name: &str, f: F) -> &mut Self
     where
         R: Serialize,
-        F: for<'p> Fn(Params<'p>, &CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+        F: for<'p> Fn(Params<'p>, HandlerContext<'_, S>) -> Result<R, RpcError>
+            + Send
+            + Sync
+            + 'static,
     {
+        let state = self.state.clone();
         self.insert(
             name,
             Handler::Sync(Box::new(move |params, ctx, out| {
-                let result = f(params, ctx)?;
+                let result = f(params, HandlerContext::new(ctx, &state))?;
                 serde_json::to_writer(out, &result).map_err(RpcError::internal)
             })),
         )
@@ -250,13 +482,14 @@ impl Router {
     where
         P: DeserializeOwned,
         R: Serialize,
-        F: Fn(P, CallContext) -> Fut + Send + Sync + 'static,
+        F: Fn(P, HandlerContext<'static, S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
     {
+        let state = self.state.clone();
         self.insert(
             name,
             Handler::Deferred(Box::new(move |params, ctx| {
-                let fut = f(params.parse()?, ctx.clone());
+                let fut = f(params.parse()?, HandlerContext::owned(ctx.clone(), state.clone()));
                 Ok(Work::Future(Box::pin(async move {
                     let result = fut.await?;
                     serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
@@ -273,14 +506,15 @@ impl Router {
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize,
-        F: Fn(P, CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+        F: Fn(P, HandlerContext<'static, S>) -> Result<R, RpcError> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
+        let state = self.state.clone();
         self.insert(
             name,
             Handler::Deferred(Box::new(move |params, ctx| {
                 let p: P = params.parse()?;
-                let (f, ctx) = (f.clone(), ctx.clone());
+                let (f, ctx) = (f.clone(), HandlerContext::owned(ctx.clone(), state.clone()));
                 Ok(Work::Blocking(Box::new(move || {
                     let result = f(p, ctx)?;
                     serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
@@ -302,6 +536,41 @@ impl Router {
         self
     }
 
+    /// Registers the handler of subscribe calls for `name`: the subscription name itself
+    /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
+    /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
+    /// a kind. The handler gets the whole call and decides the topic and an optional filter
+    /// ([`Subscription`](super::Subscription)); its error is the call's answer. Subscriptions
+    /// without a handler are to the topic they name, unfiltered. The topic policies and the
+    /// per-connection limits apply to the topic it decides. The handler reaches the router's
+    /// state as [`call.state()`](SubscribeCall::state).
+    pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(&SubscribeCall<'_, S>) -> Result<Subscription, RpcError> + Send + Sync + 'static,
+    {
+        if self.subscriptions.contains_key(name) {
+            self.refused.push(RouterError::Duplicate(name.into()));
+        } else {
+            let state = self.state.clone();
+            let handler = move |call: &SubscribeCall<'_>| handler(&call.with_state(&*state));
+            self.subscriptions.insert(name.into(), Box::new(handler));
+        }
+        self
+    }
+
+    /// The router as the server keeps it: every handler already holds the state it needs.
+    pub fn into_stateless(self) -> Router {
+        Router {
+            methods: self.methods,
+            names: self.names,
+            refused: self.refused,
+            subscriptions: self.subscriptions,
+            state: Arc::new(()),
+        }
+    }
+}
+
+impl<S> Router<S> {
     /// Whether every registration was accepted; the first refusal otherwise.
     pub fn check(&self) -> Result<(), RouterError> {
         self.refused.first().map_or(Ok(()), |e| Err(e.clone()))
@@ -309,25 +578,6 @@ impl Router {
 
     pub(crate) fn get(&self, name: &str) -> Option<&Method> {
         self.methods.get(name)
-    }
-
-    /// Registers the handler of subscribe calls for `name`: the subscription name itself
-    /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
-    /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
-    /// a kind. The handler gets the whole call and decides the topic and an optional filter
-    /// ([`Subscription`](super::Subscription)); its error is the call's answer. Subscriptions
-    /// without a handler are to the topic they name, unfiltered. The topic policies and the
-    /// per-connection limits apply to the topic it decides.
-    pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
-    where
-        F: Fn(&SubscribeCall<'_>) -> Result<Subscription, RpcError> + Send + Sync + 'static,
-    {
-        if self.subscriptions.contains_key(name) {
-            self.refused.push(RouterError::Duplicate(name.into()));
-        } else {
-            self.subscriptions.insert(name.into(), Box::new(handler));
-        }
-        self
     }
 
     /// The subscription handler for the subscription `name`: its own, or its kind's.

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
+use super::extensions::Extensions;
 use super::hooks::{CallEnd, CallStart, Outcome, Refusal};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, Method, Params, Transport, Work};
+use super::router::{
+    CallContext, ConnectionId, Handler, Method, Params, RequestId, Transport, Work,
+};
 use super::subscription::SubscribeCall;
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
@@ -76,6 +79,7 @@ struct PendingCall {
     /// The router method (none: the subscribe method).
     method_index: Option<usize>,
     params_len: usize,
+    extensions: Extensions,
     started: Instant,
     slot: Slot,
 }
@@ -155,7 +159,9 @@ impl RpcSession {
     ) -> Self {
         let limiter = ConnectionLimiter::new(service.limit_config().clone());
         let outbox = service.hub().new_outbox();
-        let ctx = CallContext { connection, origin, principal, now, transport };
+        let mut ctx = CallContext::new(connection, transport, now);
+        ctx.origin = origin;
+        ctx.principal = principal;
         Self {
             service,
             ctx,
@@ -270,12 +276,15 @@ impl RpcSession {
         if let (Err(e), Some(id)) = (&result, &p.id) {
             self.write_error_response(&mut out, Some(id), e);
         }
+        // The context of this call again, as its hooks and handler saw it (this may run
+        // inside another call, an unsubscribe ending a waiting subscribe: kept aside).
+        let id = std::mem::replace(&mut self.ctx.id, p.id.as_deref().map(RequestId::from_raw));
+        let extensions = std::mem::replace(&mut self.ctx.extensions, p.extensions);
         let service = &self.service;
         let call = CallEnd {
             method: p
                 .method_index
                 .map_or(&service.config().hub.methods.subscribe, |i| service.router().name(i)),
-            id: p.id.as_deref(),
             params_len: p.params_len,
             context: &self.ctx,
             outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
@@ -285,6 +294,8 @@ impl RpcSession {
             method_id: p.method_index.map(|i| service.method_id(i)),
         };
         service.after_call(&call);
+        self.ctx.id = id;
+        self.ctx.extensions = extensions;
         match p.slot {
             Slot::Single => {
                 if !out.is_empty() {
@@ -497,6 +508,8 @@ impl RpcSession {
                 return false;
             }
         };
+        // Every call's context names it, refused or not, for the hooks and the handler.
+        self.ctx.id = req.id.map(RequestId::from_raw);
         let (result, refused, method_id, duration) =
             match self.call(now, &req, out, slot, message_limited) {
                 Called::Pending => return true,
@@ -508,7 +521,6 @@ impl RpcSession {
         }
         let call = CallEnd {
             method: &req.method,
-            id: req.id,
             params_len: req.params.map_or(0, |p| p.get().len()),
             context: &self.ctx,
             outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
@@ -518,6 +530,10 @@ impl RpcSession {
             method_id,
         };
         self.service.after_call(&call);
+        // What hooks attached belongs to this call only.
+        if !self.ctx.extensions.is_empty() {
+            self.ctx.extensions.clear();
+        }
         false
     }
 
@@ -580,9 +596,17 @@ impl RpcSession {
         self.ctx.now = now;
         let params = Params(req.params);
         if service.hooks().has_user_hooks() {
-            let mut start =
-                CallStart { method: &req.method, id: req.id, params, context: &self.ctx };
-            if let Err(e) = service.hooks().before_call(&mut start) {
+            // Taken out while the hooks fill it, so they can read the rest of the context.
+            let mut extensions = std::mem::take(&mut self.ctx.extensions);
+            let mut start = CallStart {
+                method: &req.method,
+                params,
+                context: &self.ctx,
+                extensions: &mut extensions,
+            };
+            let decided = service.hooks().before_call(&mut start);
+            self.ctx.extensions = extensions;
+            if let Err(e) = decided {
                 return Called::Refused(e, Refusal::Hook);
             }
         }
@@ -664,6 +688,8 @@ impl RpcSession {
             id: req.id.map(|i| i.to_owned()),
             method_index,
             params_len: req.params.map_or(0, |p| p.get().len()),
+            // The handler has its own copy; these are for the observer at completion.
+            extensions: std::mem::take(&mut self.ctx.extensions),
             started: now,
             slot,
         };
@@ -797,7 +823,13 @@ impl RpcSession {
         // The application's handler for the name decides the topic and the filter.
         let (topic, filter) = match service.router().subscription_handler(&name) {
             Some(handler) => {
-                let call = SubscribeCall { name: &name, params, context: &self.ctx, eth_style };
+                let call = SubscribeCall {
+                    name: &name,
+                    params,
+                    context: &self.ctx,
+                    eth_style,
+                    state: &(),
+                };
                 let decided = unwind_to_error(&cfg.methods.subscribe, || handler(&call))?;
                 (decided.topic, decided.filter)
             }

@@ -21,15 +21,23 @@ pub(crate) type SubscriptionHandler =
 /// (`subscribe`) takes `[topic, since, epoch, filter]` or
 /// `{"topic": …, "since": …, "epoch": …, "filter": …}`. [`filter`](Self::filter) reads the
 /// filter part of either.
-#[derive(Clone, Copy)]
-pub struct SubscribeCall<'a> {
+pub struct SubscribeCall<'a, S = ()> {
     pub(crate) name: &'a str,
     pub(crate) params: Params<'a>,
     pub(crate) context: &'a CallContext,
     pub(crate) eth_style: bool,
+    pub(crate) state: &'a S,
 }
 
-impl std::fmt::Debug for SubscribeCall<'_> {
+impl<S> Clone for SubscribeCall<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for SubscribeCall<'_, S> {}
+
+impl<S> std::fmt::Debug for SubscribeCall<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubscribeCall")
             .field("name", &self.name)
@@ -38,7 +46,21 @@ impl std::fmt::Debug for SubscribeCall<'_> {
     }
 }
 
-impl<'a> SubscribeCall<'a> {
+impl<'a, S> SubscribeCall<'a, S> {
+    /// The same call with the router's state.
+    pub(crate) fn with_state<'b, T>(&self, state: &'b T) -> SubscribeCall<'b, T>
+    where
+        'a: 'b,
+    {
+        let Self { name, params, context, eth_style, .. } = *self;
+        SubscribeCall { name, params, context, eth_style, state }
+    }
+
+    /// The state given to [`Router::with_state`](super::Router::with_state).
+    pub fn state(&self) -> &'a S {
+        self.state
+    }
+
     /// The subscription name the client asked for: the first param in Ethereum style
     /// (`"logs"`), the topic otherwise.
     pub fn name(&self) -> &'a str {
