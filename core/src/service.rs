@@ -300,6 +300,7 @@ impl Service {
 
     /// The one place a finished call is observed: the built-in metrics and log, then the
     /// application's hooks.
+    #[inline]
     pub(crate) fn after_call(&self, call: &CallEnd<'_>) {
         self.hooks.after_call(&self.metrics, call);
     }

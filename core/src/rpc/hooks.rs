@@ -310,6 +310,7 @@ pub(crate) struct Builtin<'s> {
 }
 
 impl Hook for Builtin<'_> {
+    #[inline]
     fn after_call(&self, call: &CallEnd<'_>) {
         if let Some(method) = call.method_id {
             self.metrics.record_call(method, call.duration, call.now);
@@ -379,6 +380,7 @@ impl HookSet {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn after_call(&self, metrics: &Metrics, call: &CallEnd<'_>) {
         Builtin { metrics }.after_call(call);
         for h in self.hooks.iter() {
