@@ -76,6 +76,22 @@ pub trait Hook: Send + Sync {
     }
 }
 
+/// A shared hook (one instance registered on several servers, or kept by the application).
+impl<H: Hook + ?Sized> Hook for Arc<H> {
+    fn before_call(&self, call: &mut CallStart<'_>) -> Result<(), RpcError> {
+        (**self).before_call(call)
+    }
+    fn after_call(&self, call: &CallEnd<'_>) {
+        (**self).after_call(call);
+    }
+    fn connection_opened(&self, connection: &ConnectionOpened<'_>) {
+        (**self).connection_opened(connection);
+    }
+    fn connection_closed(&self, connection: &ConnectionClosed<'_>) {
+        (**self).connection_closed(connection);
+    }
+}
+
 /// A call about to run, for [`Hook::before_call`].
 #[non_exhaustive]
 pub struct CallStart<'a> {
