@@ -22,4 +22,4 @@ pub use router::{
     Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
-pub use subscription::{SubscribeCall, Subscription};
+pub use subscription::{SubscribeCall, SubscribeTo};

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::error::RpcError;
 use super::extensions::Extensions;
-use super::subscription::{SubscribeCall, Subscription, SubscriptionHandler};
+use super::subscription::{SubscribeCall, SubscribeTo, SubscriptionHandler};
 use crate::auth::Principal;
 
 /// The future an async handler returns: it resolves to the serialized result.
@@ -540,13 +540,13 @@ impl<S: Send + Sync + 'static> Router<S> {
     /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
     /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
     /// a kind. The handler gets the whole call and decides the topic and an optional filter
-    /// ([`Subscription`](super::Subscription)); its error is the call's answer. Subscriptions
+    /// ([`SubscribeTo`](super::SubscribeTo)); its error is the call's answer. Subscriptions
     /// without a handler are to the topic they name, unfiltered. The topic policies and the
     /// per-connection limits apply to the topic it decides. The handler reaches the router's
     /// state as [`call.state()`](SubscribeCall::state).
     pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
     where
-        F: Fn(&SubscribeCall<'_, S>) -> Result<Subscription, RpcError> + Send + Sync + 'static,
+        F: Fn(&SubscribeCall<'_, S>) -> Result<SubscribeTo, RpcError> + Send + Sync + 'static,
     {
         if self.subscriptions.contains_key(name) {
             self.refused.push(RouterError::Duplicate(name.into()));
