@@ -41,6 +41,9 @@ pub(crate) struct Spec {
     /// Offer permessage-deflate (the `*-deflate` scenarios): echo then sends JSON-like text.
     #[serde(default)]
     pub(crate) deflate: bool,
+    /// Churn: the server echoes (its "call" is one echoed message).
+    #[serde(default)]
+    pub(crate) echo: bool,
 }
 
 /// What one client run measured; printed as one JSON line.
@@ -50,6 +53,9 @@ pub(crate) struct Report {
     pub(crate) ops: u64,
     pub(crate) window_s: f64,
     pub(crate) server_cpu_s: f64,
+    /// The user-space part of `server_cpu_s` (the rest is the kernel's).
+    #[serde(default)]
+    pub(crate) server_user_s: f64,
     pub(crate) client_cpu_s: f64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
@@ -75,10 +81,17 @@ pub(crate) struct Report {
     pub(crate) wire_out: u64,
     #[serde(default)]
     pub(crate) compressed_conns: usize,
+    /// Churn: cycles completed over the whole run, warm-up included (for profiles that count
+    /// the server's work over its whole life).
+    #[serde(default)]
+    pub(crate) ops_total: u64,
+    /// The round of the run (set by the orchestrator), to pair ours and a peer's per round.
+    #[serde(default)]
+    pub(crate) round: usize,
 }
 
 impl Report {
-    fn error(&mut self, e: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(e.to_string());
@@ -92,7 +105,9 @@ pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
     match spec.scenario.as_str() {
         "idle" => idle(spec),
         "calls" | "echo" | "fanout" => Load::new(spec)?.run(),
-        "churn" => churn(spec),
+        // Plain churn speaks the protocol itself (one client thread); over TLS, tungstenite.
+        "churn" if spec.tls => churn_tls(spec),
+        "churn" => crate::churn::run(spec),
         other => Err(io::Error::other(format!("unknown scenario {other}"))),
     }
 }
@@ -241,7 +256,8 @@ fn connect(addr: SocketAddr, read_buffer: usize, tls: bool) -> io::Result<WebSoc
 /// Connection churn: `spec.conns` workers (threads on the client's one CPU) each connect,
 /// complete the TLS and WebSocket handshakes, make one call (an echo server echoes it), do
 /// the close handshake and start over. Counts completed cycles.
-fn churn(spec: &Spec) -> io::Result<Report> {
+/// The churn scenario over TLS: a thread per worker, each a tungstenite client.
+fn churn_tls(spec: &Spec) -> io::Result<Report> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));

@@ -2,7 +2,7 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|all> [--servers a,b,c] [--quick] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|churn|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
@@ -10,6 +10,7 @@
 //! per run; servers alternate A B A B … for several rounds and the table shows medians.
 //! Server CPU per operation comes from `/proc/PID/stat` over the measured window.
 
+mod churn;
 mod client;
 mod report;
 mod runner;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--json FILE]\n\\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|churn|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]\n\\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -76,9 +77,9 @@ fn main() -> ExitCode {
             }
         }
         Some(
-            scenario @ ("echo" | "calls" | "fanout" | "idle" | "echo-deflate" | "fanout-deflate"
-            | "idle-deflate" | "tls-echo" | "tls-calls" | "tls-churn" | "tls-idle"
-            | "tls" | "all"),
+            scenario @ ("echo" | "calls" | "fanout" | "idle" | "churn" | "echo-deflate"
+            | "fanout-deflate" | "idle-deflate" | "tls-echo" | "tls-calls"
+            | "tls-churn" | "tls-idle" | "tls" | "all"),
         ) => {
             let mut options = runner::Options::new(args.iter().any(|a| a == "--quick"));
             let mut it = args.iter();
@@ -94,6 +95,14 @@ fn main() -> ExitCode {
                             return usage();
                         }
                         options.servers = Some(names);
+                    }
+                    "--rounds" => {
+                        let Some(n) = it.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0)
+                        else {
+                            return usage();
+                        };
+                        options.rounds = n;
+                        options.rounds_given = true;
                     }
                     "--json" => {
                         let Some(file) = it.next() else { return usage() };
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
                 "calls",
                 "fanout",
                 "idle",
+                "churn",
                 "echo-deflate",
                 "fanout-deflate",
                 "idle-deflate",

@@ -36,7 +36,11 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         "churn" => vec![
             m(
                 "cycles/s",
-                "connect + TLS + WebSocket handshakes, one call, close; per second (higher is better)",
+                if scenario.starts_with("tls-") {
+                    "connect + TLS + WebSocket handshakes, one call, close; per second (higher is better)"
+                } else {
+                    "connect + WebSocket handshake, one call, close; per second (higher is better)"
+                },
                 true,
                 rate,
             ),
@@ -46,6 +50,7 @@ fn metrics(scenario: &str) -> Vec<Metric> {
                 false,
                 cpu_us,
             ),
+            m("p50_us", "µs per cycle (lower is better; ratio = peer/ours)", false, |r| r.p50_us),
             m("p99_us", "µs per cycle (lower is better; ratio = peer/ours)", false, |r| r.p99_us),
         ],
         "echo" => vec![
@@ -197,6 +202,39 @@ pub(crate) struct Row {
     pub(crate) unit: String,
     /// Ours/peer, inverted for lower-is-better metrics so that higher is always better.
     pub(crate) ratio: Option<f64>,
+    /// The same ratio per round (ours and the peer of the same round): lowest, median,
+    /// highest.
+    pub(crate) ratio_min: Option<f64>,
+    pub(crate) ratio_median: Option<f64>,
+    pub(crate) ratio_max: Option<f64>,
+}
+
+/// The ratio of ours to the peer, inverted when lower is better.
+fn ratio_of(metric: &Metric, ours: f64, peer: f64) -> f64 {
+    if metric.higher_is_better { ours / peer } else { peer / ours }
+}
+
+/// The ratio in each round where both ran: (lowest, median, highest).
+fn round_ratios(
+    results: &Results,
+    case: &str,
+    ours: &str,
+    peer: &str,
+    metric: &Metric,
+) -> (f64, f64, f64) {
+    let get = |s: &str| results.get(&(case.to_string(), s.to_string()));
+    let (Some(a), Some(b)) = (get(ours), get(peer)) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    let per_round: Vec<f64> = a
+        .iter()
+        .filter_map(|x| {
+            let y = b.iter().find(|y| y.round == x.round)?;
+            Some(ratio_of(metric, (metric.get)(x), (metric.get)(y)))
+        })
+        .collect();
+    let (lo, hi) = spread(&per_round);
+    (lo, median(per_round), hi)
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -216,11 +254,8 @@ pub(crate) fn rows(
                 let value = median(values(results, &case.name, server, &metric));
                 for &peer in peers {
                     let peer_value = median(values(results, &case.name, peer, &metric));
-                    let ratio = if metric.higher_is_better {
-                        value / peer_value
-                    } else {
-                        peer_value / value
-                    };
+                    let ratio = ratio_of(&metric, value, peer_value);
+                    let (lo, mid, hi) = round_ratios(results, &case.name, server, peer, &metric);
                     rows.push(Row {
                         scenario: scenario.into(),
                         case: case.name.clone(),
@@ -231,6 +266,9 @@ pub(crate) fn rows(
                         peer_value: finite(peer_value),
                         unit: metric.unit.into(),
                         ratio: finite(ratio),
+                        ratio_min: finite(lo),
+                        ratio_median: finite(mid),
+                        ratio_max: finite(hi),
                     });
                 }
             }
@@ -266,6 +304,16 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                     median(rs.iter().map(|r| 100.0 * r.client_cpu_s / r.window_s).collect());
                 if !scenario.trim_start_matches("tls-").starts_with("idle") {
                     cells.push(format!("server CPU {busy:.0}%, client CPU {client:.0}%"));
+                }
+                if scenario == "churn" {
+                    let per_op = |f: fn(&Report) -> f64| {
+                        median(rs.iter().map(|r| f(r) * 1e6 / r.ops as f64).collect())
+                    };
+                    let user = per_op(|r| r.server_user_s);
+                    let kernel = per_op(|r| r.server_cpu_s - r.server_user_s);
+                    cells.push(format!(
+                        "server CPU per cycle: user {user:.1} µs + kernel {kernel:.1} µs"
+                    ));
                 }
                 if scenario.starts_with("fanout") {
                     let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
@@ -355,18 +403,29 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n## Ours vs peers (medians of {} rounds{}; ratio = ours/peer, inverted for lower-is-better metrics, so > 1 means ours is better)\n",
+        "\n## Ours vs peers (medians of {} rounds{}{}; ratio = ours/peer, inverted for lower-is-better metrics, so > 1 means ours is better; per round = median [lowest–highest] of the ratio of ours and the peer in the same round)\n",
         options.rounds,
+        if options.rounds_for("churn") != options.rounds {
+            format!(" ({} for churn)", options.rounds_for("churn"))
+        } else {
+            String::new()
+        },
         if options.quick { ", --quick" } else { "" }
     );
-    let _ =
-        writeln!(t, "| scenario | case | metric | server | value | peer | peer value | ratio |");
-    let _ = writeln!(t, "|---|---|---|---|---:|---|---:|---:|");
+    let _ = writeln!(
+        t,
+        "| scenario | case | metric | server | value | peer | peer value | ratio | per round |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---:|---|---:|---:|---:|");
     for r in rows {
         let ratio = r.ratio.map_or_else(|| "—".into(), |x| format!("{x:.2}"));
+        let per_round = match (r.ratio_min, r.ratio_median, r.ratio_max) {
+            (Some(lo), Some(mid), Some(hi)) => format!("{mid:.2} [{lo:.2}–{hi:.2}]"),
+            _ => "—".into(),
+        };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.case,
             r.metric,
@@ -374,7 +433,8 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
             opt(r.value),
             r.peer,
             opt(r.peer_value),
-            ratio
+            ratio,
+            per_round
         );
     }
     let _ = writeln!(t, "\n## Per server: median [min–max] over the rounds\n");

@@ -19,16 +19,51 @@ pub(crate) struct Options {
     pub(crate) servers: Option<Vec<String>>,
     pub(crate) json: Option<PathBuf>,
     pub(crate) rounds: usize,
+    /// `--rounds` was given: it applies to every scenario.
+    pub(crate) rounds_given: bool,
     pub(crate) warmup_s: f64,
     pub(crate) window_s: f64,
 }
 
+/// Churn keeps this many connection cycles in flight (the 16 workers).
+pub(crate) const CHURN_WORKERS: usize = 16;
+/// Churn is noisy (the kernel's TCP setup and teardown dominate): at least this many rounds,
+/// so that the spread of the ratios is worth reporting.
+const CHURN_ROUNDS: usize = 7;
+
 impl Options {
+    /// Rounds for `scenario`.
+    pub(crate) fn rounds_for(&self, scenario: &str) -> usize {
+        if scenario == "churn" && !self.rounds_given {
+            self.rounds.max(CHURN_ROUNDS)
+        } else {
+            self.rounds
+        }
+    }
+
     pub(crate) fn new(quick: bool) -> Self {
         if quick {
-            Self { quick, servers: None, json: None, rounds: 3, warmup_s: 0.3, window_s: 1.0 }
+            let (rounds, warmup_s, window_s) = (3, 0.3, 1.0);
+            Self {
+                quick,
+                servers: None,
+                json: None,
+                rounds,
+                rounds_given: false,
+                warmup_s,
+                window_s,
+            }
         } else {
-            Self { quick, servers: None, json: None, rounds: 5, warmup_s: 1.0, window_s: 5.0 }
+            let (rounds, warmup_s, window_s) = (5, 1.0, 5.0);
+            Self {
+                quick,
+                servers: None,
+                json: None,
+                rounds,
+                rounds_given: false,
+                warmup_s,
+                window_s,
+            }
         }
     }
 }
@@ -69,6 +104,7 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
             case("10,000 subscribers".into(), 10_000, 0, 0),
         ],
         "idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
+        "churn" => vec![case(format!("{CHURN_WORKERS} workers"), CHURN_WORKERS, 0, 0)],
         // The same loads over TLS (aws-lc-rs on both sides, an ECDSA P-256 certificate).
         "tls-echo" => vec![
             case("100 x 20 B".into(), 100, ECHO_DEPTH, 20),
@@ -100,6 +136,10 @@ pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static st
         "calls" | "fanout" => {
             (vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"], vec!["jsonrpsee"])
         }
+        "churn" => (
+            vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking"],
+            vec!["jsonrpsee", "tokio-tungstenite"],
+        ),
         "idle" => (
             vec!["wsrpc-smol", "wsrpc-async-std", "wsrpc-blocking", "wsrpc-echo"],
             vec!["jsonrpsee", "tokio-tungstenite", "fastwebsockets"],
@@ -137,10 +177,13 @@ pub(crate) fn run(scenarios: &[&'static str], options: &Options) -> io::Result<(
         }
         let mut results = Results::new();
         for case in cases(scenario) {
-            for round in 1..=options.rounds {
+            for round in 1..=options.rounds_for(scenario) {
                 for &server in &all {
                     let t = Instant::now();
-                    let outcome = run_one(server, &case, options);
+                    let outcome = run_one(server, &case, options).map(|mut r| {
+                        r.round = round;
+                        r
+                    });
                     let took = t.elapsed().as_secs_f64();
                     let entry = results.entry((case.name.clone(), server.to_string())).or_default();
                     match outcome {
@@ -241,7 +284,7 @@ fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, Strin
             }
         });
     }
-    let result = drive(&exe, pid, &mut child, case, options);
+    let result = drive(&exe, server, pid, &mut child, case, options);
     result.map_err(|e| {
         // Give the reader a moment to collect the server's last words.
         std::thread::sleep(Duration::from_millis(50));
@@ -253,6 +296,7 @@ fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, Strin
 
 fn drive(
     exe: &std::path::Path,
+    server: &str,
     pid: u32,
     child: &mut Proc,
     case: &Case,
@@ -289,6 +333,7 @@ fn drive(
         warmup_s: options.warmup_s,
         window_s: options.window_s,
         udp_port,
+        echo: crate::servers::is_echo(server),
     };
     let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
     let mut client = Proc(

@@ -39,6 +39,12 @@ pub(crate) const ALL: &[&str] = &[
     "soketto-deflate",
 ];
 
+/// Whether `kind` is a WebSocket echo server (no JSON-RPC): for it a call is one echoed
+/// message.
+pub(crate) fn is_echo(kind: &str) -> bool {
+    matches!(kind, "wsrpc-echo" | "tokio-tungstenite" | "fastwebsockets")
+}
+
 /// The value published in the fan-out scenario.
 #[derive(Serialize)]
 struct Tick<'a> {
@@ -100,8 +106,12 @@ pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::
     let rows: &'static Option<serde_json::Value> = Box::leak(Box::new(rows_of(payload)));
     let tls = if tls { Some(tls_config()?) } else { None };
     macro_rules! ours {
-        ($server:ty, $config:expr) => {{
-            let b = <$server>::builder().router(router()).config($config).bind(localhost());
+        ($server:ty, $config:expr $(, $setter:ident($arg:expr))*) => {{
+            let b = <$server>::builder()
+                .router(router())
+                .config($config)
+                $(.$setter($arg))*
+                .bind(localhost());
             let server = Arc::new(match tls {
                 Some(tls) => b.tls(tls).start()?,
                 None => b.start()?,
@@ -123,7 +133,12 @@ pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::
             ours!(wsrpc_smol::Server, config)
         }
         "wsrpc-async-std" => ours!(wsrpc_async_std::Server, wsrpc_config()),
-        "wsrpc-blocking" => ours!(wsrpc_blocking::Server, wsrpc_config()),
+        // One I/O thread for the one CPU the server is pinned to (the default, said here so
+        // the bench does not depend on it); `add` is synchronous, so the worker pool (for
+        // async and blocking handlers) stays idle and one worker is enough.
+        "wsrpc-blocking" => {
+            ours!(wsrpc_blocking::Server, wsrpc_config(), io_threads(1), worker_threads(1))
+        }
         "wsrpc-echo" => core_echo::serve(false, tls),
         "wsrpc-echo-deflate" => core_echo::serve(true, tls),
         "jsonrpsee" => peers::jsonrpsee(udp, tls),
@@ -532,12 +547,13 @@ mod peers {
         );
         stream.write_all(response.as_bytes()).await
     }
+}
 
-    fn accept_key(key: &[u8]) -> String {
-        use base64::Engine;
-        let mut sha = sha1_smol::Sha1::new();
-        sha.update(key);
-        sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-        base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-    }
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2), for the hand-written handshakes.
+pub(crate) fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }

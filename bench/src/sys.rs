@@ -31,6 +31,11 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU time of a process (all its threads) in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    cpu_times(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time of a process (all its threads) in seconds.
+pub(crate) fn cpu_times(pid: u32) -> io::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name is in parentheses and may contain spaces: split after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -42,7 +47,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> io::Result<f64> {
             .and_then(|f| f.parse::<f64>().ok())
             .ok_or_else(|| io::Error::other(format!("bad /proc/{pid}/stat")))
     };
-    Ok((parse(11)? + parse(12)?) / TICKS_PER_SEC)
+    Ok((parse(11)? / TICKS_PER_SEC, parse(12)? / TICKS_PER_SEC))
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in `/proc/PID/status`).

@@ -13,5 +13,6 @@ pub use crate::rpc::{
     RpcError, SubscribeCall, SubscribeTo, Transport,
 };
 pub use crate::service::{
-    Bind, HttpConfig, RpcConfig, ServerBuilder, ServiceConfig, StartError, Threads,
+    Bind, HttpConfig, MonitoringAccess, Publisher, RpcConfig, ServerBuilder, ServiceConfig,
+    StartError, Threads,
 };

@@ -1,6 +1,7 @@
 //! The state a server's connections share: configuration, router, hub, rate limiters,
 //! metrics and the injected clock.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use crate::auth::{AuthPolicy, MessageSigner};
 use crate::hub::{
     BrokerDriver, BrokerLink, BrokerRunning, Hub, HubConfig, PublishError, Published,
 };
-use crate::limit::{LimitConfig, OriginLimiter};
+use crate::limit::{LimitConfig, SharedLimits, TrustedProxies};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
 use crate::rpc::Router;
 use crate::rpc::hooks::{CallEnd, ConnectionClosed, ConnectionOpened, Hook, HookSet};
@@ -62,6 +63,48 @@ pub struct HttpConfig {
     pub keep_alive_timeout: Duration,
     /// Fixed `GET` answers for exact paths (a demo page, its script) [none].
     pub routes: Vec<crate::http::StaticRoute>,
+    /// Who may read the details of `health_path` and `metrics_path` (and `rpc.metrics`)
+    /// (default `Restricted`: loopback clients, or authenticated ones under `require_auth`).
+    pub monitoring: MonitoringAccess,
+}
+
+/// Who may read a server's health details and metrics: `GET /health` beyond its bare status,
+/// `GET /metrics`, and the `rpc.metrics` built-in (method names, latencies, refusal counts).
+///
+/// "Loopback" is judged on the client address: the TCP peer, or what the
+/// [trusted proxies](crate::limit::LimitConfig::trusted_proxies) forwarded. Behind a reverse
+/// proxy on the same host, configure the proxy as trusted (or turn `require_auth` on), or every
+/// client would look local. A connection whose peer address the adapter does not know (a
+/// stream given to `serve`) is not loopback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MonitoringAccess {
+    /// `GET /health` gives its bare status (`{"status":"ok"}`, 200 or 503) to anyone, since
+    /// load balancers probe it; its details, `GET /metrics` and `rpc.metrics` go only to
+    /// loopback clients, or, when `require_auth` is on, only to authenticated ones. Others get
+    /// 403 for `/metrics` (401 with a challenge without valid credentials under
+    /// `require_auth`) and -32003 for `rpc.metrics`.
+    #[default]
+    Restricted,
+    /// Everything to anyone the origin policy admits.
+    Public,
+    /// Neither path is served (404) and `rpc.metrics` answers -32003; `rpc.health` still
+    /// answers, as clients check a server's name with it.
+    Off,
+}
+
+impl MonitoringAccess {
+    /// Whether a client may read the details: `client` is its address (`None` when unknown),
+    /// `authenticated` whether it presented valid credentials, `require_auth` the server's
+    /// setting.
+    pub fn allows(self, client: Option<IpAddr>, authenticated: bool, require_auth: bool) -> bool {
+        match self {
+            Self::Public => true,
+            Self::Off => false,
+            Self::Restricted if require_auth => authenticated,
+            Self::Restricted => client.is_some_and(|ip| ip.to_canonical().is_loopback()),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -72,6 +115,7 @@ impl Default for HttpConfig {
             metrics_path: "/metrics".into(),
             keep_alive_timeout: Duration::from_secs(30),
             routes: Vec::new(),
+            monitoring: MonitoringAccess::default(),
         }
     }
 }
@@ -155,7 +199,7 @@ pub struct Service {
     /// The running broker driver, stopped at shutdown.
     broker: Mutex<Option<Box<dyn BrokerRunning>>>,
     limit_config: Arc<LimitConfig>,
-    origin_limiter: OriginLimiter,
+    shared_limits: SharedLimits,
     clock: Option<Box<dyn Clock>>,
     hooks: HookSet,
     next_connection: AtomicU64,
@@ -224,7 +268,7 @@ impl Service {
         });
         let running = broker.map(|driver| driver.start(BrokerLink::new(hub.clone())));
         let limit_config = Arc::new(config.limits.clone());
-        let origin_limiter = OriginLimiter::new(limit_config.clone());
+        let shared_limits = SharedLimits::new(limit_config.clone());
         let mut ws_config = config.ws.clone();
         // Unfinished messages of all connections share one budget, so 1,024 peers each
         // sending most of a 16 MiB message cannot hold 16 GiB.
@@ -245,7 +289,7 @@ impl Service {
             metrics,
             broker: Mutex::new(running),
             limit_config,
-            origin_limiter,
+            shared_limits,
             clock,
             hooks: HookSet::new(hooks),
             next_connection: AtomicU64::new(1),
@@ -281,9 +325,9 @@ impl Service {
         &self.limit_config
     }
 
-    /// The per-origin rate limiter.
-    pub fn origin_limiter(&self) -> &OriginLimiter {
-        &self.origin_limiter
+    /// The rate buckets shared by connections: per principal, per origin, per client address.
+    pub fn shared_limits(&self) -> &SharedLimits {
+        &self.shared_limits
     }
 
     pub(crate) fn method_id(&self, index: usize) -> MethodId {
@@ -454,7 +498,8 @@ impl Running {
         &self.service
     }
 
-    /// Publishes `value` to `topic`; callable from any thread.
+    /// Publishes `value` to `topic`; callable from any thread that can reach the server (to
+    /// publish from threads of your own, give each a [`publisher`](Self::publisher)).
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -463,9 +508,54 @@ impl Running {
         self.service.publish(topic, value)
     }
 
+    /// A cheap handle that publishes to this server's topics from any thread: `Send + Sync +
+    /// Clone`, independent of the server value (which stays where it was started, to be shut
+    /// down). Publishing through it after the server shut down reaches no subscriber.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { service: self.service.clone() }
+    }
+
     /// A metrics snapshot; callable from any thread.
     pub fn metrics(&self) -> Snapshot {
         self.service.snapshot((self.clock)())
+    }
+}
+
+/// Publishes to a server's topics from any thread; from
+/// [`Running::publisher`] (`server.publisher()` on every adapter's server).
+///
+/// Clone it into each thread that publishes; a clone is one reference count.
+///
+/// ```no_run
+/// # fn demo(server: &wsrpc_core::service::Running) {
+/// let publisher = server.publisher();
+/// std::thread::spawn(move || {
+///     for n in 0u64.. {
+///         let _ = publisher.publish("ticks", &n);
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///     }
+/// });
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Publisher {
+    service: Arc<Service>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Publishes `value` to `topic`, as [`Service::publish`] does.
+    pub fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<Published, PublishError> {
+        self.service.publish(topic, value)
     }
 }
 
@@ -755,9 +845,31 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
-    /// Rate tokens.
+    /// Rate tokens: method classes, their tiers, and what calls are keyed by (per
+    /// connection and per principal by default; `LimitConfig::wallet()` adds per origin).
+    /// Keeps the trusted proxies set with [`trusted_proxies`](Self::trusted_proxies) when
+    /// `limits` has none.
     pub fn limits(mut self, limits: LimitConfig) -> Self {
+        let proxies = std::mem::take(&mut self.config.limits.trusted_proxies);
         self.config.limits = limits;
+        if self.config.limits.trusted_proxies.is_empty() {
+            self.config.limits.trusted_proxies = proxies;
+        }
+        self
+    }
+
+    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client (none
+    /// by default): the address per-address rate limits, the loopback check of `/metrics` and
+    /// the refusal logs use.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.config.limits.trusted_proxies = proxies;
+        self
+    }
+
+    /// Who may read the health details and metrics ([`MonitoringAccess::Restricted`]: loopback
+    /// clients, or authenticated ones under `require_auth`).
+    pub fn monitoring(mut self, access: MonitoringAccess) -> Self {
+        self.config.http.monitoring = access;
         self
     }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
 use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -144,10 +145,22 @@ struct Http {
     state: Drained,
 }
 
+/// The peer address adapters report for a local client.
+fn loopback_peer() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 50_000)))
+}
+
 impl Http {
+    /// A connection from a loopback peer, as from a local client.
     fn new(service: &Arc<Service>) -> Self {
+        Self::from_peer(service, loopback_peer())
+    }
+
+    /// A connection from `peer` (`None`: an address the adapter does not know).
+    fn from_peer(service: &Arc<Service>, peer: Option<SocketAddr>) -> Self {
         let now = start();
-        Self { conn: ServerConnection::new(service.clone(), now), now, state: Drained::default() }
+        let conn = ServerConnection::with_peer(service.clone(), now, peer);
+        Self { conn, now, state: Drained::default() }
     }
 
     /// Feeds `bytes` (consuming all, running handler work) and returns the output so far.
@@ -295,6 +308,104 @@ fn health_and_metrics_endpoints() {
     let text = String::from_utf8(r[0].body.clone()).unwrap();
     assert!(text.contains("wsrpc_call_duration_seconds_count{method=\"add\"} 1"), "{text}");
     assert!(text.contains("wsrpc_connections_active 1"), "{text}");
+}
+
+/// Status, and the body as JSON or text, of `GET path` with `extra` header lines from `peer`.
+fn get_from(svc: &Arc<Service>, peer: Option<SocketAddr>, path: &str, extra: &str) -> Response {
+    let mut h = Http::from_peer(svc, peer);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    h.request(request.as_bytes()).remove(0)
+}
+
+fn peer(addr: &str) -> Option<SocketAddr> {
+    Some(addr.parse().unwrap())
+}
+
+fn is_detailed(health: &Response) -> bool {
+    health.json()["uptime_seconds"].is_number()
+}
+
+#[test]
+fn health_details_and_metrics_are_for_loopback_clients_by_default() {
+    let svc = service(ServiceConfig::default());
+    for local in ["127.0.0.1:5000", "127.8.9.10:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+        let health = get_from(&svc, peer(local), "/health", "");
+        assert!(health.status == 200 && is_detailed(&health), "{local}");
+        assert_eq!(get_from(&svc, peer(local), "/metrics", "").status, 200, "{local}");
+    }
+    for remote in [peer("198.51.100.7:5000"), peer("[2001:db8::1]:5000"), None] {
+        // The bare status, for load balancers.
+        let health = get_from(&svc, remote, "/health", "");
+        assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})), "{remote:?}");
+        let metrics = get_from(&svc, remote, "/metrics", "");
+        assert_eq!(metrics.status, 403, "{remote:?}");
+        assert!(!String::from_utf8_lossy(&metrics.body).contains("wsrpc_"), "{remote:?}");
+        let mut h = Http::from_peer(&svc, remote);
+        let head = h.exchange(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(head.starts_with(b"HTTP/1.1 403 "), "{remote:?}");
+    }
+}
+
+#[test]
+fn under_require_auth_health_details_and_metrics_want_credentials() {
+    let mut config = ServiceConfig::default();
+    config.auth.require_auth = true;
+    config.auth.authenticator = Some(Arc::new(StaticToken::new("ops", "s3cret")));
+    let svc = service(config);
+    let token = "Authorization: Bearer s3cret\r\n";
+    for at in [peer("127.0.0.1:5000"), peer("198.51.100.7:5000"), None] {
+        let health = get_from(&svc, at, "/health", "");
+        assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})), "{at:?}");
+        let metrics = get_from(&svc, at, "/metrics", "");
+        assert_eq!(metrics.status, 401, "{at:?}");
+        assert_eq!(metrics.header("www-authenticate").map(|c| c.starts_with("Bearer")), Some(true));
+        let bad = get_from(&svc, at, "/metrics", "Authorization: Bearer nope\r\n");
+        assert_eq!(bad.status, 401, "{at:?}");
+        assert!(is_detailed(&get_from(&svc, at, "/health", token)), "{at:?}");
+        assert_eq!(get_from(&svc, at, "/metrics", token).status, 200, "{at:?}");
+    }
+}
+
+#[test]
+fn monitoring_can_be_public_or_off() {
+    use wsrpc_core::service::MonitoringAccess;
+    let mut config = ServiceConfig::default();
+    config.http.monitoring = MonitoringAccess::Public;
+    let svc = service(config);
+    for at in [peer("198.51.100.7:5000"), None] {
+        assert!(is_detailed(&get_from(&svc, at, "/health", "")));
+        assert_eq!(get_from(&svc, at, "/metrics", "").status, 200);
+    }
+    let mut config = ServiceConfig::default();
+    config.http.monitoring = MonitoringAccess::Off;
+    let svc = service(config);
+    for path in ["/health", "/metrics"] {
+        assert_eq!(get_from(&svc, peer("127.0.0.1:5000"), path, "").status, 404, "{path}");
+    }
+}
+
+#[test]
+fn a_trusted_proxy_names_the_client_the_policy_judges() {
+    use wsrpc_core::limit::{ForwardedHeader, TrustedProxies};
+    let mut config = ServiceConfig::default();
+    config.limits.trusted_proxies =
+        TrustedProxies::new(ForwardedHeader::XForwardedFor, ["127.0.0.1", "10.0.0.0/8"]).unwrap();
+    let svc = service(config);
+    let proxy = peer("127.0.0.1:5000");
+    // A local proxy forwarding a remote client: not loopback.
+    assert_eq!(get_from(&svc, proxy, "/metrics", "X-Forwarded-For: 198.51.100.7\r\n").status, 403);
+    // Whatever the client claims to the left of what the proxies saw.
+    let forged = "X-Forwarded-For: 127.0.0.1, 198.51.100.7, 10.1.1.1\r\n";
+    assert_eq!(get_from(&svc, proxy, "/metrics", forged).status, 403);
+    // The proxy's own request, and a local client it forwards.
+    assert_eq!(get_from(&svc, proxy, "/metrics", "").status, 200);
+    assert_eq!(
+        get_from(&svc, peer("10.0.0.2:80"), "/metrics", "X-Forwarded-For: ::1\r\n").status,
+        200
+    );
+    // An untrusted peer's header is ignored: its own address is judged.
+    let remote = peer("198.51.100.7:5000");
+    assert_eq!(get_from(&svc, remote, "/metrics", "X-Forwarded-For: 127.0.0.1\r\n").status, 403);
 }
 
 #[test]

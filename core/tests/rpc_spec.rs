@@ -32,14 +32,17 @@ fn session() -> RpcSession {
         spec_router(),
         wsrpc_core::Now::new(now, wsrpc_core::UnixTime(Duration::from_secs(1_700_000_000))),
     );
-    RpcSession::new(
+    let mut session = RpcSession::new(
         service,
         ConnectionId(1),
         None,
         Arc::new(Principal::anonymous()),
         Transport::Messages,
         now,
-    )
+    );
+    // A local client, which may read `rpc.metrics`.
+    session.set_client_address(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    session
 }
 
 /// Sends `request`, returns the parsed responses (none for notifications).

@@ -43,16 +43,19 @@ impl Harness {
         }
     }
 
+    /// A session of a local client (loopback address).
     fn session(&mut self, origin: Option<&str>, principal: Principal) -> RpcSession {
         self.next_conn += 1;
-        RpcSession::new(
+        let mut session = RpcSession::new(
             self.service.clone(),
             ConnectionId(self.next_conn),
             origin.map(Arc::from),
             Arc::new(principal),
             Transport::Messages,
             self.now,
-        )
+        );
+        session.set_client_address(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+        session
     }
 
     fn send(&self, s: &mut RpcSession, msg: Value) -> (Vec<Out>, Vec<(CallId, Work)>) {
@@ -538,8 +541,96 @@ fn builtins_take_rate_tokens_and_subscriptions_do_not() {
 }
 
 #[test]
-fn buckets_are_per_origin() {
+fn by_default_buckets_are_per_connection_and_per_principal() {
     let mut h = Harness::new(limited_config(), wallet_router());
+    let site = Some("http://localhost:3000");
+    let mut a = h.session(site, Principal::anonymous());
+    let mut a2 = h.session(site, Principal::anonymous());
+    h.send(&mut a, call("eth_sendTransaction", json!([{}]), 1));
+    // The same origin on another connection has a budget of its own.
+    let (outs, _) = h.send(&mut a2, call("eth_sendTransaction", json!([{}]), 2));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+    // One principal on two connections shares one budget.
+    let mut alice = h.session(None, Principal::authenticated("0xabc"));
+    let mut alice2 = h.session(site, Principal::authenticated("0xabc"));
+    let mut bob = h.session(None, Principal::authenticated("0xdef"));
+    h.send(&mut alice, call("eth_sendTransaction", json!([{}]), 3));
+    let (outs, _) = h.send(&mut alice2, call("eth_sendTransaction", json!([{}]), 4));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32005);
+    let (outs, _) = h.send(&mut bob, call("eth_sendTransaction", json!([{}]), 5));
+    assert_eq!(json_outs(&outs)[0]["result"], "0xhash");
+}
+
+#[test]
+fn http_requests_bring_their_own_keys() {
+    // Over HTTP one session serves every request of a keep-alive connection, each with its
+    // own origin and principal: the keys follow them.
+    let mut config = limited_config();
+    config.limits = LimitConfig::wallet();
+    config.limits.per_connection = false;
+    let mut h = Harness::new(config, wallet_router());
+    let mut s = h.session(Some("http://localhost:3000"), Principal::anonymous());
+    h.send(&mut s, call("eth_sendTransaction", json!([{}]), 1));
+    s.set_identity(Some(Arc::from("http://localhost:4000")), Arc::new(Principal::anonymous()));
+    let mut other = h.session(Some("http://localhost:4000"), Principal::anonymous());
+    h.send(&mut s, call("eth_sendTransaction", json!([{}]), 2));
+    let (outs, _) = h.send(&mut other, call("eth_sendTransaction", json!([{}]), 3));
+    assert_eq!(json_outs(&outs)[0]["error"]["code"], -32005, "the second origin's budget");
+}
+
+#[test]
+fn metrics_follow_the_monitoring_policy() {
+    use wsrpc_core::service::MonitoringAccess;
+    let mut h = Harness::new(ServiceConfig::default(), Router::new());
+    let mut local = h.session(None, Principal::anonymous());
+    let mut remote = h.session(None, Principal::anonymous());
+    remote.set_client_address(Some("198.51.100.7".parse().unwrap()));
+    let mut unknown = h.session(None, Principal::anonymous());
+    unknown.set_client_address(None);
+    let metrics = |h: &Harness, s: &mut RpcSession| {
+        let (outs, _) = h.send(s, call("rpc.metrics", json!([]), 1));
+        json_outs(&outs)[0].clone()
+    };
+    let health = |h: &Harness, s: &mut RpcSession| {
+        let (outs, _) = h.send(s, call("rpc.health", json!([]), 2));
+        json_outs(&outs)[0]["result"].clone()
+    };
+    assert!(metrics(&h, &mut local)["result"]["methods"].is_object());
+    assert!(health(&h, &mut local)["uptime_seconds"].is_number());
+    for s in [&mut remote, &mut unknown] {
+        assert_eq!(metrics(&h, s)["error"]["code"], -32003);
+        // The status and what a client checks the server by, not the details.
+        let bare = health(&h, s);
+        assert_eq!((bare["status"].as_str(), bare["name"].as_str()), (Some("ok"), Some("wsrpc")));
+        assert_eq!(bare["pubsub"]["subscribe"], "subscribe");
+        assert_eq!(bare.as_object().map(|o| o.len()), Some(3), "{bare}");
+    }
+    // Under require_auth, authenticated clients may read them wherever they are.
+    let mut config = ServiceConfig::default();
+    config.auth.require_auth = true;
+    let mut h = Harness::new(config, Router::new());
+    let mut alice = h.session(None, Principal::authenticated("0xabc"));
+    alice.set_client_address(Some("198.51.100.7".parse().unwrap()));
+    assert!(metrics(&h, &mut alice)["result"]["methods"].is_object());
+    let mut local_anonymous = h.session(None, Principal::anonymous());
+    assert_eq!(metrics(&h, &mut local_anonymous)["error"]["code"], -32003);
+    // Public: anyone; off: nobody.
+    for (access, served) in [(MonitoringAccess::Public, true), (MonitoringAccess::Off, false)] {
+        let mut config = ServiceConfig::default();
+        config.http.monitoring = access;
+        let mut h = Harness::new(config, Router::new());
+        let mut s = h.session(None, Principal::anonymous());
+        s.set_client_address(Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(metrics(&h, &mut s)["result"].is_object(), served, "{access:?}");
+        assert_eq!(health(&h, &mut s)["uptime_seconds"].is_number(), served, "{access:?}");
+    }
+}
+
+#[test]
+fn buckets_are_per_origin_under_the_wallet_preset() {
+    let mut config = limited_config();
+    config.limits = LimitConfig::wallet();
+    let mut h = Harness::new(config, wallet_router());
     let mut a = h.session(Some("http://localhost:3000"), Principal::anonymous());
     let mut a2 = h.session(Some("http://localhost:3000"), Principal::anonymous());
     let mut b = h.session(Some("http://127.0.0.1:8080"), Principal::anonymous());

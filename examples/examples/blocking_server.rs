@@ -12,9 +12,9 @@ fn main() -> std::io::Result<()> {
         .bind(addr)
         .start()?;
     println!("listening on {}", server.local_addr());
-    let service = server.service().clone();
+    let publisher = server.publisher();
     wsrpc_examples::spawn_ticker(
-        move |n| drop(service.publish("ticks", &n)),
+        move |n| drop(publisher.publish("ticks", &n)),
         Duration::from_secs(1),
     );
     loop {

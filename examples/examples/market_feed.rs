@@ -50,19 +50,19 @@ fn main() -> std::io::Result<()> {
     println!("token for user 0xabc (1 hour): {token}");
     println!("e.g. ws://{}/?token={token}", server.local_addr());
 
-    let service = server.service().clone();
+    let publisher = server.publisher();
     std::thread::spawn(move || {
         let mut price = 64_000.0f64;
         for n in 1u64.. {
             std::thread::sleep(Duration::from_millis(250));
             price += ((n * 7919) % 200) as f64 - 99.5;
-            let _ = service.publish("prices:btc-usd", &json!({ "price": price, "n": n }));
+            let _ = publisher.publish("prices:btc-usd", &json!({ "price": price, "n": n }));
             if n % 4 == 0 {
-                let _ = service
+                let _ = publisher
                     .publish("orders:btc-usd", &json!({ "bid": price - 5.0, "ask": price + 5.0 }));
             }
             if n % 20 == 0 {
-                let _ = service.publish(
+                let _ = publisher.publish(
                     "user:0xabc",
                     &json!({ "fill": { "side": "buy", "qty": 0.01, "price": price } }),
                 );

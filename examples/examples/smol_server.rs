@@ -13,9 +13,9 @@ fn main() -> std::io::Result<()> {
     let server =
         wsrpc_smol::Server::builder().router(wsrpc_examples::demo_router()).bind(addr).start()?;
     println!("listening on {}", server.local_addr());
-    let service = server.service().clone();
+    let publisher = server.publisher();
     wsrpc_examples::spawn_ticker(
-        move |n| drop(service.publish("ticks", &n)),
+        move |n| drop(publisher.publish("ticks", &n)),
         Duration::from_secs(1),
     );
     smol::block_on(smol::future::pending::<()>());

@@ -45,10 +45,10 @@ fn main() {
     };
     println!("listening on {}", server.local_addr());
     if let Some(ms) = wsrpc_examples::arg("--ticks-ms").and_then(|v| v.parse::<u64>().ok()) {
-        let service = server.service().clone();
+        let publisher = server.publisher();
         wsrpc_examples::spawn_ticker(
             move |n| {
-                let _ = service.publish("ticks", &serde_json::json!({ "n": n }));
+                let _ = publisher.publish("ticks", &serde_json::json!({ "n": n }));
             },
             std::time::Duration::from_millis(ms.max(1)),
         );

@@ -1,12 +1,14 @@
 //! A local dApp bridge, the way a desktop wallet exposes itself to web pages: 127.0.0.1 only,
 //! the first free port of 8766..=8800, `eth_*` methods rate limited by class (signing 1/s,
-//! reads 20/s, account access 5/s), an origin allowlist, `eth_subscribe("newHeads")`,
-//! `eth_subscribe("logs", {address, topics})` filtered per subscription (each block carries
-//! a token `Transfer` and an `Approval` log), the wallet's own events as subscriptions:
-//! `eth_subscribe("chainChanged")` after `wallet_switchEthereumChain`,
-//! `eth_subscribe("accountsChanged")` after `wallet_revokePermissions` or a new
-//! `eth_requestAccounts`, and an audit hook that logs every `eth_sendTransaction` (target
-//! `wallet::audit`) with the origin that asked and the outcome.
+//! reads 20/s, account access 5/s) per connection and per dApp site (`LimitConfig::wallet()`:
+//! one budget per origin however many tabs it opens), an origin allowlist,
+//! `eth_subscribe("newHeads")`, `eth_subscribe("logs", {address, topics})` filtered per
+//! subscription (each block carries a token `Transfer` and an `Approval` log), the wallet's
+//! own events as subscriptions: `eth_subscribe("chainChanged")` after
+//! `wallet_switchEthereumChain`, `eth_subscribe("accountsChanged")` after
+//! `wallet_revokePermissions` or a new `eth_requestAccounts`, and an audit hook that logs
+//! every `eth_sendTransaction` (target `wallet::audit`) with the origin that asked and the
+//! outcome.
 //!
 //! `cargo run -p wsrpc-examples --example wallet_bridge -- [--allow https://app.example.org]...
 //!  [--port P] [--name NAME] [--block-ms MS] [--reject] [--demo]`
@@ -23,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use wsrpc_core::auth::{OriginAllowList, OriginPolicy};
-use wsrpc_core::limit::{LimitConfig, MethodClasses};
+use wsrpc_core::limit::LimitConfig;
 use wsrpc_examples::wallet::{self, Wallet};
 
 const DEMO_PAGE: &str = include_str!("../../clients/js/demo/index.html");
@@ -57,15 +59,14 @@ fn main() -> std::io::Result<()> {
             }
         }
     };
-    let mut limits = LimitConfig::default();
-    limits.classes = MethodClasses::eth_wallet();
 
     // Default bind: 127.0.0.1, the first free port of 8766..=8800.
     let mut builder = wsrpc_smol::Server::builder()
         .name(name.clone())
         .router(router)
         .origin_policy(origin)
-        .limits(limits)
+        // `eth_*` classes, with buckets per dApp site (origin) besides per connection.
+        .limits(LimitConfig::wallet())
         .hub(wallet::hub_config())
         // Every eth_sendTransaction, with the site that asked and what the user decided.
         .hook(wallet::audit_hook());
@@ -91,7 +92,7 @@ fn main() -> std::io::Result<()> {
         println!("demo dApp: http://{}/demo", server.local_addr());
     }
     println!("port {}", server.local_addr().port());
-    wallet.attach(server.service().clone());
+    wallet.attach(server.publisher());
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(Duration::from_millis(block_ms));

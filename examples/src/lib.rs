@@ -150,12 +150,21 @@ impl SpecServer {
         }
     }
 
-    /// The shared state, for publishing.
+    /// The shared state: router, hub, metrics.
     pub fn service(&self) -> &std::sync::Arc<wsrpc_core::service::Service> {
         match self {
             Self::Smol(s) => s.service(),
             Self::AsyncStd(s) => s.service(),
             Self::Blocking(s) => s.service(),
+        }
+    }
+
+    /// A handle for publishing from other threads.
+    pub fn publisher(&self) -> wsrpc_core::service::Publisher {
+        match self {
+            Self::Smol(s) => s.publisher(),
+            Self::AsyncStd(s) => s.publisher(),
+            Self::Blocking(s) => s.publisher(),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use wsrpc_core::hub::{HubConfig, LogFilter, SubscriptionMethods};
 use wsrpc_core::rpc::hooks::{CallEnd, Hook, Outcome, after_call};
 use wsrpc_core::rpc::{Router, RpcError, SubscribeTo};
-use wsrpc_core::service::Service;
+use wsrpc_core::service::Publisher;
 
 /// The wallet's only account.
 pub const ACCOUNT: &str = "0x9f2c4b1e6d0a7c3b5e8f1a2d4c6b8e0f1a3c5d7e";
@@ -40,7 +40,7 @@ pub struct Wallet {
     /// A user who rejects every signing request (4001).
     reject: bool,
     /// Set once the server runs; events are published through it.
-    service: OnceLock<Arc<Service>>,
+    publisher: OnceLock<Publisher>,
 }
 
 impl Wallet {
@@ -51,13 +51,13 @@ impl Wallet {
             connected: AtomicBool::new(true),
             block: AtomicU64::new(19_000_000),
             reject,
-            service: OnceLock::new(),
+            publisher: OnceLock::new(),
         })
     }
 
-    /// Publishes the wallet's events through `service` from now on.
-    pub fn attach(&self, service: Arc<Service>) {
-        let _ = self.service.set(service);
+    /// Publishes the wallet's events through `publisher` (`server.publisher()`) from now on.
+    pub fn attach(&self, publisher: Publisher) {
+        let _ = self.publisher.set(publisher);
     }
 
     fn accounts(&self) -> Vec<&'static str> {
@@ -65,8 +65,8 @@ impl Wallet {
     }
 
     fn publish(&self, topic: &str, value: &Value) {
-        if let Some(service) = self.service.get() {
-            let _ = service.publish(topic, value);
+        if let Some(publisher) = self.publisher.get() {
+            let _ = publisher.publish(topic, value);
         }
     }
 

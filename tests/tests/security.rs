@@ -135,6 +135,8 @@ pub fn expired_and_forged_jwts_get_401<A: Adapter>() {
 
 pub fn rate_buckets_are_kept_per_origin<A: Adapter>() {
     let mut c = ServiceConfig::default();
+    // The wallet preset keys calls per origin too.
+    c.limits = LimitConfig::wallet();
     // Sensitive calls: 3 a minute, so no token comes back during the test.
     c.limits.classes =
         MethodClasses::eth_wallet().with_tiers(MethodClass::Sensitive, &[Rate::per_minute(3)]);

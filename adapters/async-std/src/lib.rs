@@ -52,7 +52,7 @@ impl Runtime for AsyncStdRuntime {
     }
 }
 
-/// A running server on async-std: `Server::builder()…start()`, then `local_addr`, `publish`,
+/// A running server on async-std: `Server::builder()…start()`, then `local_addr`, `publish`, `publisher`,
 /// `metrics` and `shutdown(deadline).await`.
 pub type Server = net::Server<AsyncStdRuntime>;
 

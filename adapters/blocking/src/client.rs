@@ -74,11 +74,19 @@ enum ClientMessage {
 /// Shared by the handles of one client; when the last one goes, the client closes.
 struct Handle {
     mailbox: Mailbox<ClientMessage>,
+    /// Disconnected when the I/O thread has finished.
+    finished: Receiver<()>,
+    /// Longest wait for the close handshake when the last handle drops.
+    linger: Duration,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.mailbox.send(Message::Role(ClientMessage::Dropped));
+        // Closes with 1000, and waits (at most the close timeout) for the close handshake,
+        // so a program that drops its client and exits still says goodbye.
+        if self.mailbox.send(Message::Role(ClientMessage::Dropped)) {
+            let _ = self.finished.recv_timeout(self.linger);
+        }
     }
 }
 
@@ -147,7 +155,9 @@ impl Drop for Subscription {
 
 /// A reconnecting JSON-RPC client. `Send + Sync` and cheap to clone; every method blocks the
 /// calling thread only. The connection closes when [`close`](Self::close) is called, or when
-/// the last clone and the last [`Subscription`] are dropped.
+/// the last clone and the last [`Subscription`] are dropped: that drop sends close 1000 and
+/// waits for the server's answer (at most the WebSocket close timeout, 5 s by default), so
+/// the server sees a clean close even when the program exits right after.
 #[derive(Clone)]
 pub struct Client {
     handle: Arc<Handle>,
@@ -285,6 +295,7 @@ fn tls_handshake(
 /// its subscriptions.
 pub fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
     let settings = options.clone();
+    let linger = options.ws_config().close_timeout.saturating_add(Duration::from_secs(1));
     let conn =
         ClientConnection::new(url, options, Box::new(crate::os_entropy()), crate::system_now())?;
     let (ready_tx, ready) = bounded(1);
@@ -294,12 +305,16 @@ pub fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError>
     let key = reactor.core_mut().insert(conn, None, None);
     debug_assert_eq!(key, 0, "the client is its reactor's only connection");
     let mailbox = reactor.core_mut().mailbox().clone();
+    let (finishing, finished) = bounded::<()>(0);
     thread::Builder::new()
         .name("wsrpc-client".into())
         .stack_size(IO_STACK)
-        .spawn(move || reactor.run())
+        .spawn(move || {
+            reactor.run();
+            drop(finishing);
+        })
         .map_err(|e| ClientError::Connect(ConnectError::from_io(&e)))?;
-    let handle = Arc::new(Handle { mailbox });
+    let handle = Arc::new(Handle { mailbox, finished, linger });
     match ready.recv() {
         Ok(Ok(())) => Ok(Client { handle }),
         Ok(Err(e)) => Err(e),

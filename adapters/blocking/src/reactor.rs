@@ -3,6 +3,13 @@
 //! [`Endpoint`], writes what it asks for and arms its deadline; every decision is the
 //! endpoint's. Work from other threads (a publish, a finished handler, a command) arrives
 //! through a channel and [`Poller::notify`].
+//!
+//! Sockets are watched level-triggered where the poller supports it (epoll, kqueue, IOCP):
+//! registered once, their interest changed only when what the connection wants changes
+//! (reading stops under back-pressure, writing waits for a full socket), which is rare, so a
+//! request costs no re-arming system call as it does in oneshot mode. Input left on a socket
+//! after a read is reported again by the next wait. Where level mode is missing (Solaris
+//! event ports) they are watched in oneshot mode, re-armed after each event.
 
 use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Read, Write};
@@ -10,10 +17,10 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use polling::{Event, Events, Poller};
+use polling::{Event, Events, PollMode, Poller};
 use wsrpc_core::Now;
 use wsrpc_core::engine::{Attempt, ConnEvent, Endpoint, HandlerResult, Input, Output, Target};
 use wsrpc_core::rpc::CallId;
@@ -32,6 +39,8 @@ const WRITE_TURN: usize = 1 << 20;
 const MAX_SLICES: usize = 64;
 /// Events taken from the poller per wait.
 const EVENTS: usize = 1024;
+/// After a failed accept (out of descriptors, say), when to try again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
 /// What reaches an I/O thread from other threads.
 pub(crate) enum Message<C> {
@@ -118,10 +127,14 @@ pub(crate) trait Role: Sized + Send + 'static {
         log::trace!(target: "wsrpc::rpc", "{event:?}");
     }
 
-    /// A connection was accepted: the endpoint to serve it with and its TLS layer (for a
-    /// TLS port), or `None` to drop it.
-    fn accept(&mut self, now: Now) -> Option<(Self::Conn, Option<Box<TlsLayer>>)> {
-        let _ = now;
+    /// A connection from `peer` was accepted: the endpoint to serve it with and its TLS
+    /// layer (for a TLS port), or `None` to drop it.
+    fn accept(
+        &mut self,
+        now: Now,
+        peer: std::net::SocketAddr,
+    ) -> Option<(Self::Conn, Option<Box<TlsLayer>>)> {
+        let _ = (now, peer);
         None
     }
 
@@ -172,12 +185,15 @@ struct Slot<E, C> {
     waker: Arc<ConnWaker<C>>,
     /// Input the connection could not take yet (back-pressure).
     leftover: Vec<u8>,
+    /// The turn's write budget ran out with output left: serve it again in the next turn.
+    yielded: bool,
     eof: bool,
     write_closed: bool,
     /// The last write would have blocked: wait until the socket is writable.
     write_blocked: bool,
-    /// Registered with the poller.
+    /// Registered with the poller, and for what (readable, writable).
     registered: bool,
+    interest: (bool, bool),
     deadline: Option<Instant>,
 }
 
@@ -193,6 +209,13 @@ pub(crate) struct Core<R: Role> {
     pool: Option<Sender<Job>>,
     /// Connections to serve in this turn: key, readable, writable.
     touched: Vec<(usize, bool, bool)>,
+    /// Connections to serve again in the next turn without waiting for an event (input kept
+    /// back in `leftover`, output left after the write budget).
+    again: Vec<usize>,
+    /// Level-triggered (else oneshot) registrations.
+    level: bool,
+    /// Level mode: the listener is not watched until a failed accept is retried.
+    listener_paused: bool,
     read_buf: Vec<u8>,
 }
 
@@ -230,10 +253,12 @@ impl<R: Role> Core<R> {
             tls,
             waker,
             leftover: Vec::new(),
+            yielded: false,
             eof: false,
             write_closed: false,
             write_blocked: false,
             registered: false,
+            interest: (false, false),
             deadline: None,
         });
         self.touched.push((key, false, false));
@@ -314,10 +339,11 @@ impl<R: Role> Reactor<R> {
         pool: Option<Sender<Job>>,
     ) -> io::Result<Self> {
         let poller = Arc::new(Poller::new()?);
+        let level = poller.supports_level();
         let (tx, inbox) = crossbeam_channel::unbounded();
         if let Some(l) = &listener {
             l.set_nonblocking(true)?;
-            crate::registration::add(&poller, l, Event::readable(LISTENER))?;
+            crate::registration::add(&poller, l, Event::readable(LISTENER), mode(level))?;
         }
         let mailbox = Mailbox { tx, poller: poller.clone() };
         let core = Core {
@@ -330,6 +356,9 @@ impl<R: Role> Reactor<R> {
             listener,
             pool,
             touched: Vec::new(),
+            again: Vec::new(),
+            level,
+            listener_paused: false,
             read_buf: Vec::new(),
         };
         Ok(Self { role, core, inbox })
@@ -348,8 +377,12 @@ impl<R: Role> Reactor<R> {
             if self.role.done(&self.core) {
                 break;
             }
-            let timeout =
-                self.core.timers.first().map(|(t, _)| t.saturating_duration_since(Instant::now()));
+            let timeout = if self.core.again.is_empty() {
+                self.core.timers.first().map(|(t, _)| t.saturating_duration_since(Instant::now()))
+            } else {
+                // Work is left over: only collect what else is ready.
+                Some(Duration::ZERO)
+            };
             events.clear();
             match self.core.poller.wait(&mut events, timeout) {
                 Ok(_) => {}
@@ -360,6 +393,8 @@ impl<R: Role> Reactor<R> {
                     break;
                 }
             }
+            let again = self.core.again.drain(..).map(|key| (key, false, false));
+            self.core.touched.extend(again);
             for ev in events.iter() {
                 if ev.key == LISTENER {
                     self.accept();
@@ -375,13 +410,13 @@ impl<R: Role> Reactor<R> {
         let now = crate::system_now();
         while let Some(listener) = &self.core.listener {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if let Err(e) = stream.set_nonblocking(true) {
                         log::debug!(target: "wsrpc::http", "cannot configure an accepted socket: {e}");
                         continue;
                     }
-                    if let Some((conn, tls)) = self.role.accept(now) {
+                    if let Some((conn, tls)) = self.role.accept(now, peer) {
                         self.core.insert(conn, Some(stream), tls);
                     }
                 }
@@ -394,14 +429,26 @@ impl<R: Role> Reactor<R> {
                             | io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => {
-                    // Out of descriptors and the like: try again at the next event.
+                    // Out of descriptors and the like: try again shortly (watching it now
+                    // would spin on the same error while the backlog is not empty).
                     log::warn!(target: "wsrpc::http", "accept failed: {e}");
-                    break;
+                    let core = &mut self.core;
+                    if let (Some(l), true) = (&core.listener, core.level) {
+                        let _ =
+                            core.poller.modify_with_mode(l, Event::none(LISTENER), PollMode::Level);
+                        core.listener_paused = true;
+                    }
+                    core.timers.insert((now.mono + ACCEPT_RETRY, LISTENER));
+                    return;
                 }
             }
         }
-        if let Some(l) = &self.core.listener {
-            let _ = self.core.poller.modify(l, Event::readable(LISTENER));
+        let core = &mut self.core;
+        if let Some(l) = &core.listener {
+            if !core.level || std::mem::take(&mut core.listener_paused) {
+                let _ =
+                    core.poller.modify_with_mode(l, Event::readable(LISTENER), mode(core.level));
+            }
         }
     }
 
@@ -415,6 +462,10 @@ impl<R: Role> Reactor<R> {
                 break;
             }
             self.core.timers.pop_first();
+            if key == LISTENER {
+                self.accept();
+                continue;
+            }
             if let Some(slot) = self.core.slots.get_mut(key).and_then(Option::as_mut) {
                 slot.deadline = None;
                 slot.conn.handle(now, Input::Timeout);
@@ -475,13 +526,16 @@ impl<R: Role> Reactor<R> {
         self.core.touched.push((key, false, false));
     }
 
-    /// Serves connection `key`: reads if the poller said so, drains its output, re-arms.
+    /// Serves connection `key`: reads if the poller said so, drains its output, updates what
+    /// its socket is watched for.
     fn serve(&mut self, key: usize, readable: bool, writable: bool, now: Now) {
-        let Core { slots, poller, mailbox, pool, read_buf, timers, .. } = &mut self.core;
+        let Core { slots, poller, mailbox, pool, read_buf, timers, again, level, .. } =
+            &mut self.core;
         let Some(slot) = slots.get_mut(key).and_then(Option::as_mut) else { return };
         if writable {
             slot.write_blocked = false;
         }
+        slot.yielded = false;
         if (readable || !slot.leftover.is_empty()) && read(slot, read_buf, now) {
             self.role.tls_failed();
         }
@@ -503,18 +557,29 @@ impl<R: Role> Reactor<R> {
             slot.deadline = deadline;
         }
         let Some(stream) = &slot.stream else { return };
-        let want_read = !slot.eof && slot.leftover.is_empty() && slot.conn.wants_read();
+        let can_read = !slot.eof && slot.conn.wants_read();
+        if slot.yielded || (can_read && !slot.leftover.is_empty()) {
+            again.push(key);
+        }
         let tls_pending = slot.tls.as_ref().is_some_and(|t| t.wants_write());
-        let want_write = slot.write_blocked && (!slot.write_closed || tls_pending);
-        let interest = Event::new(key, want_read, want_write);
-        // Oneshot mode: a delivered event disarms the socket; arm what is wanted now.
-        let armed = if slot.registered {
-            poller.modify(stream, interest)
+        let wanted = (
+            can_read && slot.leftover.is_empty(),
+            slot.write_blocked && (!slot.write_closed || tls_pending),
+        );
+        let interest = Event::new(key, wanted.0, wanted.1);
+        let armed = if !slot.registered {
+            crate::registration::add(poller, stream, interest, mode(*level))
+        } else if !*level || slot.interest != wanted {
+            // Oneshot mode: a delivered event disarmed the socket; arm what is wanted now.
+            poller.modify_with_mode(stream, interest, mode(*level))
         } else {
-            crate::registration::add(poller, stream, interest)
+            return;
         };
         match armed {
-            Ok(()) => slot.registered = true,
+            Ok(()) => {
+                slot.registered = true;
+                slot.interest = wanted;
+            }
             Err(e) => {
                 log::debug!(target: "wsrpc::http", "cannot watch a socket: {e}");
                 slot.conn.handle(now, Input::Broken);
@@ -524,8 +589,14 @@ impl<R: Role> Reactor<R> {
     }
 }
 
+/// The mode sockets are registered in.
+fn mode(level: bool) -> PollMode {
+    if level { PollMode::Level } else { PollMode::Oneshot }
+}
+
 /// Reads one chunk (or offers the input kept back) to a connection that wants it; true when
-/// its TLS failed before it was served (plain text on a TLS port, a refused handshake).
+/// its TLS failed before it was served (plain text on a TLS port, a refused handshake). Input
+/// left on the socket is reported again by the poller.
 fn read<E: Endpoint, C>(slot: &mut Slot<E, C>, buf: &mut Vec<u8>, now: Now) -> bool {
     if !slot.conn.wants_read() || slot.conn.feed_kept(now, &mut slot.leftover) {
         return false;
@@ -627,9 +698,13 @@ impl<R: Role> Io<'_, R> {
                     else {
                         continue;
                     };
-                    if slot.write_blocked || written >= WRITE_TURN {
-                        // Taken up again when the socket is writable (or in the next turn).
-                        slot.write_blocked = true;
+                    if slot.write_blocked {
+                        // Taken up again when the socket is writable.
+                        continue;
+                    }
+                    if written >= WRITE_TURN {
+                        // Taken up again in the next turn, after the other connections.
+                        slot.yielded = true;
                         continue;
                     }
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -724,6 +799,8 @@ impl<R: Role> Io<'_, R> {
         }
         slot.tls = None;
         slot.registered = false;
+        slot.interest = (false, false);
+        slot.yielded = false;
         slot.eof = false;
         slot.write_closed = false;
         slot.write_blocked = false;

@@ -8,17 +8,22 @@
 
 use std::io;
 
-use polling::{AsSource, Event, Poller};
+use polling::{AsSource, Event, PollMode, Poller};
 
-/// Adds `source` to `poller` with `interest` (oneshot mode).
+/// Adds `source` to `poller` with `interest` in `mode`.
 ///
 /// The caller deletes it from `poller` before dropping it, which every owner in this crate
 /// does (see the module docs).
 #[allow(unsafe_code)]
-pub(crate) fn add(poller: &Poller, source: &impl AsSource, interest: Event) -> io::Result<()> {
+pub(crate) fn add(
+    poller: &Poller,
+    source: &impl AsSource,
+    interest: Event,
+    mode: PollMode,
+) -> io::Result<()> {
     // SAFETY: `Poller::add` requires the source to be deleted from the poller before it is
     // closed. Every socket registered here is owned by a reactor slot or the reactor's
     // listener, and `Core::remove`, `Io::close_transport`, `Core::close_listener` and
     // `Core`'s `Drop` delete it before dropping it.
-    unsafe { poller.add(&source.source(), interest) }
+    unsafe { poller.add_with_mode(&source.source(), interest, mode) }
 }

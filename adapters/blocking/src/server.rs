@@ -114,7 +114,11 @@ impl Role for Serving {
         }
     }
 
-    fn accept(&mut self, now: Now) -> Option<(ServerConnection, Option<Box<TlsLayer>>)> {
+    fn accept(
+        &mut self,
+        now: Now,
+        peer: std::net::SocketAddr,
+    ) -> Option<(ServerConnection, Option<Box<TlsLayer>>)> {
         if self.shutting_down {
             return None;
         }
@@ -130,7 +134,7 @@ impl Role for Serving {
         self.live.enter();
         // The connection's handshake deadline runs from now: it covers the TLS handshake,
         // during which no request bytes reach it.
-        Some((ServerConnection::new(self.service.clone(), now), tls))
+        Some((ServerConnection::with_peer(self.service.clone(), now, Some(peer)), tls))
     }
 
     fn tls_failed(&mut self) {
@@ -184,9 +188,10 @@ impl Launch for Blocking {
     }
 }
 
-/// A running server: graceful shutdown here; its address, service, `publish` and `metrics`
-/// through [`Running`], which it dereferences to. `Send + Sync`, so it can be shared
-/// (`&Server`, `Arc<Server>`) with the threads that publish.
+/// A running server: graceful shutdown here; its address, service, `publish`, `publisher`
+/// and `metrics` through [`Running`], which it dereferences to. Give threads that publish a
+/// `server.publisher()` (`Send + Sync + Clone`), or share the server itself (`&Server`,
+/// `Arc<Server>`).
 ///
 /// Dropping it shuts it down like [`shutdown`](Self::shutdown) with a deadline of 250 ms.
 pub struct Server {

@@ -108,6 +108,12 @@ impl Drop for Subscription {
 /// A reconnecting JSON-RPC client. Cheap to clone; the connection closes when
 /// [`close`](Self::close) is called, or when the last clone and the last [`Subscription`] are
 /// dropped.
+///
+/// Dropping the last handle tells the client's task to close with 1000 and finish the close
+/// handshake; the task does that on the runtime after the drop returns. It cannot when the
+/// runtime stops first: a program that drops its client and returns from `main` at once may
+/// exit before the close is written, and the server then sees the connection end without one
+/// (1006). Await [`close`](Self::close) before exiting to be sure.
 #[derive(Clone)]
 pub struct Client {
     commands: Commands,

@@ -64,7 +64,7 @@ async fn accept_loop(
             }
             loop {
                 match listener.get_ref().accept() {
-                    Ok((stream, _)) => return Poll::Ready(Some(Ok(stream))),
+                    Ok(accepted) => return Poll::Ready(Some(Ok(accepted))),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 }
@@ -78,7 +78,7 @@ async fn accept_loop(
         .await;
         match next {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
                 // Read per connection, so a renewed certificate applies to the next one.
                 let config = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -90,6 +90,7 @@ async fn accept_loop(
                             TcpConn::new(stream),
                             registry.clone(),
                             rt.now(),
+                            Some(peer),
                         ))),
                         Some(config) => rt.spawn(Box::pin(serve_tls(
                             rt.clone(),
@@ -97,6 +98,7 @@ async fn accept_loop(
                             TcpConn::new(stream),
                             registry.clone(),
                             config,
+                            Some(peer),
                         ))),
                     },
                     Err(e) => log::warn!(target: "wsrpc::http", "cannot register connection: {e}"),
@@ -228,7 +230,7 @@ impl futures_io::AsyncWrite for TcpConn {
 }
 
 /// A running server on runtime `R` (what `wsrpc_smol::Server` and `wsrpc_async_std::Server`
-/// are). Derefs to [`ServerHandle`] for `local_addr`, `publish`, `metrics`, `connections`.
+/// are). Derefs to [`ServerHandle`] for `local_addr`, `publish`, `publisher`, `metrics`, `connections`.
 #[derive(Debug)]
 pub struct Server<R: Runtime> {
     handle: ServerHandle,

@@ -135,20 +135,22 @@ impl Outside<ServerConnection> for ServerSide {
     }
 }
 
-/// Serves one transport connection of `service`, accepted at `accepted` (its handshake
-/// deadline runs from then, so a TLS handshake before it counts), until it is finished.
+/// Serves one transport connection of `service` from `peer` (when known), accepted at
+/// `accepted` (its handshake deadline runs from then, so a TLS handshake before it counts),
+/// until it is finished.
 pub(crate) fn serve_connection<R, S>(
     rt: R,
     service: Arc<Service>,
     stream: S,
     registry: Arc<Registry>,
     accepted: Now,
+    peer: Option<std::net::SocketAddr>,
 ) -> impl Future<Output = ()> + Send
 where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = ServerConnection::new(service, accepted);
+    let conn = ServerConnection::with_peer(service, accepted, peer);
     let (id, slot) = registry.enter();
     let side = ServerSide { registry, id, slot, shutdown_begun: false };
     Driver::new(rt, conn, side, Some(stream), None)
@@ -187,13 +189,16 @@ impl ServerHandle {
 
     /// Serves a stream you accepted yourself (a Unix socket, a TLS stream of your own
     /// acceptor) as one more connection of this server: same limits, metrics and shutdown.
-    /// The stream's `poll_close` should half-close (send FIN) when it can.
+    /// The stream's `poll_close` should half-close (send FIN) when it can. Its peer address is
+    /// unknown to the server: no per-address rate limit applies, and it is not a loopback
+    /// client for `/metrics` (see `MonitoringAccess`).
     pub fn serve<R: Runtime, S>(&self, rt: &R, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let service = self.service().clone();
-        let fut = serve_connection(rt.clone(), service, stream, self.registry.clone(), rt.now());
+        let fut =
+            serve_connection(rt.clone(), service, stream, self.registry.clone(), rt.now(), None);
         rt.spawn(Box::pin(fut));
     }
 

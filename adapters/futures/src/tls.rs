@@ -151,6 +151,7 @@ pub(crate) async fn serve_tls<R: Runtime>(
     tcp: TcpConn,
     registry: Arc<Registry>,
     config: Arc<ServerConfig>,
+    peer: Option<std::net::SocketAddr>,
 ) {
     let accepted = rt.now();
     let deadline =
@@ -175,7 +176,7 @@ pub(crate) async fn serve_tls<R: Runtime>(
             if registry.is_shutting_down() {
                 return;
             }
-            serve_connection(rt, service, tls, registry, accepted).await;
+            serve_connection(rt, service, tls, registry, accepted, peer).await;
         }
         Race::Done(Err(e)) => {
             service.metrics().record_error(ErrorKind::Handshake);

@@ -48,7 +48,7 @@ impl Runtime for SmolRuntime {
     }
 }
 
-/// A running server on smol: `Server::builder()…start()`, then `local_addr`, `publish`,
+/// A running server on smol: `Server::builder()…start()`, then `local_addr`, `publish`, `publisher`,
 /// `metrics` and `shutdown(deadline).await`.
 pub type Server = net::Server<SmolRuntime>;
 

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use crate::metrics::{ErrorKind, PROMETHEUS_CONTENT_TYPE};
 use crate::rpc::hooks::{ConnectionClosed, ConnectionOpened};
 use crate::rpc::router::{ConnectionId, Transport, Work};
 use crate::rpc::session::{CallId, RpcSession, SessionOutput};
-use crate::service::Service;
+use crate::service::{MonitoringAccess, Service};
 use crate::ws::transmit::TransmitQueue;
 use crate::ws::{self, CloseCode, Event, HandshakeError, Message, MessageKind, handshake};
 
@@ -66,6 +67,10 @@ enum Phase {
 pub struct ServerConnection {
     service: Arc<Service>,
     id: ConnectionId,
+    /// The TCP peer, when the adapter knows it.
+    peer: Option<SocketAddr>,
+    /// The client of the current request: the peer, or what trusted proxies forwarded.
+    client: Option<IpAddr>,
     admitted: bool,
     phase: Phase,
     tx: TransmitQueue,
@@ -116,14 +121,28 @@ impl std::fmt::Debug for ServerConnection {
 }
 
 impl ServerConnection {
-    /// Accepts a new transport connection at `now`. Beyond the service's connection limit it
-    /// answers 503 and closes.
+    /// Accepts a new transport connection at `now` whose peer address is unknown (a stream
+    /// the application accepted itself): it is never a loopback client for the monitoring
+    /// policy, and has no address for per-address rate limits. Adapters that accept TCP use
+    /// [`with_peer`](Self::with_peer).
     pub fn new(service: Arc<Service>, now: Now) -> Self {
+        Self::with_peer(service, now, None)
+    }
+
+    /// Accepts a new transport connection from `peer` at `now`. Beyond the service's
+    /// connection limit it answers 503 and closes.
+    ///
+    /// The peer address decides who the client is (unless it is a trusted proxy that names
+    /// another): the key of per-address rate limits, whether the monitoring policy sees a
+    /// loopback client, and what refusals are logged with.
+    pub fn with_peer(service: Arc<Service>, now: Now, peer: Option<SocketAddr>) -> Self {
         let (id, admitted) = service.admit();
         let handshake_timeout = service.config().ws.handshake_timeout;
         let mut conn = Self {
             service,
             id,
+            peer,
+            client: peer.map(|p| p.ip().to_canonical()),
             admitted,
             phase: Phase::Head { head: HeadBuffer::new(), started: false },
             tx: TransmitQueue::default(),
@@ -142,7 +161,11 @@ impl ServerConnection {
             opened: None,
         };
         if !admitted {
-            log::warn!(target: "wsrpc::http", "connection limit reached conn={id}; answering 503");
+            log::warn!(
+                target: "wsrpc::http",
+                "refused conn={id} peer={} status=503 reason=\"connection limit reached\"",
+                Shown(peer)
+            );
             let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
             conn.respond(
                 503,
@@ -415,6 +438,10 @@ impl ServerConnection {
 
     fn route(&mut self, now: Now, request: RequestHead) {
         self.service.metrics().http_request_received();
+        let proxies = &self.service.config().limits.trusted_proxies;
+        self.client = self.peer.map(|peer| {
+            proxies.client_address(peer.ip(), request.headers.get_all(proxies.header().name()))
+        });
         // One origin per request (RFC 6454 §7); two could slip a foreign one past the policy.
         if request.headers.count("origin") > 1 {
             let meta = HttpMeta { keep_alive: false, allow_origin: None, head_only: false };
@@ -460,19 +487,52 @@ impl ServerConnection {
         if method == "OPTIONS" {
             return self.preflight(&request, meta);
         }
-        if path == config.http.health_path || path == config.http.metrics_path {
+        let monitoring = config.http.monitoring;
+        if monitoring != MonitoringAccess::Off
+            && (path == config.http.health_path || path == config.http.metrics_path)
+        {
             if !matches!(method, "GET" | "HEAD") {
                 return self.respond_error_allow(405, "GET, HEAD", meta);
             }
             if has_body {
                 return self.respond_error(400, "unexpected body", meta);
             }
+            let require_auth = config.auth.require_auth;
+            // Credentials matter only where they open the details.
+            let authenticated = match (monitoring, require_auth) {
+                (MonitoringAccess::Restricted, true) => crate::auth::principal_for(
+                    config.auth.authenticator.as_deref(),
+                    true,
+                    &self.credentials(&request, now),
+                )
+                .map(|p| p.authenticated),
+                _ => Ok(false),
+            };
+            let allowed = monitoring.allows(
+                self.client,
+                authenticated.as_ref().is_ok_and(|a| *a),
+                require_auth,
+            );
             if path == config.http.health_path {
                 let health = self.service.health(now.mono);
-                let body = serde_json::to_vec(&health).unwrap_or_default();
+                // The bare status is for anyone (load balancers); the details are not.
+                let body = match allowed {
+                    true => serde_json::to_vec(&health),
+                    false => serde_json::to_vec(&serde_json::json!({ "status": health.status })),
+                };
                 // 503 while the broker that topics go through is down.
                 let status = health.http_status();
+                let body = body.unwrap_or_default();
                 return self.respond(status, &[("Content-Type", "application/json")], &body, meta);
+            }
+            if !allowed {
+                return match authenticated {
+                    Err(e) => self.respond_auth_error(&e, meta),
+                    Ok(_) if require_auth => {
+                        self.respond_error(403, "metrics are for authenticated clients", meta)
+                    }
+                    Ok(_) => self.respond_error(403, "metrics are for loopback clients", meta),
+                };
             }
             let body = self.service.snapshot(now.mono).to_prometheus();
             return self.respond(
@@ -663,7 +723,7 @@ impl ServerConnection {
             deflate.map(|d| d.params),
         );
         let principal = Arc::new(principal);
-        let session = RpcSession::new(
+        let mut session = RpcSession::new(
             self.service.clone(),
             self.id,
             origin.clone(),
@@ -671,6 +731,7 @@ impl ServerConnection {
             Transport::WebSocket,
             now.mono,
         );
+        session.set_client_address(self.client);
         if let Some(w) = &self.waker {
             session.register_waker(w);
         }
@@ -679,6 +740,7 @@ impl ServerConnection {
             connection: self.id,
             origin: origin.as_deref(),
             principal: &principal,
+            client: self.client,
             path: &path,
             protocol,
             now: now.mono,
@@ -698,7 +760,14 @@ impl ServerConnection {
 
     fn reject_upgrade(&mut self, e: &HandshakeError) {
         self.service.metrics().record_error(ErrorKind::Handshake);
-        log::debug!(target: "wsrpc::ws", "upgrade refused conn={} status={} error={e}", self.id, e.status());
+        log::info!(
+            target: "wsrpc::ws",
+            "refused upgrade conn={} peer={} client={} status={} reason=\"{e}\"",
+            self.id,
+            Shown(self.peer),
+            Shown(self.client),
+            e.status()
+        );
         self.tx.push_with(|b| handshake::write_reject(b, e));
         self.drain();
     }
@@ -723,6 +792,7 @@ impl ServerConnection {
             )
         });
         session.set_identity(identity.0, identity.1);
+        session.set_client_address(self.client);
         session.handle_message(now.mono, body);
         if session.pending_calls() > 0 {
             self.collect_spawns();
@@ -813,6 +883,15 @@ impl ServerConnection {
         if let Some(kind) = ErrorKind::from_http_status(status) {
             self.service.metrics().record_error(kind);
         }
+        // Credentials and origins are the auth layer's refusals; the rest are HTTP's.
+        let target = if matches!(status, 401 | 403) { "wsrpc::auth" } else { "wsrpc::http" };
+        log::info!(
+            target: target,
+            "refused conn={} peer={} client={} status={status} reason=\"{message}\"",
+            self.id,
+            Shown(self.peer),
+            Shown(self.client)
+        );
         let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
         headers.extend_from_slice(extra);
         let body = format!("{message}\n");
@@ -884,6 +963,7 @@ impl ServerConnection {
                             connection: self.id,
                             origin: o.origin.as_deref(),
                             principal: &o.principal,
+                            client: self.client,
                             code: closed.code,
                             reason: &closed.reason,
                             clean: closed.clean,
@@ -1059,6 +1139,7 @@ impl Drop for ServerConnection {
                 connection: self.id,
                 origin: o.origin.as_deref(),
                 principal: &o.principal,
+                client: self.client,
                 code: CloseCode::ABNORMAL,
                 reason: "connection dropped",
                 clean: false,
@@ -1068,6 +1149,18 @@ impl Drop for ServerConnection {
         }
         if self.admitted {
             self.service.release();
+        }
+    }
+}
+
+/// An optional value in a log line: the value, or `-`.
+struct Shown<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
         }
     }
 }

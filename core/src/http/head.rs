@@ -45,38 +45,56 @@ impl HeadBuffer {
     /// rest belongs to what follows the head), `Ok(None)` when all of `data` was taken and more
     /// is needed, and an error once the head outgrows `max_size`.
     pub fn push(&mut self, data: &[u8], max_size: usize) -> Result<Option<usize>, HandshakeError> {
-        for (i, &b) in data.iter().enumerate() {
-            let end = match (b, self.line_state) {
-                (b'\n', 1 | 2) => true,
-                (b'\n', _) => {
-                    self.line_state = 1;
-                    self.first_line_done = true;
-                    false
+        // Bytes at or after this index would take the head over `max_size`.
+        let limit = max_size.saturating_sub(self.buf.len());
+        let scan = &data[..data.len().min(limit)];
+        let mut i = 0;
+        while i < scan.len() {
+            if self.line_state == 0 {
+                // Inside a line only its LF matters: skip to it.
+                match scan[i..].iter().position(|&b| b == b'\n') {
+                    Some(at) => i += at,
+                    None => break,
                 }
-                (b'\r', 1) => {
-                    self.line_state = 2;
-                    false
-                }
-                _ => {
-                    self.line_state = 0;
-                    false
-                }
-            };
-            if self.buf.len() + i + 1 > max_size {
-                // Over the limit before the request line ended: the target is too long (414).
-                return Err(if self.first_line_done {
-                    HandshakeError::HeadersTooLarge
-                } else {
-                    HandshakeError::RequestLineTooLong
-                });
             }
-            if end {
+            if self.step(scan[i]) {
                 self.buf.extend_from_slice(&data[..=i]);
                 return Ok(Some(i + 1));
             }
+            i += 1;
+        }
+        if data.len() > limit {
+            // The first byte over the limit; over it before the request line ended, the
+            // target is too long (414).
+            self.step(data[limit]);
+            return Err(if self.first_line_done {
+                HandshakeError::HeadersTooLarge
+            } else {
+                HandshakeError::RequestLineTooLong
+            });
         }
         self.buf.extend_from_slice(data);
         Ok(None)
+    }
+
+    /// Moves the line state over one byte; true at the blank line that ends the head.
+    fn step(&mut self, b: u8) -> bool {
+        match (b, self.line_state) {
+            (b'\n', 1 | 2) => true,
+            (b'\n', _) => {
+                self.line_state = 1;
+                self.first_line_done = true;
+                false
+            }
+            (b'\r', 1) => {
+                self.line_state = 2;
+                false
+            }
+            _ => {
+                self.line_state = 0;
+                false
+            }
+        }
     }
 
     /// Bytes collected so far.
@@ -160,7 +178,12 @@ impl Headers {
         &'a self,
         name: &'n str,
     ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        // Names compared as bytes: a handshake makes a few dozen lookups, and checking each
+        // name as UTF-8 first cost more than the rest of the lookup.
+        self.entries
+            .iter()
+            .filter(move |(n, _)| self.slice(n).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| self.slice(v))
     }
 
     /// The first value named `name`.
@@ -189,7 +212,20 @@ impl Headers {
 
     /// Whether the comma-separated lists named `name` contain `token` (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.tokens(name).any(|t| t.eq_ignore_ascii_case(token))
+        let wanted = token.as_bytes();
+        self.get_all(name).any(|v| {
+            if !v.is_ascii() {
+                let v = std::str::from_utf8(v).unwrap_or("");
+                return v
+                    .split(',')
+                    .map(str::trim)
+                    .any(|t| !t.is_empty() && t.eq_ignore_ascii_case(token));
+            }
+            // The usual ASCII value, on its bytes (the same as above: httparse admits no
+            // whitespace in a value but space and tab).
+            !wanted.is_empty()
+                && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(wanted))
+        })
     }
 }
 
@@ -391,6 +427,96 @@ mod tests {
             let protos: Vec<_> = req.headers.tokens("sec-websocket-protocol").collect();
             assert_eq!(protos, ["chat", "superchat", "v3"]);
         }
+    }
+
+    /// The head scan byte by byte, as the specification of [`HeadBuffer::push`] (which
+    /// skips through lines).
+    fn push_bytewise(
+        state: &mut (usize, u8, bool),
+        data: &[u8],
+        max: usize,
+    ) -> Result<Option<usize>, HandshakeError> {
+        let (len, line, first_done) = state;
+        for (i, &b) in data.iter().enumerate() {
+            let end = match (b, *line) {
+                (b'\n', 1 | 2) => true,
+                (b'\n', _) => {
+                    *line = 1;
+                    *first_done = true;
+                    false
+                }
+                (b'\r', 1) => {
+                    *line = 2;
+                    false
+                }
+                _ => {
+                    *line = 0;
+                    false
+                }
+            };
+            if *len + i + 1 > max {
+                return Err(if *first_done {
+                    HandshakeError::HeadersTooLarge
+                } else {
+                    HandshakeError::RequestLineTooLong
+                });
+            }
+            if end {
+                *len += i + 1;
+                return Ok(Some(i + 1));
+            }
+        }
+        *len += data.len();
+        Ok(None)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_matches_the_bytewise_scan(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'a', b':', b' ']), 0..120),
+            cuts in proptest::collection::vec(1usize..20, 1..20),
+            max in 0usize..140,
+        ) {
+            let mut hb = HeadBuffer::new();
+            let mut spec = (0, 0, false);
+            let mut rest = &bytes[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+                let got = hb.push(piece, max);
+                let want = push_bytewise(&mut spec, piece, max);
+                proptest::prop_assert_eq!(&got, &want);
+                if !matches!(got, Ok(None)) {
+                    break;
+                }
+                proptest::prop_assert_eq!(hb.len(), spec.0);
+                rest = tail;
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_are_found_in_every_line_of_a_list() {
+        // Tab and space around tokens, empty elements, a UTF-8 token, and a value that is not
+        // UTF-8 (its tokens are not matched).
+        let raw =
+            b"GET / HTTP/1.1\r\nConnection: keep-alive,\tUPGRADE ,x\r\nConnection: ,,close\r\n\
+                    Upgrade: h2c, caf\xc3\xa9, websocket\r\nX: a, \xff\r\n\r\n";
+        let req = RequestHead::parse(raw.to_vec(), HeadLimits::default()).unwrap();
+        let h = &req.headers;
+        assert!(h.has_token("connection", "upgrade"));
+        assert!(h.has_token("CONNECTION", "Close"));
+        assert!(h.has_token("connection", "x"));
+        assert!(!h.has_token("connection", ""));
+        assert!(!h.has_token("connection", "keep"));
+        assert!(h.has_token("upgrade", "websocket"));
+        assert!(h.has_token("upgrade", "caf\u{e9}"));
+        assert!(!h.has_token("upgrade", "cafe"));
+        assert!(!h.has_token("x", "a"));
+        assert!(!h.has_token("host", "a"));
     }
 
     #[test]

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use super::classes::MethodClass;
 
-/// Which budget ran out.
+/// Which budget ran out: the key of the bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Scope {
+    /// The bucket shared by every connection authenticated as the same principal.
+    Principal,
     /// The bucket shared by every connection with the same Origin header.
     Origin,
+    /// The bucket shared by every connection from the same client address.
+    Address,
     /// The connection's own bucket for the method's class.
     Connection,
     /// The connection's rate on all incoming messages.
@@ -20,7 +25,9 @@ impl Scope {
     /// A stable lowercase name for logs, metric labels and error data.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Scope::Principal => "principal",
             Scope::Origin => "origin",
+            Scope::Address => "address",
             Scope::Connection => "connection",
             Scope::Message => "message",
         }

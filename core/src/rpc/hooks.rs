@@ -33,6 +33,7 @@
 //! `after_call` with [`Transport::Http`](super::Transport::Http), and no connection hook
 //! fires for it.
 
+use core::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,6 +205,9 @@ pub struct ConnectionOpened<'a> {
     pub origin: Option<&'a str>,
     /// Who connected (anonymous unless an authenticator recognised credentials).
     pub principal: &'a Principal,
+    /// The client's address: the TCP peer, or what a trusted proxy named; `None` when the
+    /// adapter does not know it.
+    pub client: Option<IpAddr>,
     /// The request target's path.
     pub path: &'a str,
     /// The negotiated subprotocol.
@@ -222,6 +226,8 @@ pub struct ConnectionClosed<'a> {
     pub origin: Option<&'a str>,
     /// Who was connected.
     pub principal: &'a Principal,
+    /// The client's address, as when it opened.
+    pub client: Option<IpAddr>,
     /// The close code that ended it (1006 when no close frame was exchanged).
     pub code: CloseCode,
     /// The reason that came with it.
@@ -348,7 +354,7 @@ impl Hook for Builtin<'_> {
     }
 
     fn connection_opened(&self, c: &ConnectionOpened<'_>) {
-        log::debug!(target: "wsrpc::ws", "upgraded conn={} path={} origin={:?} principal={}", c.connection, c.path, c.origin, c.principal.id);
+        log::debug!(target: "wsrpc::ws", "upgraded conn={} client={:?} path={} origin={:?} principal={}", c.connection, c.client, c.path, c.origin, c.principal.id);
     }
 
     fn connection_closed(&self, c: &ConnectionClosed<'_>) {

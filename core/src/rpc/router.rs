@@ -279,6 +279,14 @@ impl<'a> Params<'a> {
 }
 
 fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, RpcError> {
+    // Tracking the path of an error costs every call about as much as the parse itself, so
+    // params are parsed untracked first and again with tracking only to explain a failure.
+    let mut de = serde_json::Deserializer::from_str(text);
+    if let Ok(value) = T::deserialize(&mut de) {
+        if de.end().is_ok() {
+            return Ok(value);
+        }
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -134,6 +134,8 @@ pub struct RpcSession {
     batches: HashMap<u64, PendingBatch>,
     next_call: u64,
     closing: bool,
+    /// For the monitoring policy of `rpc.metrics`.
+    client_address: Option<core::net::IpAddr>,
 }
 
 impl std::fmt::Debug for RpcSession {
@@ -157,7 +159,10 @@ impl RpcSession {
         transport: Transport,
         now: Instant,
     ) -> Self {
-        let limiter = ConnectionLimiter::new(service.limit_config().clone());
+        let mut limiter =
+            ConnectionLimiter::new(service.limit_config().clone()).with_connection(connection.0);
+        limiter.set_origin(origin.clone());
+        limiter.set_principal(principal.authenticated.then_some(principal.id.as_str()));
         let outbox = service.hub().new_outbox();
         let mut ctx = CallContext::new(connection, transport, now);
         ctx.origin = origin;
@@ -175,6 +180,7 @@ impl RpcSession {
             batches: HashMap::new(),
             next_call: 1,
             closing: false,
+            client_address: None,
         }
     }
 
@@ -186,8 +192,29 @@ impl RpcSession {
     /// Replaces origin and principal (HTTP: each request on a keep-alive connection brings
     /// its own).
     pub fn set_identity(&mut self, origin: Option<Arc<str>>, principal: Arc<Principal>) {
+        self.limiter.set_origin(origin.clone());
+        self.limiter.set_principal(principal.authenticated.then_some(principal.id.as_str()));
         self.ctx.origin = origin;
         self.ctx.principal = principal;
+    }
+
+    /// The client's address (the TCP peer, or what trusted proxies forwarded), for rate
+    /// limits keyed per address, the monitoring policy of `rpc.metrics` and logs; unknown
+    /// until set.
+    pub fn set_client_address(&mut self, address: Option<core::net::IpAddr>) {
+        self.limiter.set_address(address);
+        self.client_address = address;
+    }
+
+    /// Whether the server's monitoring policy lets this connection read `rpc.metrics` and
+    /// the details of `rpc.health`.
+    fn may_read_details(&self) -> bool {
+        let config = self.service.config();
+        config.http.monitoring.allows(
+            self.client_address,
+            self.ctx.principal.authenticated,
+            config.auth.require_auth,
+        )
     }
 
     /// Wakes `waker` when a notification arrives for this connection.
@@ -462,19 +489,14 @@ impl RpcSession {
         }
     }
 
-    /// Takes a rate token for `method`'s class (per origin and per connection); when there is
-    /// none, the -32005 error to answer with `retry_after_ms`.
+    /// Takes a rate token for `method`'s class (from every bucket its keys select); when
+    /// there is none, the -32005 error to answer with `retry_after_ms`.
     fn take_call_token(&mut self, method: &str, now: Instant) -> Result<(), RpcError> {
-        // Disjoint fields: no `Arc` clone on the per-call path.
-        let Err(limited) = self.limiter.check_call(
-            self.service.origin_limiter(),
-            self.ctx.origin.as_deref(),
-            method,
-            now,
-        ) else {
+        // The limiter logs the refusal with the connection and client address.
+        let Err(limited) = self.limiter.check_call(self.service.shared_limits(), method, now)
+        else {
             return Ok(());
         };
-        log::debug!(target: "wsrpc::limit", "call limited conn={} method={method} retry_after_ms={}", self.ctx.connection, limited.retry_after_ms());
         self.note_limited(&limited);
         let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
         Err(RpcError::limit_exceeded(&what, limited.retry_after_ms()))
@@ -610,28 +632,43 @@ impl RpcSession {
                 return Called::Refused(e, Refusal::Hook);
             }
         }
-        let value =
-            match target {
-                Target::Method(method) => {
-                    return self.run_method(&service, now, req, method, out, slot);
+        let value = match target {
+            Target::Method(method) => {
+                return self.run_method(&service, now, req, method, out, slot);
+            }
+            Target::Subscribe => match self.subscribe(params) {
+                Ok(SubscribeAnswer::Now(value)) => Ok(value),
+                Ok(SubscribeAnswer::Pending(subscription, bare)) => {
+                    // Answered when the broker side is ready (`finish_subscribe`).
+                    self.hand_out(req, None, now, slot);
+                    let call = self.next_call - 1;
+                    self.pending_subscribes.entry(subscription).or_default().push((call, bare));
+                    return Called::Pending;
                 }
-                Target::Subscribe => match self.subscribe(params) {
-                    Ok(SubscribeAnswer::Now(value)) => Ok(value),
-                    Ok(SubscribeAnswer::Pending(subscription, bare)) => {
-                        // Answered when the broker side is ready (`finish_subscribe`).
-                        self.hand_out(req, None, now, slot);
-                        let call = self.next_call - 1;
-                        self.pending_subscribes.entry(subscription).or_default().push((call, bare));
-                        return Called::Pending;
-                    }
-                    Err(e) => Err(e),
-                },
-                Target::Unsubscribe => self.unsubscribe(params),
-                Target::Health => serde_json::value::to_raw_value(&service.health(now))
-                    .map_err(RpcError::internal),
-                Target::Metrics => serde_json::value::to_raw_value(&service.snapshot(now))
-                    .map_err(RpcError::internal),
-            };
+                Err(e) => Err(e),
+            },
+            Target::Unsubscribe => self.unsubscribe(params),
+            Target::Health if !self.may_read_details() => {
+                // Status and what a client checks a server by; not its details.
+                let health = service.health(now);
+                let bare = serde_json::json!({
+                    "status": health.status,
+                    "name": health.name,
+                    "pubsub": health.pubsub,
+                });
+                serde_json::value::to_raw_value(&bare).map_err(RpcError::internal)
+            }
+            Target::Health => {
+                serde_json::value::to_raw_value(&service.health(now)).map_err(RpcError::internal)
+            }
+            Target::Metrics if !self.may_read_details() => {
+                log::info!(target: "wsrpc::auth", "refused conn={} client={:?} method=rpc.metrics code={} reason=\"monitoring policy\"", self.ctx.connection, self.client_address, error::FORBIDDEN);
+                Err(RpcError::forbidden("metrics are not served to this client"))
+            }
+            Target::Metrics => {
+                serde_json::value::to_raw_value(&service.snapshot(now)).map_err(RpcError::internal)
+            }
+        };
         let result = value.and_then(|v| self.write_value(out, req.id, &v));
         Called::Ran { result, method_id: None, duration: Duration::ZERO }
     }

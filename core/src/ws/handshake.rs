@@ -18,10 +18,18 @@ const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Computes `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (as sent, base64 text).
 pub fn accept_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_key_bytes(key)).into_owned()
+}
+
+/// `Sec-WebSocket-Accept` as base64 text in a fixed buffer (no allocation per handshake).
+fn accept_key_bytes(key: &[u8]) -> [u8; 28] {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key);
     sha.update(WS_GUID);
-    BASE64.encode(sha.digest().bytes())
+    let mut out = [0u8; 28];
+    // 20 bytes are 28 characters of padded base64, so the buffer always fits.
+    let _ = BASE64.encode_slice(sha.digest().bytes(), &mut out);
+    out
 }
 
 /// A request that passed every check of RFC 6455 §4.2.1.
@@ -79,7 +87,7 @@ pub fn validate_upgrade(request: RequestHead) -> Result<Upgrade, HandshakeError>
         return Err(HandshakeError::UnsupportedVersion);
     }
     let key = match (h.count("sec-websocket-key"), h.get_str("sec-websocket-key")) {
-        (1, Some(key)) if BASE64.decode(key).is_ok_and(|k| k.len() == 16) => key.to_owned(),
+        (1, Some(key)) if decodes_to_16_bytes(key) => key.to_owned(),
         _ => return Err(HandshakeError::BadHeader("Sec-WebSocket-Key")),
     };
     if h.count("host") != 1 {
@@ -93,13 +101,20 @@ pub fn validate_upgrade(request: RequestHead) -> Result<Upgrade, HandshakeError>
     Ok(Upgrade { request, key })
 }
 
+/// Whether `key` is base64 for 16 bytes (RFC 6455 §4.1), decoded on the stack.
+fn decodes_to_16_bytes(key: &str) -> bool {
+    // Larger than any estimate for a 16-byte key: longer input fails as too long for it.
+    let mut buf = [0u8; 64];
+    BASE64.decode_slice(key, &mut buf).is_ok_and(|n| n == 16)
+}
+
 /// Appends the `101 Switching Protocols` answer to `out`.
 ///
 /// `extra` lines are written as given (each `name: value`); names must be tokens and values
 /// must not contain CR or LF.
 pub fn write_accept(out: &mut Vec<u8>, key: &str, protocol: Option<&str>, extra: &[(&str, &str)]) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-    out.extend_from_slice(accept_key(key.as_bytes()).as_bytes());
+    out.extend_from_slice(&accept_key_bytes(key.as_bytes()));
     out.extend_from_slice(b"\r\n");
     if let Some(p) = protocol {
         push_header(out, "Sec-WebSocket-Protocol", p);
@@ -309,6 +324,20 @@ mod tests {
                 assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
             }
         }
+    }
+
+    #[test]
+    fn the_key_must_be_base64_for_exactly_16_bytes() {
+        let ok = |key: &str| decodes_to_16_bytes(key);
+        assert!(ok("dGhlIHNhbXBsZSBub25jZQ=="));
+        // 15 and 17 bytes, unpadded, bad characters, a long key, empty.
+        assert!(!ok("dGhlIHNhbXBsZSBub25j"));
+        assert!(!ok("dGhlIHNhbXBsZSBub25jZQ=="[..22].trim_end_matches('=')));
+        assert!(!ok("dGhlIHNhbXBsZSBub25jZSE="));
+        assert!(!ok("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!ok("dGhlIHNhbXBsZSBub25jZ!=="));
+        assert!(!ok(&"QUFB".repeat(40)));
+        assert!(!ok(""));
     }
 
     #[test]
