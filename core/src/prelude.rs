@@ -9,8 +9,8 @@ pub use crate::rpc::client::{
 };
 pub use crate::rpc::hooks;
 pub use crate::rpc::{
-    CallContext, ConnectionId, Extensions, HandlerContext, Params, RequestId, Router, RouterError,
-    RpcError, SubscribeCall, SubscribeTo, Transport,
+    CallContext, ConnectionId, Extensions, HandlerContext, Method, Notification, Params, RequestId,
+    Router, RouterError, RpcError, SubscribeCall, SubscriptionTarget, Topic, TopicEvent, Transport,
 };
 pub use crate::service::{
     Bind, HttpConfig, MonitoringAccess, Publisher, RpcConfig, ServerBuilder, ServiceConfig,

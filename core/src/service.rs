@@ -12,9 +12,9 @@ use crate::hub::{
 };
 use crate::limit::{LimitConfig, SharedLimits, TrustedProxies};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
-use crate::rpc::Router;
 use crate::rpc::hooks::{CallEnd, ConnectionClosed, ConnectionOpened, Hook, HookSet};
 use crate::rpc::router::ConnectionId;
+use crate::rpc::{PublishTo, Router};
 use crate::time::Now;
 use crate::ws;
 
@@ -204,6 +204,8 @@ pub struct Service {
     hooks: HookSet,
     next_connection: AtomicU64,
     active: AtomicUsize,
+    /// The `rpc.discover` document, made at its first request (the router never changes).
+    openrpc: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -294,6 +296,7 @@ impl Service {
             hooks: HookSet::new(hooks),
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
+            openrpc: std::sync::OnceLock::new(),
         })
     }
 
@@ -309,6 +312,15 @@ impl Service {
     /// The router.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The OpenRPC 1.3 document `rpc.discover` answers: the router's methods, the
+    /// subscription methods with the declared topics, and the built-ins.
+    pub fn openrpc(&self) -> &serde_json::value::RawValue {
+        self.openrpc.get_or_init(|| {
+            let doc = crate::rpc::openrpc::document(&self.router, &self.config);
+            serde_json::value::to_raw_value(&doc).expect("a JSON value serializes")
+        })
     }
 
     /// The pub/sub hub.
@@ -365,12 +377,15 @@ impl Service {
     /// the call returns once the message is queued for it, with the answer to come in
     /// [`Published::pending`] (`Published::wait` blocks for it); it fails at once with
     /// [`PublishError::BrokerUnavailable`] while the broker is down.
+    ///
+    /// `topic` is a [`Topic<T>`](crate::rpc::Topic) (then `value` must be a `T`) or a topic
+    /// name.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
-        self.hub.publish(topic, value)
+        self.hub.publish(topic.topic_name(), value)
     }
 
     /// The health document served as `rpc.health` and `GET /health`: the metrics' health
@@ -498,11 +513,12 @@ impl Running {
         &self.service
     }
 
-    /// Publishes `value` to `topic`; callable from any thread that can reach the server (to
-    /// publish from threads of your own, give each a [`publisher`](Self::publisher)).
+    /// Publishes `value` to `topic` (a [`Topic<T>`](crate::rpc::Topic), then `value` must be
+    /// a `T`, or a topic name); callable from any thread that can reach the server (to publish
+    /// from threads of your own, give each a [`publisher`](Self::publisher)).
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
         self.service.publish(topic, value)

@@ -709,7 +709,7 @@ fn filters_apply_after_the_bridge_to_live_messages_and_to_the_history() {
     // broker numbered them.
     let mut router = Router::new();
     router.subscription("evens", |call| {
-        let s = wsrpc_core::rpc::SubscribeTo::topic(call.name());
+        let s = wsrpc_core::rpc::SubscriptionTarget::topic(call.name());
         Ok(match call.filter::<bool>()? {
             Some(true) => s.with_filter(|p: &wsrpc_core::hub::Payload<'_>| {
                 p.value()["i"].as_u64().is_some_and(|i| i % 2 == 0)

@@ -793,7 +793,7 @@ fn a_topic_evicted_and_made_again_never_reuses_sequence_numbers() {
 /// fan-out on one shared encoding, replay and notices per subscription.
 mod filters {
     use wsrpc_core::hub::{LogFilter, Payload, SubscriptionMethods};
-    use wsrpc_core::rpc::SubscribeTo;
+    use wsrpc_core::rpc::SubscriptionTarget;
     use wsrpc_core::ws::SharedFrame;
 
     use super::*;
@@ -813,7 +813,7 @@ mod filters {
         let mut r = Router::new();
         r.subscription("logs", |call| {
             let filter: LogFilter = call.filter()?.unwrap_or_default();
-            Ok(SubscribeTo::topic("logs").with_filter(filter))
+            Ok(SubscriptionTarget::topic("logs").with_filter(filter))
         });
         Harness::new(config, r)
     }
@@ -974,7 +974,7 @@ mod filters {
                 min: u64,
             }
             let min = call.filter::<Min>()?.map_or(0, |m| m.min);
-            Ok(SubscribeTo::topic(call.name())
+            Ok(SubscriptionTarget::topic(call.name())
                 .with_filter(move |p: &Payload<'_>| p.value()["size"].as_u64() >= Some(min)))
         });
         Harness::new(config, r)
@@ -1080,10 +1080,14 @@ mod filters {
         // which its principal may read.
         let mut r = Router::with_state(String::from("user"));
         r.subscription("mine", |call| {
-            Ok(SubscribeTo::topic(format!("{}:{}", call.state(), call.context().principal.id)))
+            Ok(SubscriptionTarget::topic(format!(
+                "{}:{}",
+                call.state(),
+                call.context().principal.id
+            )))
         })
         .subscription("closed", |_| Err(RpcError::new(4200, "this subscription is not offered")))
-        .subscription("broken", |_| -> Result<SubscribeTo, RpcError> { panic!("bug") });
+        .subscription("broken", |_| -> Result<SubscriptionTarget, RpcError> { panic!("bug") });
         let mut h = Harness::new(config, r.into_stateless());
         let mut alice = h.session(None, Principal::authenticated("alice"));
         let r = eth_subscribe(&h, &mut alice, json!(["mine"]));

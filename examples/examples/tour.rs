@@ -5,7 +5,6 @@
 //! `cargo run --release -p wsrpc-examples --example tour` (exits 0 when every step worked;
 //! `RUST_LOG=wsrpc=debug` shows what the engine does).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,22 +33,18 @@ fn step(name: &str, result: Result<String, String>) -> bool {
 }
 
 async fn tour() -> bool {
-    let events = Arc::new(AtomicU64::new(0));
-    let counted = events.clone();
-    let mut router = Router::new();
+    // The application state, given once: every handler reaches it as `ctx.state()`.
+    let mut router = Router::with_state(AtomicU64::new(0));
     router
         .method("add", |(a, b): (i64, i64), _| Ok(a + b))
         .method("greet", |(name,): (String,), ctx| {
             Ok(format!("hello {name}, you are connection {}", ctx.connection))
         })
-        .method("log_event", move |(_kind,): (String,), _| {
-            counted.fetch_add(1, Ordering::SeqCst);
+        .method("log_event", |(_kind,): (String,), ctx| {
+            ctx.state().fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
-        .method("events_logged", {
-            let events = events.clone();
-            move |(): (), _| Ok(events.load(Ordering::SeqCst))
-        })
+        .method("events_logged", |(): (), ctx| Ok(ctx.state().load(Ordering::SeqCst)))
         .method("sign", |(msg,): (String,), _| Ok(format!("signed({msg})")))
         .async_method("slow_square", |(x,): (i64,), _| async move {
             async_io::Timer::after(Duration::from_millis(50)).await;

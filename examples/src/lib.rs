@@ -54,26 +54,61 @@ pub fn demo_router() -> Router {
     r
 }
 
-/// The methods of the JSON-RPC 2.0 specification's examples (section 7).
-pub fn spec_router() -> Router {
-    #[derive(serde::Deserialize)]
-    struct Subtract {
-        minuend: i64,
-        subtrahend: i64,
+/// The API of `spec_server`: the methods of the JSON-RPC 2.0 specification's examples
+/// (section 7) as typed descriptors, with the JSON Schemas `rpc.discover` shows.
+pub mod spec_api {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+    use wsrpc_core::rpc::{Method, Notification};
+
+    /// `subtract`'s params, by name (`{"minuend": 42, "subtrahend": 23}`) or by position.
+    #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct Subtract {
+        /// What is subtracted from.
+        pub minuend: i64,
+        /// What is subtracted.
+        pub subtrahend: i64,
     }
+
+    /// `minuend - subtrahend` (-32602 on overflow).
+    pub const SUBTRACT: Method<Subtract, i64> =
+        Method::new("subtract").summary("Subtracts subtrahend from minuend").with_schemas();
+    /// The sum of any number of integers (-32602 on overflow).
+    pub const SUM: Method<Vec<i64>, i64> =
+        Method::new("sum").params(&["terms"]).summary("Adds its params").with_schemas();
+    /// A notification that takes any params.
+    pub const UPDATE: Notification<Vec<Value>> =
+        Notification::new("update").params(&["values"]).with_schemas();
+    /// A notification that takes any params.
+    pub const NOTIFY_HELLO: Notification<Vec<Value>> =
+        Notification::new("notify_hello").params(&["values"]).with_schemas();
+    /// A notification that takes any params.
+    pub const NOTIFY_SUM: Notification<Vec<Value>> =
+        Notification::new("notify_sum").params(&["values"]).with_schemas();
+    /// `["hello", 5]`.
+    pub const GET_DATA: Method<(), Value> =
+        Method::new("get_data").summary("Answers [\"hello\", 5]").with_schemas();
+}
+
+/// The methods of the JSON-RPC 2.0 specification's examples (section 7), from [`spec_api`];
+/// `rpc.discover` describes them.
+pub fn spec_router() -> Router {
+    use spec_api::*;
     let mut r = Router::new();
-    r.method("subtract", |p: Subtract, _| {
+    r.register(SUBTRACT, |p, _| {
         p.minuend.checked_sub(p.subtrahend).ok_or_else(|| RpcError::invalid_params("overflow"))
     })
-    .method("sum", |p: Vec<i64>, _| {
+    .register(SUM, |p, _| {
         p.iter()
             .try_fold(0i64, |a, b| a.checked_add(*b))
             .ok_or_else(|| RpcError::invalid_params("overflow"))
     })
-    .method("update", |_: Vec<serde_json::Value>, _| Ok(()))
-    .method("notify_hello", |_: Vec<serde_json::Value>, _| Ok(()))
-    .method("notify_sum", |_: Vec<serde_json::Value>, _| Ok(()))
-    .method("get_data", |(): (), _| Ok(json!(["hello", 5])));
+    .register_notification(UPDATE, |_, _| Ok(()))
+    .register_notification(NOTIFY_HELLO, |_, _| Ok(()))
+    .register_notification(NOTIFY_SUM, |_, _| Ok(()))
+    .register(GET_DATA, |(), _| Ok(json!(["hello", 5])))
+    .info("wsrpc spec_server", env!("CARGO_PKG_VERSION"))
+    .description("The methods of the JSON-RPC 2.0 specification's examples (section 7)");
     r
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wsrpc_core::hub::{HubConfig, LogFilter, SubscriptionMethods};
 use wsrpc_core::rpc::hooks::{CallEnd, Hook, Outcome, after_call};
-use wsrpc_core::rpc::{Router, RpcError, SubscribeTo};
+use wsrpc_core::rpc::{Router, RpcError, SubscriptionTarget};
 use wsrpc_core::service::Publisher;
 
 /// The wallet's only account.
@@ -191,7 +191,7 @@ pub fn router(wallet: &Arc<Wallet>) -> Router {
         // subscription's filter decides which of them it gets. A bad filter is -32602.
         .subscription("logs", |call| {
             let filter: LogFilter = call.filter()?.unwrap_or_default();
-            Ok(SubscribeTo::topic("logs").with_filter(filter))
+            Ok(SubscriptionTarget::topic("logs").with_filter(filter))
         });
     router
 }

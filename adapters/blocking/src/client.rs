@@ -6,6 +6,7 @@
 //! stalls); [`Client`] handles send it commands and wait on per-call channels. Transports are
 //! opened by a short-lived thread per attempt (name resolution blocks).
 
+use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
@@ -22,6 +23,7 @@ use wsrpc_core::rpc::client::{
     decode,
 };
 use wsrpc_core::rpc::dispatch::{CallResult, Channels, Command, EventSink, OneShot, SinkError};
+use wsrpc_core::rpc::{Method, NotifyTo, SubscribeTo, SubscriptionItem};
 
 use crate::reactor::{ConnectTo, Core, Mailbox, Message, Reactor, Role};
 use crate::tls_layer::TlsLayer;
@@ -104,50 +106,56 @@ impl Handle {
 /// (`recv` returns `None`) when the client closes or the server refuses the subscription
 /// after a reconnect (an [`SubscriptionEvent::Ended`] comes first). Dropping it unsubscribes.
 ///
+/// A subscription by topic name yields raw [`SubscriptionEvent`]s; one by a typed
+/// [`Topic<T>`](wsrpc_core::rpc::Topic) yields [`TopicEvent<T>`](wsrpc_core::rpc::TopicEvent)s,
+/// values decoded as they are taken (a value that is not a `T` comes as
+/// `TopicEvent::Malformed`, and the subscription goes on).
+///
 /// Up to 1024 events wait here; beyond that, values are dropped and reported as one
 /// [`SubscriptionEvent::Gap`] with `lagged: true` instead of growing memory without bound.
-pub struct Subscription {
+pub struct Subscription<I: SubscriptionItem = SubscriptionEvent> {
     token: SubscriptionToken,
     events: Receiver<SubscriptionEvent>,
     handle: Arc<Handle>,
+    items: PhantomData<fn() -> I>,
 }
 
-impl std::fmt::Debug for Subscription {
+impl<I: SubscriptionItem> std::fmt::Debug for Subscription<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription").field("token", &self.token).finish_non_exhaustive()
     }
 }
 
-impl Subscription {
+impl<I: SubscriptionItem> Subscription<I> {
     /// Waits for the next event; `None` once the subscription has ended.
-    pub fn recv(&self) -> Option<SubscriptionEvent> {
-        self.events.recv().ok()
+    pub fn recv(&self) -> Option<I> {
+        self.events.recv().ok().map(I::from_event)
     }
 
     /// Waits at most `timeout` for the next event.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<SubscriptionEvent, RecvTimeoutError> {
-        self.events.recv_timeout(timeout)
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<I, RecvTimeoutError> {
+        self.events.recv_timeout(timeout).map(I::from_event)
     }
 
     /// The next event if one is waiting.
-    pub fn try_recv(&self) -> Result<SubscriptionEvent, TryRecvError> {
-        self.events.try_recv()
+    pub fn try_recv(&self) -> Result<I, TryRecvError> {
+        self.events.try_recv().map(I::from_event)
     }
 
     /// Ends the subscription (also done on drop).
     pub fn unsubscribe(self) {}
 }
 
-impl Iterator for Subscription {
-    type Item = SubscriptionEvent;
+impl<I: SubscriptionItem> Iterator for Subscription<I> {
+    type Item = I;
 
     /// Like [`recv`](Subscription::recv): blocks for the next event.
-    fn next(&mut self) -> Option<SubscriptionEvent> {
+    fn next(&mut self) -> Option<I> {
         self.recv()
     }
 }
 
-impl Drop for Subscription {
+impl<I: SubscriptionItem> Drop for Subscription<I> {
     fn drop(&mut self) {
         let _ = self.handle.send(Command::Unsubscribe(self.token));
     }
@@ -343,6 +351,45 @@ impl Client {
         decode(&self.call_raw(method, params, Some(timeout))?)
     }
 
+    /// Calls a typed [`Method`]: `params` must be its `P`, and the result is its `R`.
+    ///
+    /// ```no_run
+    /// # fn demo(client: wsrpc_blocking::Client) -> Result<(), wsrpc_blocking::ClientError> {
+    /// use wsrpc_blocking::Method;
+    /// const ADD: Method<(i64, i64), i64> = Method::new("add");
+    /// let sum = client.request(ADD, (2, 3))?;
+    /// assert_eq!(sum, 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn request<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+    ) -> Result<R, ClientError> {
+        self.request_with(method, params, None)
+    }
+
+    /// [`request`](Self::request) with its own timeout instead of the configured one.
+    pub fn request_with_timeout<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        self.request_with(method, params, Some(timeout))
+    }
+
+    fn request_with<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let (reply, rx) = bounded(1);
+        self.handle.send(Command::request(method, params, timeout, Reply(reply))?)?;
+        decode(&rx.recv().unwrap_or(Err(ClientError::Closed))?)
+    }
+
     /// A call whose result stays raw JSON; `timeout` replaces the configured one.
     pub fn call_raw(
         &self,
@@ -355,8 +402,14 @@ impl Client {
         rx.recv().unwrap_or(Err(ClientError::Closed))
     }
 
-    /// Sends a notification (no answer; dropped while disconnected).
-    pub fn notify(&self, method: &str, params: impl Serialize) -> Result<(), ClientError> {
+    /// Sends a notification (no answer; dropped while disconnected): a typed
+    /// [`Notification<P>`](wsrpc_core::rpc::Notification) with its `P`, or a method name with
+    /// any params.
+    pub fn notify<P: Serialize>(
+        &self,
+        method: impl NotifyTo<P>,
+        params: P,
+    ) -> Result<(), ClientError> {
         self.handle.send(Command::notify(method, params)?)
     }
 
@@ -370,20 +423,25 @@ impl Client {
         rx.recv().map_err(|_| ClientError::Closed)
     }
 
-    /// Subscribes to `topic`. The subscription survives reconnects: it is renewed with the
-    /// last sequence number seen, so values still in the server's replay window arrive
-    /// exactly once, in order, and older ones are reported as a gap.
-    pub fn subscribe(&self, topic: &str) -> Result<Subscription, ClientError> {
+    /// Subscribes to `topic`: a typed [`Topic<T>`](wsrpc_core::rpc::Topic) (the subscription
+    /// yields `TopicEvent<T>`) or a topic name (raw `SubscriptionEvent`s). The subscription
+    /// survives reconnects: it is renewed with the last sequence number seen, so values still
+    /// in the server's replay window arrive exactly once, in order, and older ones are
+    /// reported as a gap.
+    pub fn subscribe<T: SubscribeTo>(
+        &self,
+        topic: T,
+    ) -> Result<Subscription<T::Item>, ClientError> {
         let (events_tx, events) = bounded(SUBSCRIPTION_BUFFER);
         let (reply, rx) = bounded(1);
-        let topic = topic.to_owned();
+        let topic = topic.topic_name().to_owned();
         self.handle.send(Command::Subscribe {
             topic,
             events: Events(events_tx),
             reply: Reply(reply),
         })?;
         let token = rx.recv().map_err(|_| ClientError::Closed)??;
-        Ok(Subscription { token, events, handle: self.handle.clone() })
+        Ok(Subscription { token, events, handle: self.handle.clone(), items: PhantomData })
     }
 
     /// Closes the connection (1000) for every clone, fails what is pending with

@@ -6,6 +6,7 @@
 //! (link states, backoff, resubscription, stalls); the [`Client`] handle sends it commands
 //! through a channel.
 
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use wsrpc_core::rpc::client::{
     ClientError, ClientOptions, SubscriptionEvent, SubscriptionToken, decode,
 };
 use wsrpc_core::rpc::dispatch::{CallResult, Channels, Command, EventSink, OneShot, SinkError};
+use wsrpc_core::rpc::{Method, NotifyTo, SubscribeTo, SubscriptionItem};
 
 use crate::Runtime;
 use crate::drive::{Connector, Driver, Outside};
@@ -64,42 +66,45 @@ type Commands = mpsc::UnboundedSender<Command<FuturesChannels>>;
 /// Events of one subscription, in order; it ends when the client closes or the server
 /// refuses the subscription after a reconnect. Dropping it unsubscribes.
 ///
+/// A subscription by topic name yields raw [`SubscriptionEvent`]s; one by a typed
+/// [`Topic<T>`](wsrpc_core::rpc::Topic) yields [`TopicEvent<T>`](wsrpc_core::rpc::TopicEvent)s,
+/// values decoded as they are taken (a value that is not a `T` comes as
+/// `TopicEvent::Malformed`, and the subscription goes on).
+///
 /// Up to 1024 events wait here; beyond that, values are dropped and reported as one
 /// [`SubscriptionEvent::Gap`] with `lagged: true` instead of growing memory without bound.
-pub struct Subscription {
+pub struct Subscription<I: SubscriptionItem = SubscriptionEvent> {
     token: SubscriptionToken,
     events: mpsc::Receiver<SubscriptionEvent>,
     commands: Commands,
+    items: PhantomData<fn() -> I>,
 }
 
-impl std::fmt::Debug for Subscription {
+impl<I: SubscriptionItem> std::fmt::Debug for Subscription<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription").field("token", &self.token).finish_non_exhaustive()
     }
 }
 
-impl Subscription {
+impl<I: SubscriptionItem> Subscription<I> {
     /// The next event, or `None` once the subscription has ended.
-    pub async fn next(&mut self) -> Option<SubscriptionEvent> {
-        std::future::poll_fn(|cx| Pin::new(&mut self.events).poll_next(cx)).await
+    pub async fn next(&mut self) -> Option<I> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
 
     /// Ends the subscription (also done on drop).
     pub fn unsubscribe(self) {}
 }
 
-impl Stream for Subscription {
-    type Item = SubscriptionEvent;
+impl<I: SubscriptionItem> Stream for Subscription<I> {
+    type Item = I;
 
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<SubscriptionEvent>> {
-        Pin::new(&mut self.events).poll_next(cx)
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<I>> {
+        Pin::new(&mut self.events).poll_next(cx).map(|e| e.map(I::from_event))
     }
 }
 
-impl Drop for Subscription {
+impl<I: SubscriptionItem> Drop for Subscription<I> {
     fn drop(&mut self) {
         let _ = self.commands.unbounded_send(Command::Unsubscribe(self.token));
     }
@@ -220,6 +225,45 @@ impl Client {
         decode(&self.call_raw(method, params, Some(timeout)).await?)
     }
 
+    /// Calls a typed [`Method`]: `params` must be its `P`, and the result is its `R`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: wsrpc_futures::Client) -> Result<(), wsrpc_core::prelude::ClientError> {
+    /// use wsrpc_core::rpc::Method;
+    /// const ADD: Method<(i64, i64), i64> = Method::new("add");
+    /// let sum = client.request(ADD, (2, 3)).await?;
+    /// assert_eq!(sum, 5);
+    /// # Ok(()) }
+    /// ```
+    pub async fn request<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+    ) -> Result<R, ClientError> {
+        self.request_with_timeout_opt(method, params, None).await
+    }
+
+    /// [`request`](Self::request) with its own timeout instead of the configured one.
+    pub async fn request_with_timeout<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        self.request_with_timeout_opt(method, params, Some(timeout)).await
+    }
+
+    async fn request_with_timeout_opt<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method<P, R>,
+        params: P,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::request(method, params, timeout, Reply(reply))?)?;
+        decode(&rx.await.map_err(|_| ClientError::Closed)??)
+    }
+
     /// A call whose result stays raw JSON; `timeout` replaces the configured one.
     pub async fn call_raw(
         &self,
@@ -232,8 +276,14 @@ impl Client {
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
-    /// Sends a notification (no answer; dropped while disconnected).
-    pub fn notify(&self, method: &str, params: impl Serialize) -> Result<(), ClientError> {
+    /// Sends a notification (no answer; dropped while disconnected): a typed
+    /// [`Notification<P>`](wsrpc_core::rpc::Notification) with its `P`, or a method name with
+    /// any params.
+    pub fn notify<P: Serialize>(
+        &self,
+        method: impl NotifyTo<P>,
+        params: P,
+    ) -> Result<(), ClientError> {
         self.send(Command::notify(method, params)?)
     }
 
@@ -247,16 +297,21 @@ impl Client {
         rx.await.map_err(|_| ClientError::Closed)
     }
 
-    /// Subscribes to `topic`. The subscription survives reconnects: it is renewed with the
-    /// last sequence number seen, so values still in the server's replay window arrive
-    /// exactly once, in order, and older ones are reported as a gap.
-    pub async fn subscribe(&self, topic: &str) -> Result<Subscription, ClientError> {
+    /// Subscribes to `topic`: a typed [`Topic<T>`](wsrpc_core::rpc::Topic) (the subscription
+    /// yields `TopicEvent<T>`) or a topic name (raw `SubscriptionEvent`s). The subscription
+    /// survives reconnects: it is renewed with the last sequence number seen, so values still
+    /// in the server's replay window arrive exactly once, in order, and older ones are
+    /// reported as a gap.
+    pub async fn subscribe<T: SubscribeTo>(
+        &self,
+        topic: T,
+    ) -> Result<Subscription<T::Item>, ClientError> {
         let (events_tx, events) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let (reply, rx) = oneshot::channel();
-        let topic = topic.to_owned();
+        let topic = topic.topic_name().to_owned();
         self.send(Command::Subscribe { topic, events: Events(events_tx), reply: Reply(reply) })?;
         let token = rx.await.map_err(|_| ClientError::Closed)??;
-        Ok(Subscription { token, events, commands: self.commands.clone() })
+        Ok(Subscription { token, events, commands: self.commands.clone(), items: PhantomData })
     }
 
     /// Closes the connection (1000) for every clone and fails what is pending with

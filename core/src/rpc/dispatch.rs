@@ -15,6 +15,7 @@ use super::client::{
     CallToken, ClientError, ClientEvent, ClientSession, SubscriptionEvent, SubscriptionToken,
     encode_params,
 };
+use super::typed::{Method, NotifyTo};
 
 /// The result of one call.
 pub type CallResult = Result<Box<RawValue>, ClientError>;
@@ -140,9 +141,24 @@ impl<C: Channels> Command<C> {
         Ok(Self::Batch { calls, reply })
     }
 
-    /// A notification.
-    pub fn notify(method: &str, params: impl serde::Serialize) -> Result<Self, ClientError> {
-        Ok(Self::Notify { method: method.to_owned(), params: encode_params(params)? })
+    /// A call of a typed [`Method`]: `params` must be its `P` (the caller decodes the
+    /// result as its `R`).
+    pub fn request<P: serde::Serialize, R>(
+        method: Method<P, R>,
+        params: P,
+        timeout: Option<Duration>,
+        reply: CallReply<C>,
+    ) -> Result<Self, ClientError> {
+        Self::call(method.name(), params, timeout, reply)
+    }
+
+    /// A notification: of a typed [`Notification<P>`](super::Notification) (`params` must be a
+    /// `P`) or of a method named by a string.
+    pub fn notify<P: serde::Serialize>(
+        method: impl NotifyTo<P>,
+        params: P,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::Notify { method: method.method_name().to_owned(), params: encode_params(params)? })
     }
 
     /// Answers the command with `error` without running it (the client is closed).

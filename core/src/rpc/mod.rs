@@ -10,9 +10,11 @@ pub mod error;
 pub mod extensions;
 pub mod hooks;
 pub mod message;
+pub mod openrpc;
 pub mod router;
 pub mod session;
 pub mod subscription;
+pub mod typed;
 
 pub use error::RpcError;
 pub use extensions::Extensions;
@@ -22,4 +24,7 @@ pub use router::{
     Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
-pub use subscription::{SubscribeCall, SubscribeTo};
+pub use subscription::{SubscribeCall, SubscriptionTarget};
+pub use typed::{
+    Method, Notification, NotifyTo, PublishTo, SubscribeTo, SubscriptionItem, Topic, TopicEvent,
+};

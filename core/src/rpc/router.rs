@@ -14,7 +14,9 @@ use serde_json::value::RawValue;
 
 use super::error::RpcError;
 use super::extensions::Extensions;
-use super::subscription::{SubscribeCall, SubscribeTo, SubscriptionHandler};
+use super::openrpc::{ApiInfo, MethodDoc, TopicDoc};
+use super::subscription::{SubscribeCall, SubscriptionHandler, SubscriptionTarget};
+use super::typed::{Method, Notification, Topic};
 use crate::auth::Principal;
 
 /// The future an async handler returns: it resolves to the serialized result.
@@ -362,10 +364,12 @@ impl fmt::Display for RouterError {
 
 impl std::error::Error for RouterError {}
 
-pub(crate) struct Method {
+/// A registered method: its handler and what `rpc.discover` says about it.
+pub(crate) struct Entry {
     pub(crate) handler: Handler,
     /// Position in registration order, for per-method metrics.
     pub(crate) index: usize,
+    pub(crate) doc: MethodDoc,
 }
 
 /// The table of methods a server answers, with the application state its handlers share.
@@ -397,11 +401,14 @@ pub(crate) struct Method {
 // `S` defaults to `()` so `Router::new()` and `-> Router` keep meaning a router without state;
 // each handler captures the `Arc<S>` when registered, so the server holds `Router<()>` only.
 pub struct Router<S = ()> {
-    methods: HashMap<Box<str>, Method>,
+    methods: HashMap<Box<str>, Entry>,
     names: Vec<Box<str>>,
     refused: Vec<RouterError>,
     /// Subscription handlers by name or kind ([`Router::subscription`]).
     subscriptions: HashMap<Box<str>, Box<SubscriptionHandler>>,
+    /// Topics declared for `rpc.discover`.
+    topics: Vec<TopicDoc>,
+    info: ApiInfo,
     state: Arc<S>,
 }
 
@@ -437,6 +444,8 @@ impl<S: Send + Sync + 'static> Router<S> {
             names: Vec::new(),
             refused: Vec::new(),
             subscriptions: HashMap::new(),
+            topics: Vec::new(),
+            info: ApiInfo::default(),
             state,
         }
     }
@@ -460,6 +469,7 @@ impl<S: Send + Sync + 'static> Router<S> {
                 let result = f(params.parse()?, HandlerContext::new(ctx, &state))?;
                 serde_json::to_writer(out, &result).map_err(RpcError::internal)
             })),
+            MethodDoc::untyped::<P>(),
         )
     }
 
@@ -480,6 +490,7 @@ impl<S: Send + Sync + 'static> Router<S> {
                 let result = f(params, HandlerContext::new(ctx, &state))?;
                 serde_json::to_writer(out, &result).map_err(RpcError::internal)
             })),
+            MethodDoc::raw(),
         )
     }
 
@@ -503,6 +514,7 @@ impl<S: Send + Sync + 'static> Router<S> {
                     serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
                 })))
             })),
+            MethodDoc::untyped::<P>(),
         )
     }
 
@@ -528,10 +540,105 @@ impl<S: Send + Sync + 'static> Router<S> {
                     serde_json::value::to_raw_value(&result).map_err(RpcError::internal)
                 })))
             })),
+            MethodDoc::untyped::<P>(),
         )
     }
 
-    fn insert(&mut self, name: &str, handler: Handler) -> &mut Self {
+    /// Registers the synchronous handler of a typed [`Method`]: its params arrive as `P`, it
+    /// answers an `R`, and `rpc.discover` describes it from the descriptor.
+    ///
+    /// ```
+    /// use wsrpc_core::rpc::{Method, Router};
+    ///
+    /// const ADD: Method<(i64, i64), i64> = Method::new("add").params(&["a", "b"]);
+    /// let mut router = Router::new();
+    /// router.register(ADD, |(a, b), _ctx| Ok(a + b));
+    /// ```
+    pub fn register<P, R, F>(&mut self, method: Method<P, R>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, HandlerContext<'_, S>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        let doc = MethodDoc::typed::<P>(method.doc);
+        self.documented(method.name(), doc, |r| r.method(method.name(), f))
+    }
+
+    /// Registers the async handler of a typed [`Method`] (as [`async_method`](Self::async_method)).
+    pub fn register_async<P, R, F, Fut>(&mut self, method: Method<P, R>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, HandlerContext<'static, S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        let doc = MethodDoc::typed::<P>(method.doc);
+        self.documented(method.name(), doc, |r| r.async_method(method.name(), f))
+    }
+
+    /// Registers the handler of a typed [`Method`] that may block (as
+    /// [`blocking_method`](Self::blocking_method)).
+    pub fn register_blocking<P, R, F>(&mut self, method: Method<P, R>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize,
+        F: Fn(P, HandlerContext<'static, S>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        let doc = MethodDoc::typed::<P>(method.doc);
+        self.documented(method.name(), doc, |r| r.blocking_method(method.name(), f))
+    }
+
+    /// Registers the handler of a typed [`Notification`]; a call of it with an id gets
+    /// `null` back (or the handler's error).
+    pub fn register_notification<P, F>(&mut self, notification: Notification<P>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned,
+        F: Fn(P, HandlerContext<'_, S>) -> Result<(), RpcError> + Send + Sync + 'static,
+    {
+        let mut doc = MethodDoc::typed::<P>(notification.doc);
+        doc.notification = true;
+        self.documented(notification.name(), doc, |r| r.method(notification.name(), f))
+    }
+
+    /// Declares a topic the server publishes to, so `rpc.discover` lists it (subscribing
+    /// works for any topic the hub's policies allow, declared or not).
+    pub fn topic<T: ?Sized>(&mut self, topic: Topic<T>) -> &mut Self {
+        self.topics.push(TopicDoc::of(topic));
+        self
+    }
+
+    /// The title and version of the API, for `rpc.discover` (default: the server's name and
+    /// `0.0.0`).
+    pub fn info(&mut self, title: impl Into<String>, version: impl Into<String>) -> &mut Self {
+        self.info.title = Some(title.into());
+        self.info.version = Some(version.into());
+        self
+    }
+
+    /// A description of the API (Markdown), for `rpc.discover`.
+    pub fn description(&mut self, text: impl Into<String>) -> &mut Self {
+        self.info.description = Some(text.into());
+        self
+    }
+
+    /// Registers with `register` and, when the name was accepted, describes it with `doc`.
+    fn documented(
+        &mut self,
+        name: &str,
+        doc: MethodDoc,
+        register: impl FnOnce(&mut Self) -> &mut Self,
+    ) -> &mut Self {
+        let refused = self.refused.len();
+        register(self);
+        if self.refused.len() == refused {
+            if let Some(entry) = self.methods.get_mut(name) {
+                entry.doc = doc;
+            }
+        }
+        self
+    }
+
+    fn insert(&mut self, name: &str, handler: Handler, doc: MethodDoc) -> &mut Self {
         if name.starts_with("rpc.") {
             self.refused.push(RouterError::Reserved(name.into()));
         } else if self.methods.contains_key(name) {
@@ -539,7 +646,7 @@ impl<S: Send + Sync + 'static> Router<S> {
         } else {
             let index = self.names.len();
             self.names.push(name.into());
-            self.methods.insert(name.into(), Method { handler, index });
+            self.methods.insert(name.into(), Entry { handler, index, doc });
         }
         self
     }
@@ -548,13 +655,16 @@ impl<S: Send + Sync + 'static> Router<S> {
     /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
     /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
     /// a kind. The handler gets the whole call and decides the topic and an optional filter
-    /// ([`SubscribeTo`](super::SubscribeTo)); its error is the call's answer. Subscriptions
+    /// ([`SubscriptionTarget`](super::SubscriptionTarget)); its error is the call's answer. Subscriptions
     /// without a handler are to the topic they name, unfiltered. The topic policies and the
     /// per-connection limits apply to the topic it decides. The handler reaches the router's
     /// state as [`call.state()`](SubscribeCall::state).
     pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
     where
-        F: Fn(&SubscribeCall<'_, S>) -> Result<SubscribeTo, RpcError> + Send + Sync + 'static,
+        F: Fn(&SubscribeCall<'_, S>) -> Result<SubscriptionTarget, RpcError>
+            + Send
+            + Sync
+            + 'static,
     {
         if self.subscriptions.contains_key(name) {
             self.refused.push(RouterError::Duplicate(name.into()));
@@ -573,6 +683,8 @@ impl<S: Send + Sync + 'static> Router<S> {
             names: self.names,
             refused: self.refused,
             subscriptions: self.subscriptions,
+            topics: self.topics,
+            info: self.info,
             state: Arc::new(()),
         }
     }
@@ -584,7 +696,7 @@ impl<S> Router<S> {
         self.refused.first().map_or(Ok(()), |e| Err(e.clone()))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Method> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
         self.methods.get(name)
     }
 
@@ -600,6 +712,18 @@ impl<S> Router<S> {
     /// The name of the method registered at `index` (its [`Method::index`]).
     pub(crate) fn name(&self, index: usize) -> &str {
         &self.names[index]
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.names.iter().filter_map(|n| self.methods.get(n).map(|e| (&**n, e)))
+    }
+
+    pub(crate) fn declared_topics(&self) -> &[TopicDoc] {
+        &self.topics
+    }
+
+    pub(crate) fn api_info(&self) -> &ApiInfo {
+        &self.info
     }
 
     /// Registered method names, in registration order.

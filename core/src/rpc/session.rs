@@ -13,7 +13,7 @@ use super::extensions::Extensions;
 use super::hooks::{CallEnd, CallStart, Outcome, Refusal};
 use super::message::{self, Incoming, Invalid, Request};
 use super::router::{
-    CallContext, ConnectionId, Handler, Method, Params, RequestId, Transport, Work,
+    CallContext, ConnectionId, Entry, Handler, Params, RequestId, Transport, Work,
 };
 use super::subscription::SubscribeCall;
 use crate::auth::Principal;
@@ -90,7 +90,8 @@ enum Target<'r> {
     Unsubscribe,
     Health,
     Metrics,
-    Method(&'r Method),
+    Discover,
+    Method(&'r Entry),
 }
 
 /// How far a call got in [`RpcSession::call`].
@@ -595,6 +596,7 @@ impl RpcSession {
             match builtin {
                 "health" => Target::Health,
                 "metrics" => Target::Metrics,
+                "discover" => Target::Discover,
                 _ => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
             }
         } else {
@@ -603,12 +605,13 @@ impl RpcSession {
                 None => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
             }
         };
-        if matches!(target, Target::Method(_) | Target::Health | Target::Metrics) {
+        if matches!(target, Target::Method(_) | Target::Health | Target::Metrics | Target::Discover)
+        {
             if let Err(e) = self.take_call_token(&req.method, now) {
                 return Called::Refused(e, Refusal::Limit);
             }
         }
-        if let Target::Method(Method { handler: Handler::Deferred(_), .. }) = target {
+        if let Target::Method(Entry { handler: Handler::Deferred(_), .. }) = target {
             let max = service.config().rpc.max_inflight_async;
             if self.pending.len() >= max {
                 let e = RpcError::count_limit("async calls in flight", max);
@@ -668,6 +671,7 @@ impl RpcSession {
             Target::Metrics => {
                 serde_json::value::to_raw_value(&service.snapshot(now)).map_err(RpcError::internal)
             }
+            Target::Discover => Ok(service.openrpc().to_owned()),
         };
         let result = value.and_then(|v| self.write_value(out, req.id, &v));
         Called::Ran { result, method_id: None, duration: Duration::ZERO }
@@ -680,7 +684,7 @@ impl RpcSession {
         service: &Service,
         now: Instant,
         req: &Request<'_>,
-        method: &Method,
+        method: &Entry,
         out: &mut Vec<u8>,
         slot: Slot,
     ) -> Called {

@@ -11,7 +11,7 @@ use crate::hub::{Filter, SubscriptionFilter};
 
 /// A subscription handler, as [`Router::subscription`](super::Router::subscription) stores it.
 pub(crate) type SubscriptionHandler =
-    dyn Fn(&SubscribeCall<'_>) -> Result<SubscribeTo, RpcError> + Send + Sync;
+    dyn Fn(&SubscribeCall<'_>) -> Result<SubscriptionTarget, RpcError> + Send + Sync;
 
 /// A subscribe call, as its handler sees it: the name the client asked for, the whole
 /// params, and the caller.
@@ -116,29 +116,29 @@ impl<'a, S> SubscribeCall<'a, S> {
 ///
 /// ```
 /// use wsrpc_core::hub::{LogFilter, Payload};
-/// use wsrpc_core::rpc::{Router, RpcError, SubscribeTo};
+/// use wsrpc_core::rpc::{Router, RpcError, SubscriptionTarget};
 /// let mut router = Router::new();
 /// router
 ///     // eth_subscribe("logs", {address, topics}): one topic, a filter per subscription.
 ///     .subscription("logs", |call| {
 ///         let filter: LogFilter = call.filter()?.unwrap_or_default();
-///         Ok(SubscribeTo::topic("logs").with_filter(filter))
+///         Ok(SubscriptionTarget::topic("logs").with_filter(filter))
 ///     })
 ///     // "trades:<pair>" with an optional minimum size.
 ///     .subscription("trades", |call| {
 ///         let min: f64 = call.filter()?.unwrap_or(0.0);
-///         Ok(SubscribeTo::topic(call.name()).with_filter(move |p: &Payload<'_>| {
+///         Ok(SubscriptionTarget::topic(call.name()).with_filter(move |p: &Payload<'_>| {
 ///             p.value()["size"].as_f64().is_some_and(|s| s >= min)
 ///         }))
 ///     });
 /// ```
 #[derive(Debug)]
-pub struct SubscribeTo {
+pub struct SubscriptionTarget {
     pub(crate) topic: String,
     pub(crate) filter: Option<SubscriptionFilter>,
 }
 
-impl SubscribeTo {
+impl SubscriptionTarget {
     /// A subscription to everything published on `topic`.
     pub fn topic(topic: impl Into<String>) -> Self {
         Self { topic: topic.into(), filter: None }
