@@ -12,7 +12,8 @@
 //!    call there;
 //! 2. the method is looked up (subscribe, unsubscribe, the `rpc.` built-ins, the router):
 //!    an unknown method ends with -32601;
-//! 3. the method class's rate token (router methods, `rpc.health`, `rpc.metrics`);
+//! 3. the method class's rate token (router methods and the `rpc.` built-ins; subscribe and
+//!    unsubscribe take none);
 //! 4. [`Hook::before_call`] of each hook in registration order: the first `Err` refuses the
 //!    call with that JSON-RPC error and the handler never runs; values a hook inserts into
 //!    [`CallStart::extensions`] reach the handler in its context's `extensions`;
