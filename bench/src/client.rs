@@ -44,6 +44,23 @@ pub(crate) struct Spec {
     /// Churn: the server echoes (its "call" is one echoed message).
     #[serde(default)]
     pub(crate) echo: bool,
+    /// Cluster: the second instance (every odd connection goes there).
+    #[serde(default)]
+    pub(crate) addr2: Option<SocketAddr>,
+    /// Cluster: connection `i` subscribes to `t{(i / 2) % topics}`, so each topic has
+    /// subscribers on both instances (0: all on `t`).
+    #[serde(default)]
+    pub(crate) topics: usize,
+    /// Cluster: the publisher keeps its own pace (the client only says when to start), and
+    /// continuity is checked on each topic's own sequence numbers.
+    #[serde(default)]
+    pub(crate) paced: bool,
+    /// Cluster: the other instance processes, whose CPU counts as the server's.
+    #[serde(default)]
+    pub(crate) extra_pids: Vec<u32>,
+    /// Cluster: Redis, for its CPU and publish count from `INFO`.
+    #[serde(default)]
+    pub(crate) redis_addr: Option<SocketAddr>,
 }
 
 /// What one client run measured; printed as one JSON line.
@@ -85,6 +102,12 @@ pub(crate) struct Report {
     /// the server's work over its whole life).
     #[serde(default)]
     pub(crate) ops_total: u64,
+    /// Cluster: Redis CPU seconds (`used_cpu_user` + `used_cpu_sys`) and publish scripts run
+    /// (`cmdstat_evalsha` calls) over the window.
+    #[serde(default)]
+    pub(crate) redis_cpu_s: f64,
+    #[serde(default)]
+    pub(crate) publishes: u64,
     /// The round of the run (set by the orchestrator), to pair ours and a peer's per round.
     #[serde(default)]
     pub(crate) round: usize,
@@ -104,7 +127,7 @@ pub(crate) fn run(spec: &Spec) -> io::Result<Report> {
     sys::raise_nofile();
     match spec.scenario.as_str() {
         "idle" => idle(spec),
-        "calls" | "echo" | "fanout" => Load::new(spec)?.run(),
+        "calls" | "echo" | "fanout" | "cluster" => Load::new(spec)?.run(),
         // Plain churn speaks the protocol itself (one client thread); over TLS, tungstenite.
         "churn" if spec.tls => churn_tls(spec),
         "churn" => crate::churn::run(spec),
@@ -446,6 +469,8 @@ struct Incoming<'a> {
 
 #[derive(Deserialize)]
 struct NotificationParams {
+    /// The topic's sequence number.
+    seq: Option<u64>,
     result: Option<TickIn>,
 }
 
@@ -479,6 +504,11 @@ fn json_like(len: usize, i: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// Whether the scenario subscribes every connection and counts notifications.
+fn is_fanout(spec: &Spec) -> bool {
+    matches!(spec.scenario.as_str(), "fanout" | "cluster")
+}
+
 /// Slots are numbered in the low bits of a call id.
 const SLOT_BITS: u32 = 6;
 /// Fan-out ack ring (far larger than the publish window).
@@ -503,7 +533,7 @@ impl<'s> Load<'s> {
     fn new(spec: &'s Spec) -> io::Result<Self> {
         let read_buffer = match spec.scenario.as_str() {
             "echo" => (spec.payload * 2).clamp(4096, 64 * 1024),
-            "fanout" => 16 * 1024,
+            "fanout" | "cluster" => 16 * 1024,
             _ => 4096,
         };
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -514,7 +544,11 @@ impl<'s> Load<'s> {
         }
         let mut conns = Vec::with_capacity(spec.conns);
         for i in 0..spec.conns {
-            let ws = connect_wire(spec.addr, read_buffer, spec.deflate, spec.tls)?;
+            let addr = match spec.addr2 {
+                Some(other) if i % 2 == 1 => other,
+                _ => spec.addr,
+            };
+            let ws = connect_wire(addr, read_buffer, spec.deflate, spec.tls)?;
             ws.get_ref().set_nonblocking(true)?;
             epoll::add(
                 &epoll,
@@ -543,7 +577,7 @@ impl<'s> Load<'s> {
                 last_seq: 0,
             });
         }
-        let udp = if spec.scenario == "fanout" {
+        let udp = if is_fanout(spec) {
             let udp = UdpSocket::bind("127.0.0.1:0")?;
             udp.connect(("127.0.0.1", spec.udp_port))?;
             Some(udp)
@@ -581,13 +615,20 @@ impl<'s> Load<'s> {
                     }
                 }
                 _ => {
-                    let sub = r#"{"jsonrpc":"2.0","method":"subscribe","params":["t"],"id":1}"#;
+                    let topic = match self.spec.topics {
+                        0 => "t".to_owned(),
+                        n => format!("t{}", (i / 2) % n),
+                    };
+                    let sub = format!(
+                        r#"{{"jsonrpc":"2.0","method":"subscribe","params":["{topic}"],"id":1}}"#
+                    );
                     let _ = self.conns[i].ws.write(Message::text(sub));
                 }
             }
             self.flush(i);
         }
-        let fanout = self.spec.scenario == "fanout";
+        let fanout = is_fanout(self.spec);
+        let mut redis0 = (0.0, 0);
         // Fan-out starts its clock when every subscriber is subscribed (bounded wait).
         let mut start = if fanout { None } else { Some(Instant::now()) };
         let setup_deadline = Instant::now() + Duration::from_secs(60);
@@ -613,7 +654,10 @@ impl<'s> Load<'s> {
             }
             let now = Instant::now();
             if fanout {
-                self.fanout_acks(now, start.is_some());
+                // A paced publisher only waits for the start.
+                if !self.spec.paced {
+                    self.fanout_acks(now, start.is_some());
+                }
                 if start.is_none() {
                     if self.subscribed == self.conns.len() {
                         self.send_ack(0, now);
@@ -629,7 +673,8 @@ impl<'s> Load<'s> {
             }
             let Some(s) = start else { continue };
             if !self.in_window && now >= s + warmup {
-                cpu0 = sys::cpu_seconds(self.spec.server_pid)?;
+                cpu0 = self.server_cpu()?;
+                redis0 = self.redis_counters();
                 own0 = sys::own_cpu_seconds();
                 t0 = Instant::now();
                 self.in_window = true;
@@ -642,7 +687,10 @@ impl<'s> Load<'s> {
                 }
                 self.report.ops = 0;
             } else if self.in_window && now >= t0 + window {
-                let cpu1 = sys::cpu_seconds(self.spec.server_pid)?;
+                let cpu1 = self.server_cpu()?;
+                let redis1 = self.redis_counters();
+                self.report.redis_cpu_s = redis1.0 - redis0.0;
+                self.report.publishes = redis1.1.saturating_sub(redis0.1);
                 let secs = t0.elapsed().as_secs_f64();
                 self.report.client_cpu_s = sys::own_cpu_seconds() - own0;
                 self.report.server_cpu_s = cpu1 - cpu0;
@@ -678,6 +726,30 @@ impl<'s> Load<'s> {
         Ok(self.report)
     }
 
+    /// CPU seconds of the server process(es).
+    fn server_cpu(&self) -> io::Result<f64> {
+        let mut total = sys::cpu_seconds(self.spec.server_pid)?;
+        for &pid in &self.spec.extra_pids {
+            total += sys::cpu_seconds(pid)?;
+        }
+        Ok(total)
+    }
+
+    /// Redis's CPU seconds and publish scripts run so far, from `INFO` (zeros without Redis).
+    fn redis_counters(&self) -> (f64, u64) {
+        let Some(addr) = self.spec.redis_addr else { return (0.0, 0) };
+        let Ok(info) = wsrpc_examples::redis_server::command(addr, &["INFO", "all"]) else {
+            return (0.0, 0);
+        };
+        let field = |name| wsrpc_examples::redis_server::info_field(&info, name);
+        let cpu = |name| field(name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // `cmdstat_evalsha:calls=N,usec=...`
+        let calls = field("cmdstat_evalsha")
+            .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix("calls=")?.parse().ok()))
+            .unwrap_or(0);
+        (cpu("used_cpu_user") + cpu("used_cpu_sys"), calls)
+    }
+
     /// Reads everything the connection has, answers it, then writes once.
     fn service(&mut self, i: usize) {
         if self.conns[i].broken {
@@ -697,7 +769,7 @@ impl<'s> Load<'s> {
                 Message::Text(t) if self.spec.scenario != "echo" => {
                     match self.spec.scenario.as_str() {
                         "calls" => self.on_call_response(i, t.as_str(), now),
-                        "fanout" => self.on_notification(i, t.as_str()),
+                        "fanout" | "cluster" => self.on_notification(i, t.as_str()),
                         _ => Err("unexpected text".into()),
                     }
                 }
@@ -820,8 +892,24 @@ impl<'s> Load<'s> {
             self.report.lagged += 1;
             return Ok(());
         }
-        let tick = m.params.and_then(|p| p.result).ok_or_else(|| format!("no tick in {text}"))?;
+        let params = m.params.ok_or_else(|| format!("no params in {text}"))?;
+        let tick = params.result.ok_or_else(|| format!("no tick in {text}"))?;
         let delay = unix_nanos().saturating_sub(tick.ts);
+        if self.spec.paced {
+            // Many topics, no acks: continuity by the topic's own sequence numbers.
+            let seq = params.seq.ok_or_else(|| format!("no seq in {text}"))?;
+            let c = &mut self.conns[i];
+            let last = c.last_seq;
+            if seq <= last {
+                return Err(format!("topic sequence went from {last} to {seq}"));
+            }
+            if last != 0 && seq != last + 1 {
+                self.report.gaps += seq - last - 1;
+            }
+            c.last_seq = seq;
+            self.record_ns(i, delay);
+            return Ok(());
+        }
         let c = &mut self.conns[i];
         let last = c.last_seq;
         if tick.seq <= last {

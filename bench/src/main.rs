@@ -2,16 +2,23 @@
 //! the same run on the same machine (issue 5).
 //!
 //! ```text
-//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|churn|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]
+//! cargo run --release -p wsrpc-bench -- <echo|calls|fanout|idle|churn|cluster|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]
 //! ```
 //!
 //! Each server runs in its own process (`wsrpc-bench serve KIND`, pinned to CPU 0), the load
 //! client in another (`wsrpc-bench client SPEC`, pinned to CPU 1, one thread); a fresh server
 //! per run; servers alternate A B A B … for several rounds and the table shows medians.
 //! Server CPU per operation comes from `/proc/PID/stat` over the measured window.
+//!
+//! `cluster` runs two `wsrpc-cluster` instances sharing topics through a private
+//! `redis-server` (all three pinned to CPU 0), the load client splitting its connections
+//! between them, next to one `wsrpc-smol` instance without Redis under the same load; then it
+//! kills an instance under its clients and measures how long they take to resume on the
+//! other.
 
 mod churn;
 mod client;
+mod cluster;
 mod report;
 mod runner;
 mod servers;
@@ -22,7 +29,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: wsrpc-bench <echo|calls|fanout|idle|churn|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]\n\\
+        "usage: wsrpc-bench <echo|calls|fanout|idle|churn|cluster|echo-deflate|fanout-deflate|idle-deflate|tls-echo|tls-calls|tls-churn|tls-idle|tls|all> [--servers a,b,c] [--quick] [--rounds N] [--json FILE]\n\
          servers: {}",
         servers::ALL.join(", ")
     );
@@ -40,15 +47,18 @@ fn main() -> ExitCode {
                 eprintln!("serve: cannot pin to CPU 0: {e}");
             }
             let Some(kind) = args.get(1) else { return usage() };
-            let fanout = args.iter().any(|a| a == "--fanout");
-            let payload = args
-                .iter()
-                .position(|a| a == "--payload")
-                .and_then(|i| args.get(i + 1))
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
+            let value = |name: &str| {
+                args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+            };
+            let number = |name: &str| value(name).and_then(|v| v.parse::<u64>().ok());
+            let publishing = match (number("--rate"), number("--topics")) {
+                (Some(rate), Some(topics)) => servers::Publishing::Paced { rate, topics },
+                _ if args.iter().any(|a| a == "--fanout") => servers::Publishing::Window,
+                _ => servers::Publishing::None,
+            };
+            let payload = number("--payload").unwrap_or(0) as usize;
             let tls = args.iter().any(|a| a == "--tls");
-            match servers::serve(kind, fanout, payload, tls) {
+            match servers::serve(kind, publishing, payload, tls, value("--redis").as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serve {kind}: {e}");
@@ -77,7 +87,7 @@ fn main() -> ExitCode {
             }
         }
         Some(
-            scenario @ ("echo" | "calls" | "fanout" | "idle" | "churn" | "echo-deflate"
+            scenario @ ("echo" | "calls" | "fanout" | "idle" | "churn" | "cluster" | "echo-deflate"
             | "fanout-deflate" | "idle-deflate" | "tls-echo" | "tls-calls"
             | "tls-churn" | "tls-idle" | "tls" | "all"),
         ) => {
@@ -122,6 +132,7 @@ fn main() -> ExitCode {
                 "fanout",
                 "idle",
                 "churn",
+                "cluster",
                 "echo-deflate",
                 "fanout-deflate",
                 "idle-deflate",

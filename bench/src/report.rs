@@ -25,6 +25,17 @@ fn cpu_us(r: &Report) -> f64 {
     r.server_cpu_s * 1e6 / r.ops as f64
 }
 
+/// A metric only the Redis setup has: shown without a peer.
+const REDIS_CPU: &str = "redis_cpu_us/publish";
+
+/// The peer column of a row that has none.
+pub(crate) const NO_PEER: &str = "—";
+
+/// Redis CPU µs per publish script run (NaN without Redis).
+fn redis_us_per_publish(r: &Report) -> f64 {
+    if r.publishes == 0 { f64::NAN } else { r.redis_cpu_s * 1e6 / r.publishes as f64 }
+}
+
 /// Server RSS growth per connection, KiB.
 fn kib_per_conn(r: &Report) -> f64 {
     (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.conns_ok.max(1) as f64
@@ -151,6 +162,33 @@ fn metrics(scenario: &str) -> Vec<Metric> {
                 |r| r.p99_us / 1000.0,
             ),
         ],
+        "cluster" => vec![
+            m("deliveries/s", "notifications received/s (higher is better)", true, rate),
+            m(
+                "cpu_us/delivery",
+                "server CPU µs per delivery, both instances without Redis (lower is better; ratio = peer/ours)",
+                false,
+                cpu_us,
+            ),
+            m(
+                "p50_delay_ms",
+                "publish→receipt ms (lower is better; ratio = peer/ours)",
+                false,
+                |r| r.p50_us / 1000.0,
+            ),
+            m(
+                "p99_delay_ms",
+                "publish→receipt ms (lower is better; ratio = peer/ours)",
+                false,
+                |r| r.p99_us / 1000.0,
+            ),
+            m(
+                REDIS_CPU,
+                "Redis CPU µs per publish (INFO: used_cpu_user + used_cpu_sys over cmdstat_evalsha calls in the window; Redis's background work included, so a few publishes/s (hot topic) read high; ours only)",
+                false,
+                redis_us_per_publish,
+            ),
+        ],
         "idle-deflate" => vec![m(
             "KiB/conn",
             "server RSS KiB per connection (lower is better; ratio = peer/ours)",
@@ -252,6 +290,23 @@ pub(crate) fn rows(
         for metric in metrics(scenario) {
             for &server in ours {
                 let value = median(values(results, &case.name, server, &metric));
+                if metric.name == REDIS_CPU {
+                    rows.push(Row {
+                        scenario: scenario.into(),
+                        case: case.name.clone(),
+                        server: server.into(),
+                        peer: NO_PEER.into(),
+                        metric: metric.name.into(),
+                        value: finite(value),
+                        peer_value: None,
+                        unit: metric.unit.into(),
+                        ratio: None,
+                        ratio_min: None,
+                        ratio_median: None,
+                        ratio_max: None,
+                    });
+                    continue;
+                }
                 for &peer in peers {
                     let peer_value = median(values(results, &case.name, peer, &metric));
                     let ratio = ratio_of(&metric, value, peer_value);
@@ -295,6 +350,10 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
             let mut cells = Vec::new();
             for metric in metrics(scenario) {
                 let v = values(results, &case.name, server, &metric);
+                if metric.name == REDIS_CPU && !v.iter().any(|x| x.is_finite()) {
+                    // A server without Redis.
+                    continue;
+                }
                 let (lo, hi) = spread(&v);
                 cells.push(format!("{} {} [{}–{}]", metric.name, num(median(v)), num(lo), num(hi)));
             }
@@ -315,7 +374,7 @@ pub(crate) fn raw(scenario: &'static str, servers: &[&str], results: &Results) -
                         "server CPU per cycle: user {user:.1} µs + kernel {kernel:.1} µs"
                     ));
                 }
-                if scenario.starts_with("fanout") {
+                if scenario.starts_with("fanout") || scenario == "cluster" {
                     let gaps: u64 = rs.iter().map(|r| r.gaps).sum();
                     let lagged: u64 = rs.iter().map(|r| r.lagged).sum();
                     cells.push(format!("gaps {gaps}, lag notices {lagged} (all rounds)"));
@@ -363,6 +422,15 @@ pub(crate) fn brief(case: &Case, r: &Report) -> String {
             100.0 * r.client_cpu_s / r.window_s,
             if case.scenario == "fanout" {
                 format!(", gaps {} lagged {}", r.gaps, r.lagged)
+            } else if case.scenario == "cluster" {
+                format!(
+                    ", p50 {:.0} µs, gaps {} lagged {}, {} publishes through Redis at {:.1} µs Redis CPU each",
+                    r.p50_us,
+                    r.gaps,
+                    r.lagged,
+                    r.publishes,
+                    redis_us_per_publish(r)
+                )
             } else {
                 String::new()
             }
@@ -432,7 +500,7 @@ pub(crate) fn table(rows: &[Row], raw: &[Raw], options: &Options, elapsed: f64) 
             r.server,
             opt(r.value),
             r.peer,
-            opt(r.peer_value),
+            if r.peer == NO_PEER { NO_PEER.into() } else { opt(r.peer_value) },
             ratio,
             per_round
         );

@@ -9,8 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use wsrpc_examples::redis_server::{self, RedisServer};
+
 use crate::client::{Report, Spec};
-use crate::report;
+use crate::servers::Publishing;
+use crate::{report, sys};
 
 /// Command-line options of a benchmark run.
 #[derive(Debug)]
@@ -76,6 +79,10 @@ pub(crate) struct Case {
     pub(crate) conns: usize,
     pub(crate) depth: usize,
     pub(crate) payload: usize,
+    /// Cluster: topics the subscribers spread over (0: all on `t`), and the paced publish
+    /// rate (0: as fast as acks allow).
+    pub(crate) topics: usize,
+    pub(crate) rate: u64,
 }
 
 /// Echo keeps this many messages in flight per connection (pipelining, so an efficient
@@ -83,7 +90,15 @@ pub(crate) struct Case {
 pub(crate) const ECHO_DEPTH: usize = 4;
 
 pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
-    let case = |name: String, conns, depth, payload| Case { scenario, name, conns, depth, payload };
+    let case = |name: String, conns, depth, payload| Case {
+        scenario,
+        name,
+        conns,
+        depth,
+        payload,
+        topics: 0,
+        rate: 0,
+    };
     match scenario {
         "echo" => vec![
             case("100 x 20 B".into(), 100, ECHO_DEPTH, 20),
@@ -105,6 +120,16 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
         ],
         "idle" => vec![case("10,000 idle".into(), 10_000, 0, 0)],
         "churn" => vec![case(format!("{CHURN_WORKERS} workers"), CHURN_WORKERS, 0, 0)],
+        // Issue 13's loads: 5,000 publishes/s over 1,000 topics with 10,000 subscribers (the
+        // delay), and 10,000 subscribers of one topic as fast as delivery allows (the rate).
+        "cluster" => vec![
+            Case {
+                topics: 1000,
+                rate: 5000,
+                ..case("5,000/s, 1,000 topics, 10,000 subs".into(), 10_000, 0, 0)
+            },
+            case("hot topic, 10,000 subs".into(), 10_000, 0, 0),
+        ],
         // The same loads over TLS (aws-lc-rs on both sides, an ECDSA P-256 certificate).
         "tls-echo" => vec![
             case("100 x 20 B".into(), 100, ECHO_DEPTH, 20),
@@ -128,6 +153,18 @@ pub(crate) fn cases(scenario: &'static str) -> Vec<Case> {
 
 /// Workers of the TLS churn scenario (connect, handshakes, one call, close, again).
 pub(crate) const TLS_CHURN_WORKERS: usize = 8;
+
+/// How the server publishes for a case.
+fn publishing(case: &Case) -> Publishing {
+    match case.scenario {
+        s if s.starts_with("fanout") => Publishing::Window,
+        "cluster" if case.rate > 0 => {
+            Publishing::Paced { rate: case.rate, topics: case.topics.max(1) as u64 }
+        }
+        "cluster" => Publishing::Window,
+        _ => Publishing::None,
+    }
+}
 
 /// Ours and the peers that a scenario compares.
 pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static str>) {
@@ -155,6 +192,8 @@ pub(crate) fn servers_for(scenario: &str) -> (Vec<&'static str>, Vec<&'static st
         // the client's offer).
         "echo-deflate" => (vec!["wsrpc-echo-deflate"], vec!["soketto-deflate", "wsrpc-echo"]),
         "fanout-deflate" | "idle-deflate" => (vec!["wsrpc-smol-deflate"], vec!["wsrpc-smol"]),
+        // Two instances through Redis next to one instance without it.
+        "cluster" => (vec!["wsrpc-cluster"], vec!["wsrpc-smol"]),
         _ => (Vec::new(), Vec::new()),
     }
 }
@@ -173,6 +212,12 @@ pub(crate) fn run(scenarios: &[&'static str], options: &Options) -> io::Result<(
         let peers: Vec<&str> = peers.into_iter().filter(keep).collect();
         let all: Vec<&str> = ours.iter().chain(&peers).copied().collect();
         if all.is_empty() {
+            continue;
+        }
+        if scenario == "cluster" && !redis_server::available() {
+            eprintln!(
+                "cluster SKIPPED: redis-server is not installed (run scripts/install-redis.sh)"
+            );
             continue;
         }
         let mut results = Results::new();
@@ -207,6 +252,12 @@ pub(crate) fn run(scenarios: &[&'static str], options: &Options) -> io::Result<(
         }
         rows.extend(report::rows(scenario, &ours, &peers, &results));
         raw.extend(report::raw(scenario, &all, &results));
+        if scenario == "cluster" && ours.contains(&"wsrpc-cluster") {
+            match crate::cluster::recovery(options) {
+                Ok(mut r) => rows.append(&mut r),
+                Err(e) => eprintln!("cluster recovery FAILED: {e}"),
+            }
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let text = report::table(&rows, &raw, options, elapsed);
@@ -247,24 +298,48 @@ fn soketto_peer() -> Result<PathBuf, String> {
     Ok(exe)
 }
 
-fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let fanout = case.scenario.starts_with("fanout");
-    let mut cmd = if server == "soketto-deflate" {
+/// A server process started by [`spawn_server`], once it said `READY`.
+pub(crate) struct Server {
+    proc: Proc,
+    pub(crate) pid: u32,
+    pub(crate) port: u16,
+    pub(crate) udp_port: u16,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Server {
+    /// The tail of its stderr, to explain a failure.
+    fn tail(&self) -> String {
+        // Give the reader a moment to collect the server's last words.
+        std::thread::sleep(Duration::from_millis(50));
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ")
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.0.try_wait().ok().flatten()
+    }
+
+    /// Kills it now (SIGKILL).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+    }
+}
+
+/// Starts `wsrpc-bench serve KIND ARGS…` (the soketto peer's own binary for
+/// `soketto-deflate`) pinned to CPU 0, and waits for its `READY` line.
+pub(crate) fn spawn_server(kind: &str, args: &[String]) -> Result<Server, String> {
+    let mut cmd = if kind == "soketto-deflate" {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]).arg(soketto_peer()?);
         cmd
     } else {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve").arg(server);
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("serve").arg(kind);
         cmd
     };
-    if fanout {
-        cmd.arg("--fanout").arg("--payload").arg(case.payload.to_string());
-    }
-    if case.scenario.starts_with("tls-") {
-        cmd.arg("--tls");
-    }
+    cmd.args(args);
     // Executors on one thread, like the peers' current-thread tokio runtimes.
     cmd.env("SMOL_THREADS", "1").env("ASYNC_STD_THREAD_COUNT", "1");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -284,24 +359,6 @@ fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, Strin
             }
         });
     }
-    let result = drive(&exe, server, pid, &mut child, case, options);
-    result.map_err(|e| {
-        // Give the reader a moment to collect the server's last words.
-        std::thread::sleep(Duration::from_millis(50));
-        let tail = stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
-        let tail: Vec<&str> = tail.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
-        if tail.is_empty() { e } else { format!("{e}; server stderr: {}", tail.join(" / ")) }
-    })
-}
-
-fn drive(
-    exe: &std::path::Path,
-    server: &str,
-    pid: u32,
-    child: &mut Proc,
-    case: &Case,
-    options: &Options,
-) -> Result<Report, String> {
     let stdout = child.0.stdout.take().ok_or("no server stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -312,29 +369,94 @@ fn drive(
         // Keep draining so the server never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .map_err(|_| "server did not report READY".to_string())?;
+    let mut server = Server { proc: child, pid, port: 0, udp_port: 0, stderr_tail };
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+        return Err(with_tail("server did not report READY".into(), &server.tail()));
+    };
     let mut parts = line.split_whitespace();
     let (Some("READY"), Some(port), Some(udp)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("server said {line:?}"));
+        return Err(with_tail(format!("server said {line:?}"), &server.tail()));
     };
-    let port: u16 = port.parse().map_err(|_| format!("bad port in {line:?}"))?;
-    let udp_port: u16 = udp.parse().map_err(|_| format!("bad port in {line:?}"))?;
-    let spec = Spec {
+    server.port = port.parse().map_err(|_| format!("bad port in {line:?}"))?;
+    server.udp_port = udp.parse().map_err(|_| format!("bad port in {line:?}"))?;
+    Ok(server)
+}
+
+fn with_tail(e: String, tail: &str) -> String {
+    if tail.is_empty() { e } else { format!("{e}; server stderr: {tail}") }
+}
+
+/// A private Redis on a free port, pinned next to the servers (CPU 0).
+pub(crate) fn start_redis() -> Result<RedisServer, String> {
+    let redis = RedisServer::start().map_err(|e| format!("redis-server: {e}"))?;
+    if let Some(pid) = redis.pid()
+        && let Err(e) = sys::pin_process_to_cpu(pid, 0)
+    {
+        eprintln!("cannot pin redis-server to CPU 0: {e}");
+    }
+    Ok(redis)
+}
+
+fn run_one(server: &str, case: &Case, options: &Options) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let publishing = publishing(case);
+    let mut args = publishing.args();
+    if publishing != Publishing::None {
+        args.extend(["--payload".into(), case.payload.to_string()]);
+    }
+    if case.scenario.starts_with("tls-") {
+        args.push("--tls".into());
+    }
+    let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut spec = Spec {
         scenario: case.scenario.trim_start_matches("tls-").trim_end_matches("-deflate").to_string(),
         tls: case.scenario.starts_with("tls-"),
         deflate: case.scenario.ends_with("-deflate"),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        server_pid: pid,
+        addr: localhost(0),
+        server_pid: 0,
         conns: case.conns,
         depth: case.depth,
         payload: case.payload,
         warmup_s: options.warmup_s,
         window_s: options.window_s,
-        udp_port,
+        udp_port: 0,
         echo: crate::servers::is_echo(server),
+        addr2: None,
+        topics: case.topics,
+        paced: case.rate > 0,
+        extra_pids: Vec::new(),
+        redis_addr: None,
     };
+    // The Redis of a cluster lives as long as the run; the instance that publishes is first.
+    let mut _redis = None;
+    let mut servers = Vec::new();
+    if server == "wsrpc-cluster" {
+        let redis = start_redis()?;
+        let with_redis = |mut a: Vec<String>| {
+            a.extend(["--redis".into(), redis.url()]);
+            a
+        };
+        servers.push(spawn_server(server, &with_redis(args))?);
+        servers.push(spawn_server(server, &with_redis(Vec::new()))?);
+        spec.addr2 = Some(localhost(servers[1].port));
+        spec.extra_pids.push(servers[1].pid);
+        spec.redis_addr = Some(redis.addr());
+        _redis = Some(redis);
+    } else {
+        servers.push(spawn_server(server, &args)?);
+    }
+    spec.addr = localhost(servers[0].port);
+    spec.server_pid = servers[0].pid;
+    spec.udp_port = servers[0].udp_port;
+    let result = drive(&exe, &mut servers, &spec);
+    result.map_err(|e| {
+        let tails: Vec<String> =
+            servers.iter().map(Server::tail).filter(|t| !t.is_empty()).collect();
+        with_tail(e, &tails.join(" | "))
+    })
+}
+
+fn drive(exe: &std::path::Path, servers: &mut [Server], spec: &Spec) -> Result<Report, String> {
     let spec = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
     let mut client = Proc(
         Command::new(exe)
@@ -352,7 +474,7 @@ fn drive(
         if let Some(status) = client.0.try_wait().map_err(|e| e.to_string())? {
             break status;
         }
-        if let Ok(Some(status)) = child.0.try_wait() {
+        if let Some(status) = servers.iter_mut().find_map(Server::exited) {
             return Err(format!("server exited during the run ({status})"));
         }
         if Instant::now() > deadline {
@@ -368,7 +490,7 @@ fn drive(
     if let Some(mut e) = client.0.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    if let Ok(Some(status)) = child.0.try_wait() {
+    if let Some(status) = servers.iter_mut().find_map(Server::exited) {
         return Err(format!("server exited during the run ({status})"));
     }
     if !status.success() {

@@ -18,6 +18,32 @@ use serde::Serialize;
 
 /// Messages the publisher may be ahead of the slowest subscriber.
 pub(crate) const PUBLISH_WINDOW: u64 = 8;
+
+/// How a server process publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Publishing {
+    /// It does not.
+    None,
+    /// On [`TOPIC`], as fast as the client's acks allow ([`PUBLISH_WINDOW`] ahead).
+    Window,
+    /// `rate` messages a second, round-robin over topics `t0`..`t{topics-1}`, from the
+    /// client's start signal on.
+    Paced { rate: u64, topics: u64 },
+}
+
+impl Publishing {
+    /// The `serve` arguments that ask for it.
+    pub(crate) fn args(self) -> Vec<String> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Window => vec!["--fanout".into()],
+            Self::Paced { rate, topics } => {
+                vec!["--rate".into(), rate.to_string(), "--topics".into(), topics.to_string()]
+            }
+        }
+    }
+}
+
 /// The topic of the fan-out scenario.
 pub(crate) const TOPIC: &str = "t";
 /// Capacity of per-connection queues for notifications, the same for ours and the peer.
@@ -30,6 +56,7 @@ pub(crate) const ALL: &[&str] = &[
     "wsrpc-smol",
     "wsrpc-async-std",
     "wsrpc-blocking",
+    "wsrpc-cluster",
     "wsrpc-echo",
     "jsonrpsee",
     "tokio-tungstenite",
@@ -99,10 +126,20 @@ fn tls_config() -> io::Result<Arc<rustls::ServerConfig>> {
     wsrpc_tls::server_config(vec![cert.cert.der().clone()], key).map_err(io::Error::other)
 }
 
-/// Serves `kind` until killed; a fan-out publisher pads its notifications to `payload`
-/// bytes; over TLS with `tls`.
-pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::Result<()> {
-    let udp = if fanout { Some(UdpSocket::bind("127.0.0.1:0")?) } else { None };
+/// Serves `kind` until killed; its publisher (if any) pads its notifications to `payload`
+/// bytes; over TLS with `tls`; `wsrpc-cluster` is an instance sharing every topic through
+/// the Redis at `redis`.
+pub(crate) fn serve(
+    kind: &str,
+    publishing: Publishing,
+    payload: usize,
+    tls: bool,
+    redis: Option<&str>,
+) -> io::Result<()> {
+    let udp = match publishing {
+        Publishing::None => None,
+        Publishing::Window | Publishing::Paced { .. } => Some(UdpSocket::bind("127.0.0.1:0")?),
+    };
     let rows: &'static Option<serde_json::Value> = Box::leak(Box::new(rows_of(payload)));
     let tls = if tls { Some(tls_config()?) } else { None };
     macro_rules! ours {
@@ -117,8 +154,8 @@ pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::
                 None => b.start()?,
             });
             let s = server.clone();
-            start_publisher(udp.as_ref(), rows, move |t| {
-                let _ = s.publish(TOPIC, t);
+            start_publisher(udp.as_ref(), publishing, rows, move |topic, t| {
+                let _ = s.publish(topic, t);
             })?;
             ready(server.local_addr().port(), udp.as_ref());
             park_forever()
@@ -133,6 +170,27 @@ pub(crate) fn serve(kind: &str, fanout: bool, payload: usize, tls: bool) -> io::
             ours!(wsrpc_smol::Server, config)
         }
         "wsrpc-async-std" => ours!(wsrpc_async_std::Server, wsrpc_config()),
+        // The cluster example's instance (smol, every topic through Redis) with the bench's
+        // limits; plain TCP only.
+        "wsrpc-cluster" => {
+            let url = redis.ok_or_else(|| io::Error::other("wsrpc-cluster needs --redis URL"))?;
+            if tls.is_some() {
+                return Err(io::Error::other("wsrpc-cluster is not served over TLS here"));
+            }
+            let server =
+                wsrpc_examples::cluster::start_instance_with(url, localhost(), wsrpc_config())?;
+            if !wsrpc_examples::cluster::wait_until_up(server.service(), Duration::from_secs(10)) {
+                return Err(io::Error::other(format!("Redis at {url} is not reachable")));
+            }
+            let publisher = server.publisher();
+            // Redis numbers each message and sends it back to both instances for delivery;
+            // the publisher does not wait for that (its ticket is dropped).
+            start_publisher(udp.as_ref(), publishing, rows, move |topic, t| {
+                let _ = publisher.publish(topic, t);
+            })?;
+            ready(server.local_addr().port(), udp.as_ref());
+            park_forever()
+        }
         // One I/O thread for the one CPU the server is pinned to (the default, said here so
         // the bench does not depend on it); `add` is synchronous, so the worker pool (for
         // async and blocking handlers) stays idle and one worker is enough.
@@ -179,15 +237,43 @@ fn wsrpc_config() -> wsrpc_core::service::ServiceConfig {
 /// Spawns the publisher thread when there is an ack socket.
 fn start_publisher(
     udp: Option<&UdpSocket>,
+    publishing: Publishing,
     rows: &'static Option<serde_json::Value>,
-    publish: impl Fn(&Tick<'_>) + Send + 'static,
+    publish: impl Fn(&str, &Tick<'_>) + Send + 'static,
 ) -> io::Result<()> {
     let Some(udp) = udp else { return Ok(()) };
     let udp = udp.try_clone()?;
-    std::thread::Builder::new()
-        .name("publisher".into())
-        .spawn(move || publisher(&udp, rows.as_ref(), publish))?;
+    std::thread::Builder::new().name("publisher".into()).spawn(move || match publishing {
+        Publishing::Paced { rate, topics } => paced(&udp, rate, topics, rows.as_ref(), publish),
+        Publishing::Window | Publishing::None => {
+            publisher(&udp, rows.as_ref(), |t| publish(TOPIC, t))
+        }
+    })?;
     Ok(())
+}
+
+/// Waits for the client's start signal, then publishes `rate` a second, round-robin over
+/// `topics` topics, each message on time (late ones are sent at once, never skipped).
+fn paced(
+    udp: &UdpSocket,
+    rate: u64,
+    topics: u64,
+    rows: Option<&serde_json::Value>,
+    publish: impl Fn(&str, &Tick<'_>),
+) {
+    let names: Vec<String> = (0..topics.max(1)).map(|k| format!("t{k}")).collect();
+    let _ = udp.set_read_timeout(None);
+    let _ = udp.recv(&mut [0u8; 16]);
+    let start = Instant::now();
+    for seq in 1u64.. {
+        let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate.max(1));
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let topic = &names[(seq % names.len() as u64) as usize];
+        publish(topic, &Tick { seq, ts: unix_nanos(), rows });
+    }
 }
 
 /// Waits for the client's start signal, then publishes as fast as the window allows.
@@ -396,7 +482,7 @@ mod peers {
             )
             .map_err(io::Error::other)?;
         let tx2 = tx.clone();
-        start_publisher(udp.as_ref(), &None, move |t| {
+        start_publisher(udp.as_ref(), Publishing::Window, &None, move |_, t| {
             if let Ok(raw) = serde_json::value::to_raw_value(t) {
                 let _ = tx2.send(SubscriptionMessage::from(raw));
             }

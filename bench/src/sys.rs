@@ -10,6 +10,25 @@ pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }
 
+/// Pins another process to one CPU: every thread it has now (`/proc/PID/task`), and so every
+/// thread they start later.
+pub(crate) fn pin_process_to_cpu(pid: u32, cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+            continue;
+        };
+        let tid = rustix::process::Pid::from_raw(tid).ok_or_else(|| io::Error::other("tid 0"))?;
+        match rustix::thread::sched_setaffinity(Some(tid), &set) {
+            // A thread that ended since the listing.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Raises the soft file limit to the hard limit (20,000 here); returns the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};

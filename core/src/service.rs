@@ -565,10 +565,11 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Publishes `value` to `topic`, as [`Service::publish`] does.
+    /// Publishes `value` to `topic` (a [`Topic<T>`](crate::rpc::Topic), then `value` must be
+    /// a `T`, or a topic name), as [`Service::publish`] does.
     pub fn publish<T: serde::Serialize + ?Sized>(
         &self,
-        topic: &str,
+        topic: impl PublishTo<T>,
         value: &T,
     ) -> Result<Published, PublishError> {
         self.service.publish(topic, value)

@@ -573,18 +573,31 @@ fn subscription_methods(
 
 /// The built-in methods besides `rpc.discover` itself.
 fn builtins(common: &[Value]) -> [Value; 2] {
-    let builtin = |name: &str, summary: &str, result: &str| {
+    let builtin = |name: &str, summary: &str, result: &str, errors: Vec<Value>| {
         json!({
             "name": name,
             "summary": summary,
             "params": [],
             "result": descriptor(result, json!({ "type": "object" }), false),
-            "errors": common,
+            "errors": errors,
         })
     };
+    // The monitoring policy may keep the metrics from a client.
+    let mut metrics_errors = vec![error_object(error::FORBIDDEN, "Forbidden")];
+    metrics_errors.extend(common.iter().cloned());
     [
-        builtin("rpc.health", "The server's name, status, uptime and pub/sub protocol", "health"),
-        builtin("rpc.metrics", "Counters and latency histograms per method", "metrics"),
+        builtin(
+            "rpc.health",
+            "The server's name, status and pub/sub protocol (with details for clients the monitoring policy allows)",
+            "health",
+            common.to_vec(),
+        ),
+        builtin(
+            "rpc.metrics",
+            "Counters and latency histograms per method",
+            "metrics",
+            metrics_errors,
+        ),
     ]
 }
 
