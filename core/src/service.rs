@@ -1,7 +1,7 @@
 //! The state a server's connections share: configuration, router, hub, rate limiters,
 //! metrics and the injected clock.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,8 +2,8 @@
 //! pipelining, CORS, auth) and JSON-RPC over an upgraded WebSocket, on a virtual clock.
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
+use core::net::SocketAddr;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};

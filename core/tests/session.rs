@@ -54,7 +54,7 @@ impl Harness {
             Transport::Messages,
             self.now,
         );
-        session.set_client_address(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+        session.set_client_address(Some(core::net::Ipv4Addr::LOCALHOST.into()));
         session
     }
 

@@ -1,9 +1,9 @@
 //! A server connection: HTTP/1.1 requests and the WebSocket upgrade on one port, with
 //! JSON-RPC over both, composed from the `http`, `ws`, `auth` and `rpc` layers.
 
+use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
