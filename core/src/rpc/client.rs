@@ -1142,8 +1142,7 @@ impl ClientSession {
             return;
         };
         let Some(tokens) = self.by_server_id.get(&*params.subscription) else { return };
-        for i in 0..tokens.len() {
-            let token = tokens[i];
+        for &token in tokens {
             if let Some(sub) = self.subscriptions.get_mut(&token) {
                 Self::deliver(&mut self.events, token, sub, kind, &params);
             }
