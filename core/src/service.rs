@@ -1,7 +1,7 @@
 //! The state a server's connections share: configuration, router, hub, rate limiters,
 //! metrics and the injected clock.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use crate::hub::{
 };
 use crate::limit::{LimitConfig, SharedLimits, TrustedProxies};
 use crate::metrics::{BrokerState, Health, MethodId, Metrics, PubSubInfo, Snapshot};
+use crate::rpc::hooks::{CallEnd, ConnectionClosed, ConnectionOpened, Hook, HookSet};
 use crate::rpc::router::ConnectionId;
 use crate::rpc::{PublishTo, Router};
 use crate::time::Now;
@@ -201,6 +202,7 @@ pub struct Service {
     limit_config: Arc<LimitConfig>,
     shared_limits: SharedLimits,
     clock: Option<Box<dyn Clock>>,
+    hooks: HookSet,
     next_connection: AtomicU64,
     active: AtomicUsize,
     /// The `rpc.discover` document, made at its first request (the router never changes).
@@ -234,7 +236,18 @@ impl Service {
         now: Now,
         clock: Option<Box<dyn Clock>>,
     ) -> Arc<Self> {
-        Self::build(config, router.into_stateless(), now, clock, None)
+        Self::build(config, router.into_stateless(), now, clock, None, Vec::new())
+    }
+
+    /// [`new`](Self::new) with hooks (what `ServerBuilder::hook` registers), for sessions
+    /// over transports the caller runs itself and for tests.
+    pub fn with_hooks<S: Send + Sync + 'static>(
+        config: ServiceConfig,
+        router: Router<S>,
+        now: Now,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> Arc<Self> {
+        Self::build(config, router.into_stateless(), now, None, None, hooks)
     }
 
     /// The service, with a broker when `broker` is given: its driver is started here with
@@ -245,6 +258,7 @@ impl Service {
         now: Now,
         clock: Option<Box<dyn Clock>>,
         broker: Option<Box<dyn BrokerDriver>>,
+        hooks: Vec<Arc<dyn Hook>>,
     ) -> Arc<Self> {
         let mut metrics = Metrics::new(now.mono);
         let method_ids = router.names().map(|n| metrics.register_method(n)).collect();
@@ -280,6 +294,7 @@ impl Service {
             limit_config,
             shared_limits,
             clock,
+            hooks: HookSet::new(hooks),
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             openrpc: std::sync::OnceLock::new(),
@@ -336,6 +351,27 @@ impl Service {
 
     pub(crate) fn clock_now(&self) -> Option<Instant> {
         self.clock.as_ref().map(|c| c.now())
+    }
+
+    pub(crate) fn hooks(&self) -> &HookSet {
+        &self.hooks
+    }
+
+    /// The one place a finished call is observed: the built-in metrics and log, then the
+    /// application's hooks.
+    #[inline]
+    pub(crate) fn after_call(&self, call: &CallEnd<'_>) {
+        self.hooks.after_call(&self.metrics, call);
+    }
+
+    /// The one place an upgraded connection is announced.
+    pub(crate) fn connection_opened(&self, connection: &ConnectionOpened<'_>) {
+        self.hooks.connection_opened(&self.metrics, connection);
+    }
+
+    /// The one place an ended connection is announced.
+    pub(crate) fn connection_closed(&self, connection: &ConnectionClosed<'_>) {
+        self.hooks.connection_closed(&self.metrics, connection);
     }
 
     /// Publishes `value` to `topic` (callable from any thread).
@@ -618,6 +654,7 @@ pub struct ServerBuilder<L: Launch> {
     measure_handlers: bool,
     threads: Threads,
     broker: Option<Box<dyn BrokerDriver>>,
+    hooks: Vec<Arc<dyn Hook>>,
     launcher: std::marker::PhantomData<fn() -> L>,
 }
 
@@ -702,6 +739,7 @@ impl<L: Launch> std::fmt::Debug for ServerBuilder<L> {
             .field("config", &self.config)
             .field("bind", &self.bind)
             .field("broker", &self.broker.is_some())
+            .field("hooks", &self.hooks.len())
             .finish()
     }
 }
@@ -716,6 +754,7 @@ impl<L: Launch> Default for ServerBuilder<L> {
             measure_handlers: true,
             threads: Threads::default(),
             broker: None,
+            hooks: Vec::new(),
             launcher: std::marker::PhantomData,
         }
     }
@@ -934,6 +973,16 @@ impl<L: Launch> ServerBuilder<L> {
         self
     }
 
+    /// Runs `hook` at every call and WebSocket connection of the server, after the
+    /// built-in metrics and log and after the hooks registered before it (see
+    /// [`rpc::hooks`](crate::rpc::hooks) for the points and their order).
+    /// [`before_call`](crate::rpc::hooks::before_call) and
+    /// [`after_call`](crate::rpc::hooks::after_call) make one from a closure.
+    pub fn hook(mut self, hook: impl Hook + 'static) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
     /// Builds the service (for adapters), started at `now`; `clock` measures synchronous
     /// handlers; a broker driver given to [`broker`](Self::broker) is started here. Fails
     /// when the router refused a method name.
@@ -944,7 +993,7 @@ impl<L: Launch> ServerBuilder<L> {
     ) -> Result<ServerParts, StartError> {
         self.router.check().map_err(StartError::Router)?;
         let clock = if self.measure_handlers { clock } else { None };
-        let service = Service::build(self.config, self.router, now, clock, self.broker);
+        let service = Service::build(self.config, self.router, now, clock, self.broker, self.hooks);
         Ok(ServerParts { service, bind: self.bind, threads: self.threads })
     }
 }

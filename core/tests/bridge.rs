@@ -62,11 +62,15 @@ impl Launch for NoLaunch {
 
 impl Harness {
     fn new(config: ServiceConfig) -> Self {
+        Self::with_router(config, Router::new())
+    }
+
+    fn with_router(config: ServiceConfig, router: Router) -> Self {
         let captured = Captured::default();
         let now = Instant::now();
         let service = ServerBuilder::<NoLaunch>::new()
             .config(config)
-            .router(Router::new())
+            .router(router)
             .broker(Driver(captured.clone()))
             .into_parts(
                 wsrpc_core::Now::new(now, wsrpc_core::UnixTime(Duration::from_secs(1_700_000_000))),
@@ -697,4 +701,55 @@ fn a_driver_far_behind_refuses_new_topics_instead_of_queueing_without_bound() {
     // Drained, new topics are taken again.
     h.call(&mut s, "subscribe", json!(["fresh"]));
     assert!(drain(&mut s).is_empty(), "waiting for the broker, not refused");
+}
+
+#[test]
+fn filters_apply_after_the_bridge_to_live_messages_and_to_the_history() {
+    // `evens:*` with `"filter": true`: only even values, decided per subscription after the
+    // broker numbered them.
+    let mut router = Router::new();
+    router.subscription("evens", |call| {
+        let s = wsrpc_core::rpc::SubscriptionTarget::topic(call.name());
+        Ok(match call.filter::<bool>()? {
+            Some(true) => s.with_filter(|p: &wsrpc_core::hub::Payload<'_>| {
+                p.value()["i"].as_u64().is_some_and(|i| i % 2 == 0)
+            }),
+            _ => s,
+        })
+    });
+    let mut h = Harness::with_router(config(), router);
+    h.event(BrokerEvent::Up);
+    let mut all = h.session();
+    h.subscribe_fresh(&mut all, "evens:t", 5, 0);
+    let mut even = h.session();
+    h.call(&mut even, "subscribe", json!({"topic": "evens:t", "filter": true}));
+    assert_eq!(summary(&drain(&mut even)), ["result"], "served at once: the topic is in step");
+    for i in 1..=4 {
+        h.message("evens:t", i, 5, json!({ "i": i }));
+    }
+    assert_eq!(summary(&drain(&mut all)), ["n1", "n2", "n3", "n4"]);
+    assert_eq!(summary(&drain(&mut even)), ["n2", "n4"], "numbered as the broker numbered them");
+    // A resubscription older than the replay buffer is read from the broker's history,
+    // filtered the same way; what the history lost is a gap for it too.
+    for i in 5..=20 {
+        h.message("evens:t", i, 5, json!({ "i": i }));
+    }
+    drain(&mut all);
+    drain(&mut even);
+    let mut late = h.session();
+    let resume = json!({"topic": "evens:t", "since": 3, "epoch": 5, "filter": true});
+    h.call(&mut late, "subscribe", resume);
+    let id = match &h.commands()[..] {
+        [BrokerCommand::History { id, since: Some(3), .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    h.event(BrokerEvent::History {
+        id,
+        topic: "evens:t".into(),
+        epoch: 5,
+        top: 20,
+        entries: entries(8..=20),
+    });
+    let got = summary(&drain(&mut late));
+    assert_eq!(got, ["result", "gap4-12", "n14", "n16", "n18", "n20"], "replay kept 13..=20");
 }

@@ -2,8 +2,8 @@
 //! pipelining, CORS, auth) and JSON-RPC over an upgraded WebSocket, on a virtual clock.
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
+use core::net::SocketAddr;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -1050,4 +1050,323 @@ fn blocking_methods_are_handed_out_as_blocking_work() {
     h.input(Input::Completed(id, run(work)));
     let r = parse_responses(&std::mem::take(&mut h.state.out));
     assert_eq!(r[0].json()["result"]["x"], 7);
+}
+
+/// Hooks: the order of their points, refusals, durations on the virtual clock, and the
+/// closed hook's code.
+mod hooks {
+    use std::sync::Mutex;
+
+    use wsrpc_core::rpc::RpcError;
+    use wsrpc_core::rpc::hooks::{
+        CallEnd, CallStart, ConnectionClosed, ConnectionOpened, Hook, after_call, before_call,
+    };
+
+    use super::*;
+
+    /// What hooks and handlers saw, in order.
+    #[derive(Default)]
+    struct Trail(Mutex<Vec<String>>);
+
+    impl Trail {
+        fn push(&self, line: String) {
+            self.0.lock().unwrap().push(line);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// Writes every point it sees to the trail; refuses `add` of 13.
+    struct Recorder(Arc<Trail>);
+
+    impl Hook for Recorder {
+        fn before_call(&self, call: &mut CallStart<'_>) -> Result<(), RpcError> {
+            let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
+            self.0.push(format!("before {} {id}", call.method));
+            if call.method == "add" && call.params.parse::<(i64, i64)>().is_ok_and(|p| p.0 == 13) {
+                return Err(RpcError::new(4100, "unlucky"));
+            }
+            Ok(())
+        }
+        fn after_call(&self, call: &CallEnd<'_>) {
+            let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
+            let (code, refused) = (call.outcome.code(), call.refused);
+            let ms = call.duration.as_millis();
+            self.0.push(format!("after {} {id} {code:?} {refused:?} {ms}ms", call.method));
+        }
+        fn connection_opened(&self, c: &ConnectionOpened<'_>) {
+            let origin = c.origin.unwrap_or("-");
+            let who = if c.principal.authenticated { &*c.principal.id } else { "anonymous" };
+            self.0.push(format!("opened {} {origin} {who}", c.path));
+        }
+        fn connection_closed(&self, c: &ConnectionClosed<'_>) {
+            let ms = c.duration.as_millis();
+            self.0.push(format!("closed {} {:?} clean={} {ms}ms", c.code.0, c.reason, c.clean));
+        }
+    }
+
+    fn hooked(trail: &Arc<Trail>, more: Vec<Arc<dyn Hook>>) -> Arc<Service> {
+        let mut r = Router::new();
+        let t = trail.clone();
+        r.method("add", move |(a, b): (i64, i64), _| {
+            t.push(format!("handler add {a} {b}"));
+            Ok(a + b)
+        })
+        .async_method("later", |(x,): (i64,), _| async move { Ok(x * 2) })
+        .method("boom", |(): (), _| -> Result<(), RpcError> { panic!("boom") });
+        let mut hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(Recorder(trail.clone()))];
+        hooks.extend(more);
+        Service::with_hooks(ServiceConfig::default(), r, start(), hooks)
+    }
+
+    fn send(p: &mut WsPair, text: &str) {
+        p.client.send_text(p.now.mono, text).unwrap();
+        p.drive();
+    }
+
+    #[test]
+    fn every_point_in_order_from_open_to_close() {
+        let trail = Arc::new(Trail::default());
+        let svc = hooked(&trail, Vec::new());
+        let mut p = WsPair::connect(&svc, "/rpc", &[("Origin", "http://127.0.0.1:3000")]);
+        assert_eq!(trail.take(), ["opened /rpc http://127.0.0.1:3000 anonymous"]);
+        assert_eq!(p.call("add", json!([2, 3]))["result"], 5);
+        assert_eq!(
+            trail.take(),
+            ["before add 1000", "handler add 2 3", "after add 1000 None None 0ms"]
+        );
+        // A batch is observed call by call, refusals included; a notification too.
+        send(
+            &mut p,
+            r#"[{"jsonrpc":"2.0","method":"add","params":[1,1],"id":"a"},
+                {"jsonrpc":"2.0","method":"nope","id":"b"},
+                {"jsonrpc":"2.0","method":"add","params":[4,4]}]"#,
+        );
+        assert_eq!(
+            trail.take(),
+            [
+                "before add \"a\"",
+                "handler add 1 1",
+                "after add \"a\" None None 0ms",
+                "after nope \"b\" Some(-32601) Some(NotFound) 0ms",
+                "before add -",
+                "handler add 4 4",
+                "after add - None None 0ms",
+            ]
+        );
+        // An async call is observed when its work completes, timed on the virtual clock.
+        p.state.hold = true;
+        p.client
+            .send_text(p.now.mono, r#"{"jsonrpc":"2.0","method":"later","params":[21],"id":7}"#)
+            .unwrap();
+        p.drive();
+        let (call, work) = p.state.held.pop().expect("handed out");
+        assert_eq!(trail.take(), ["before later 7"], "not observed before it completes");
+        p.now = p.now.at(p.now.mono + Duration::from_millis(250));
+        p.server.handle(p.now, Input::Completed(call, run(work)));
+        p.drive();
+        assert_eq!(p.received.pop().unwrap()["result"], 42);
+        assert_eq!(trail.take(), ["after later 7 None None 250ms"]);
+        // The close, with the peer's code and reason, once.
+        p.now = p.now.at(p.now.mono + Duration::from_millis(750));
+        p.client.close(p.now.mono, CloseCode::NORMAL, "bye").unwrap();
+        p.drive();
+        drain(&mut p.server, p.now, &mut p.state);
+        assert_eq!(trail.take(), ["closed 1000 \"bye\" clean=true 1000ms"]);
+        drop(p);
+        assert!(trail.take().is_empty(), "told once");
+    }
+
+    /// What a hook learned about the caller, for the handler.
+    #[derive(Debug)]
+    struct Tag(String);
+
+    #[test]
+    fn extensions_a_hook_inserts_reach_the_handler_and_end_with_the_call() {
+        let trail = Arc::new(Trail::default());
+        let t = trail.clone();
+        let tagger = before_call(|call: &mut CallStart<'_>| {
+            if call.method != "plain" {
+                let id = call.context.id.as_ref().map_or("-", |i| i.as_json());
+                call.extensions.insert(Tag(format!("{} {id}", call.method)));
+            }
+            Ok(())
+        });
+        let observer = after_call(move |call: &CallEnd<'_>| {
+            let tag = call.context.extensions.get::<Tag>().map(|t| t.0.clone());
+            t.push(format!("observed {tag:?}"));
+        });
+        let mut r = Router::new();
+        let seen = |ctx: &wsrpc_core::rpc::CallContext| {
+            json!(ctx.extensions.get::<Tag>().map(|t| t.0.clone()))
+        };
+        r.method("sync", move |(): (), ctx| Ok(seen(&ctx)))
+            .method("plain", move |(): (), ctx| Ok(seen(&ctx)))
+            .async_method("later", move |(): (), ctx| async move { Ok(seen(&ctx)) });
+        let hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(tagger), Arc::new(observer)];
+        let svc = Service::with_hooks(ServiceConfig::default(), r, start(), hooks);
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        assert_eq!(p.call("sync", json!([]))["result"], "sync 1000");
+        assert_eq!(p.call("plain", json!([]))["result"], Value::Null, "nothing left over");
+        // An async handler gets them in its own context; the observer at completion too.
+        p.state.hold = true;
+        p.client.send_text(p.now.mono, r#"{"jsonrpc":"2.0","method":"later","id":"x"}"#).unwrap();
+        p.drive();
+        let (call, work) = p.state.held.pop().expect("handed out");
+        assert_eq!(p.call("plain", json!([]))["result"], Value::Null, "another call meanwhile");
+        p.server.handle(p.now, Input::Completed(call, run(work)));
+        p.drive();
+        assert_eq!(p.received.pop().unwrap()["result"], "later \"x\"");
+        assert_eq!(
+            trail.take(),
+            [
+                "observed Some(\"sync 1000\")",
+                "observed None",
+                "observed None",
+                "observed Some(\"later \\\"x\\\"\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_the_answer_and_the_handler_never_runs() {
+        let trail = Arc::new(Trail::default());
+        let svc = hooked(&trail, Vec::new());
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        trail.take();
+        let answer = p.call("add", json!([13, 1]));
+        assert_eq!(answer["error"], json!({"code": 4100, "message": "unlucky"}));
+        assert_eq!(trail.take(), ["before add 1000", "after add 1000 Some(4100) Some(Hook) 0ms"]);
+        // Counted by the built-in observer like any error of its code.
+        assert_eq!(svc.snapshot(p.now.mono).errors.get("application"), Some(&1));
+        assert_eq!(p.call("add", json!([12, 1]))["result"], 13, "the next call runs");
+    }
+
+    #[test]
+    fn limits_refuse_before_the_hooks_and_are_observed_as_limits() {
+        let trail = Arc::new(Trail::default());
+        let mut config = ServiceConfig::default();
+        config.limits.classes = wsrpc_core::limit::MethodClasses::default().with_tiers(
+            wsrpc_core::limit::MethodClass::Default,
+            &[wsrpc_core::limit::Rate::per_second(1)],
+        );
+        let svc = {
+            let mut r = Router::new();
+            r.method("add", |(a, b): (i64, i64), _| Ok(a + b));
+            Service::with_hooks(config, r, start(), vec![Arc::new(Recorder(trail.clone()))])
+        };
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        trail.take();
+        p.call("add", json!([1, 1]));
+        let refused = p.call("add", json!([1, 1]));
+        assert_eq!(refused["error"]["code"], -32005);
+        let seen = trail.take();
+        assert_eq!(seen[2], "after add 1000 Some(-32005) Some(Limit) 0ms", "{seen:?}");
+        assert_eq!(seen.len(), 3, "no before_call for a call the limits refused: {seen:?}");
+        let snapshot = svc.snapshot(p.now.mono);
+        assert_eq!((snapshot.rate_limited, snapshot.errors.get("limit_exceeded")), (1, Some(&1)));
+    }
+
+    #[test]
+    fn a_broken_or_dropped_connection_closes_with_1006() {
+        let trail = Arc::new(Trail::default());
+        let svc = hooked(&trail, Vec::new());
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        p.server.handle(p.now, Input::Broken);
+        drain(&mut p.server, p.now, &mut p.state);
+        assert_eq!(trail.take()[1..], ["closed 1006 \"\" clean=false 0ms"]);
+        // Dropped by its adapter while open (a runtime going away).
+        let p = WsPair::connect(&svc, "/", &[]);
+        trail.take();
+        drop(p);
+        assert_eq!(trail.take(), ["closed 1006 \"connection dropped\" clean=false 0ms"]);
+    }
+
+    #[test]
+    fn http_calls_are_observed_without_connection_hooks() {
+        let trail = Arc::new(Trail::default());
+        let svc = hooked(&trail, Vec::new());
+        let mut h = Http::new(&svc);
+        let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#, ""));
+        assert_eq!(r[0].json()["result"], 5);
+        let r = h.request(&post(r#"{"jsonrpc":"2.0","method":"add","params":[13,3],"id":2}"#, ""));
+        assert_eq!(r[0].json()["error"]["code"], 4100);
+        drop(h);
+        assert_eq!(
+            trail.take(),
+            [
+                "before add 1",
+                "handler add 2 3",
+                "after add 1 None None 0ms",
+                "before add 2",
+                "after add 2 Some(4100) Some(Hook) 0ms",
+            ]
+        );
+    }
+
+    #[test]
+    fn hooks_run_in_registration_order_and_a_panic_is_a_32603_refusal() {
+        let trail = Arc::new(Trail::default());
+        let (t1, t2) = (trail.clone(), trail.clone());
+        let svc = hooked(
+            &trail,
+            vec![
+                Arc::new(before_call(move |call: &mut CallStart<'_>| {
+                    t1.push(format!("second before {}", call.method));
+                    if call.method == "later" {
+                        panic!("hook bug");
+                    }
+                    Ok(())
+                })),
+                Arc::new(after_call(move |call: &CallEnd<'_>| {
+                    t2.push(format!("second after {}", call.method));
+                })),
+            ],
+        );
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        trail.take();
+        p.call("add", json!([1, 2]));
+        assert_eq!(
+            trail.take(),
+            [
+                "before add 1000",
+                "second before add",
+                "handler add 1 2",
+                "after add 1000 None None 0ms",
+                "second after add",
+            ]
+        );
+        let answer = p.call("later", json!([1]));
+        assert_eq!(answer["error"]["code"], -32603, "{answer}");
+        assert_eq!(trail.take()[2], "after later 1000 Some(-32603) Some(Hook) 0ms");
+        // A panicking handler is the handler's failure, not a refusal.
+        assert_eq!(p.call("boom", json!([]))["error"]["code"], -32603);
+        assert_eq!(trail.take()[2], "after boom 1000 Some(-32603) None 0ms");
+        assert_eq!(p.call("add", json!([2, 2]))["result"], 4, "the connection lives on");
+    }
+
+    #[test]
+    fn the_built_in_metrics_count_what_the_observers_see() {
+        let trail = Arc::new(Trail::default());
+        let svc = hooked(&trail, Vec::new());
+        let mut p = WsPair::connect(&svc, "/", &[]);
+        for params in [json!([1, 2]), json!([13, 0]), json!(["x", 1]), json!([3, 4])] {
+            p.call("add", params);
+        }
+        p.call("nope", json!([]));
+        let seen = trail.take();
+        // Each failed call's line carries its code where a successful one has `None None`.
+        let observed_errors =
+            seen.iter().filter(|l| l.starts_with("after") && !l.contains(" None None ")).count();
+        assert_eq!(observed_errors, 3, "{seen:?}");
+        let snapshot = svc.snapshot(p.now.mono);
+        assert_eq!(snapshot.errors.values().sum::<u64>(), observed_errors as u64, "{seen:?}");
+        assert_eq!(
+            (snapshot.errors.get("invalid_params"), snapshot.errors.get("method_not_found")),
+            (Some(&1), Some(&1))
+        );
+        // The handler ran for three of the four `add` calls (the hook refused one).
+        assert_eq!(snapshot.methods["add"].count, 3);
+    }
 }

@@ -2,7 +2,7 @@
 //! the connection id, the peer (and client) address, the status or code and the reason.
 #![allow(clippy::disallowed_methods)] // one real Instant as the virtual clock's origin
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -41,7 +41,7 @@ fn session() -> RpcSession {
         now,
     );
     // A local client, which may read `rpc.metrics`.
-    session.set_client_address(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    session.set_client_address(Some(core::net::Ipv4Addr::LOCALHOST.into()));
     session
 }
 

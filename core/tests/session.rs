@@ -54,7 +54,7 @@ impl Harness {
             Transport::Messages,
             self.now,
         );
-        session.set_client_address(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+        session.set_client_address(Some(core::net::Ipv4Addr::LOCALHOST.into()));
         session
     }
 
@@ -787,4 +787,319 @@ fn a_topic_evicted_and_made_again_never_reuses_sequence_numbers() {
         (Some(6), Some(10))
     );
     assert_eq!(notes[1]["params"]["seq"], 11);
+}
+
+/// Subscriptions with parameters: handlers that decide the topic, filters applied at
+/// fan-out on one shared encoding, replay and notices per subscription.
+mod filters {
+    use wsrpc_core::hub::{LogFilter, Payload, SubscriptionMethods};
+    use wsrpc_core::rpc::SubscriptionTarget;
+    use wsrpc_core::ws::SharedFrame;
+
+    use super::*;
+
+    const TOKEN: &str = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48";
+    const OTHER: &str = "0x6b175474e89094c44da98b954eedeac495271d0f";
+    const TRANSFER: &str = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
+    const APPROVAL: &str = "0x8c5be1e5ebec7d5bd14f71427d1e84f3dd0314c0f7b2291e5b200ac8c7c3b925";
+
+    fn log(address: &str, topic: &str, n: u64) -> Value {
+        json!({"address": address, "topics": [topic], "data": "0x", "logIndex": format!("{n:#x}")})
+    }
+
+    fn eth_logs() -> Harness {
+        let mut config = hub_config();
+        config.hub.methods = SubscriptionMethods::eth();
+        let mut r = Router::new();
+        r.subscription("logs", |call| {
+            let filter: LogFilter = call.filter()?.unwrap_or_default();
+            Ok(SubscriptionTarget::topic("logs").with_filter(filter))
+        });
+        Harness::new(config, r)
+    }
+
+    /// The notifications queued for `s`, as frames, with anything else it says.
+    fn frames(s: &mut RpcSession) -> (Vec<SharedFrame>, Vec<Value>) {
+        let (mut frames, mut other) = (Vec::new(), Vec::new());
+        while let Some(o) = s.poll_output() {
+            match o {
+                SessionOutput::Notification(f) => frames.push(f),
+                SessionOutput::Message(m) => other.push(serde_json::from_slice(&m).unwrap()),
+                o => panic!("{o:?}"),
+            }
+        }
+        (frames, other)
+    }
+
+    fn json_of(f: &SharedFrame) -> Value {
+        serde_json::from_slice(f.payload()).unwrap()
+    }
+
+    fn eth_subscribe(h: &Harness, s: &mut RpcSession, params: Value) -> Value {
+        let (outs, _) = h.send(s, call("eth_subscribe", params, 7));
+        json_outs(&outs)[0].clone()
+    }
+
+    #[test]
+    fn bad_log_filters_are_invalid_params_that_say_what_is_wrong() {
+        let mut h = eth_logs();
+        let mut s = h.session(None, Principal::anonymous());
+        let cases = [
+            (
+                json!({"address": "0xa0b86991"}),
+                "Invalid params: [1]: address: expected 20 bytes (40 hex digits), got 8 digits",
+            ),
+            (
+                json!({"address": [TOKEN, "0xzzb86991c6218b36c1d19d4a2e9eb0ce3606eb48"]}),
+                "Invalid params: [1]: address[1]: not hex ('z')",
+            ),
+            (
+                json!({"topics": [null, null, null, null, TRANSFER]}),
+                "Invalid params: [1]: topics: at most 4 positions, got 5",
+            ),
+            (
+                json!({"topics": ["0x1234"]}),
+                "Invalid params: [1]: topics[0]: expected 32 bytes (64 hex digits), got 4 digits",
+            ),
+            (
+                json!({"toBlock": "latest"}),
+                "Invalid params: [1]: toBlock: a logs subscription delivers new logs only",
+            ),
+            (json!("everything"), "Invalid params: [1]: expected a filter object"),
+        ];
+        for (filter, want) in cases {
+            let e = eth_subscribe(&h, &mut s, json!(["logs", filter]))["error"].clone();
+            assert_eq!(e["code"], -32602, "{filter}: {e}");
+            assert!(e["message"].as_str().unwrap().starts_with(want), "{filter}: {e}");
+        }
+        assert_eq!(s.subscription_count(), 0, "nothing subscribed by a refused call");
+        // A name without a handler takes no filter, rather than dropping it silently.
+        let e = eth_subscribe(&h, &mut s, json!(["newHeads", {"address": TOKEN}]))["error"].clone();
+        assert_eq!(e["code"], -32602);
+        assert_eq!(
+            e["message"],
+            "Invalid params: [1]: subscriptions to \"newHeads\" take no filter"
+        );
+        // `logs` without a filter is every log.
+        assert!(eth_subscribe(&h, &mut s, json!(["logs"]))["result"].is_string());
+    }
+
+    #[test]
+    fn only_matching_logs_arrive_and_matching_subscribers_share_one_frame() {
+        let mut h = eth_logs();
+        let mut a = h.session(None, Principal::anonymous());
+        let mut b = h.session(None, Principal::anonymous());
+        // `a`: two subscriptions, each with its own id; `b`: one like a's first.
+        let token =
+            eth_subscribe(&h, &mut a, json!(["logs", {"address": TOKEN}]))["result"].clone();
+        let approvals =
+            eth_subscribe(&h, &mut a, json!(["logs", {"topics": [APPROVAL]}]))["result"].clone();
+        let b_token =
+            eth_subscribe(&h, &mut b, json!(["logs", {"address": [TOKEN]}]))["result"].clone();
+        assert_ne!(token, approvals, "a second subscription to the topic has its own id");
+        assert_eq!(token, b_token, "first subscriptions of the topic share its id");
+        let published = [log(TOKEN, TRANSFER, 0), log(OTHER, APPROVAL, 1), log(OTHER, TRANSFER, 2)];
+        let counts: Vec<usize> =
+            published.iter().map(|l| h.service.publish("logs", l).unwrap().subscribers).collect();
+        assert_eq!(counts, [2, 1, 0], "queued only where the filter matched");
+        let (fa, _) = frames(&mut a);
+        let (fb, _) = frames(&mut b);
+        let seen = |f: &[SharedFrame]| -> Vec<(String, u64, String)> {
+            f.iter()
+                .map(json_of)
+                .map(|n| {
+                    let p = &n["params"];
+                    let id = p["subscription"].as_str().unwrap().to_owned();
+                    (
+                        id,
+                        p["seq"].as_u64().unwrap(),
+                        p["result"]["logIndex"].as_str().unwrap().into(),
+                    )
+                })
+                .collect()
+        };
+        let id = |v: &Value| v.as_str().unwrap().to_owned();
+        assert_eq!(
+            seen(&fa),
+            [(id(&token), 1, "0x0".to_owned()), (id(&approvals), 2, "0x1".to_owned())],
+            "each log once, under the subscription it matched, numbered per topic"
+        );
+        assert_eq!(seen(&fb), [(id(&token), 1, "0x0".to_owned())]);
+        assert!(
+            Arc::ptr_eq(fa[0].wire_bytes(), fb[0].wire_bytes()),
+            "the frame is encoded once and shared by every subscriber it matched"
+        );
+        // Unsubscribing one of a's subscriptions leaves the other.
+        let (outs, _) = h.send(&mut a, call("eth_unsubscribe", json!([token]), 8));
+        assert_eq!(json_outs(&outs)[0]["result"], true);
+        h.service.publish("logs", &log(TOKEN, APPROVAL, 3)).unwrap();
+        assert_eq!(seen(&frames(&mut a).0), [(id(&approvals), 4, "0x3".to_owned())]);
+        assert_eq!(seen(&frames(&mut b).0), [(id(&token), 4, "0x3".to_owned())]);
+    }
+
+    #[test]
+    fn a_second_channel_is_encoded_once_for_every_connection_on_it() {
+        let mut h = eth_logs();
+        let mut a = h.session(None, Principal::anonymous());
+        let mut b = h.session(None, Principal::anonymous());
+        for s in [&mut a, &mut b] {
+            eth_subscribe(&h, s, json!(["logs", {"topics": [TRANSFER]}]));
+            eth_subscribe(&h, s, json!(["logs", {"address": TOKEN}]));
+        }
+        h.service.publish("logs", &log(TOKEN, TRANSFER, 0)).unwrap();
+        let (fa, fb) = (frames(&mut a).0, frames(&mut b).0);
+        assert_eq!((fa.len(), fb.len()), (2, 2), "each subscription gets the log once");
+        for (x, y) in fa.iter().zip(&fb) {
+            assert!(Arc::ptr_eq(x.wire_bytes(), y.wire_bytes()), "one encoding per channel");
+        }
+        assert_ne!(
+            json_of(&fa[0])["params"]["subscription"],
+            json_of(&fa[1])["params"]["subscription"]
+        );
+    }
+
+    /// `trades:*` with outboxes of `max_messages`.
+    fn trades(max_messages: usize) -> Harness {
+        let mut config = hub_config();
+        config.hub.outbox = OutboxLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+            slow_consumer: SlowConsumer::DropOldest,
+        };
+        let mut r = Router::new();
+        // `trades:<pair>`, optionally only trades of at least `{"min": size}`.
+        r.subscription("trades", |call| {
+            #[derive(serde::Deserialize)]
+            struct Min {
+                min: u64,
+            }
+            let min = call.filter::<Min>()?.map_or(0, |m| m.min);
+            Ok(SubscriptionTarget::topic(call.name())
+                .with_filter(move |p: &Payload<'_>| p.value()["size"].as_u64() >= Some(min)))
+        });
+        Harness::new(config, r)
+    }
+
+    fn seqs_and_sizes(notes: &[SharedFrame]) -> Vec<(u64, u64)> {
+        notes
+            .iter()
+            .map(json_of)
+            .map(|n| {
+                (
+                    n["params"]["seq"].as_u64().unwrap(),
+                    n["params"]["result"]["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_is_filtered_and_a_gap_is_only_what_is_gone() {
+        let mut h = trades(64);
+        for size in 1..=6 {
+            h.service.publish("trades:btc", &json!({"size": size})).unwrap();
+        }
+        // The replay buffer holds seq 3..=6 (capacity 4). Resuming after 1: 2 is gone (a
+        // gap); of 3..=6 only sizes of at least 5 come, numbered as published.
+        let mut s = h.session(None, Principal::anonymous());
+        let (outs, _) = h.send(
+            &mut s,
+            call("subscribe", json!({"topic": "trades:btc", "since": 1, "filter": {"min": 5}}), 1),
+        );
+        let id = json_outs(&outs)[0]["result"]["subscription"].clone();
+        let gap = json_outs(&outs)[1];
+        assert_eq!((gap["method"].as_str(), &gap["params"]["subscription"]), (Some("gap"), &id));
+        assert_eq!(
+            (gap["params"]["missed_from"].as_u64(), gap["params"]["missed_to"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let sizes: Vec<u64> = json_outs(&outs)[2..]
+            .iter()
+            .map(|n| n["params"]["result"]["size"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, [5, 6]);
+        // Positional params carry the filter fourth; live messages are filtered the same way.
+        let mut t = h.session(None, Principal::anonymous());
+        let (outs, _) =
+            h.send(&mut t, call("subscribe", json!(["trades:btc", null, null, {"min": 7}]), 2));
+        assert!(json_outs(&outs)[0]["result"]["subscription"].is_string());
+        for size in [9, 2, 7] {
+            h.service.publish("trades:btc", &json!({"size": size})).unwrap();
+        }
+        assert_eq!(
+            seqs_and_sizes(&frames(&mut t).0),
+            [(7, 9), (9, 7)],
+            "holes where it did not match"
+        );
+        // A bad filter is -32602 naming the param.
+        let (outs, _) = h.send(
+            &mut t,
+            call("subscribe", json!({"topic": "trades:eth", "filter": {"min": "x"}}), 3),
+        );
+        let e = &json_outs(&outs)[0]["error"];
+        assert_eq!(e["code"], -32602);
+        assert!(
+            e["message"].as_str().unwrap().starts_with("Invalid params: filter: min: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_slow_consumer_is_told_what_each_subscription_lost() {
+        let mut h = trades(2);
+        let mut s = h.session(None, Principal::anonymous());
+        let big = subscribe(&h, &mut s, json!({"topic": "trades:btc", "filter": {"min": 5}}));
+        let all = subscribe(&h, &mut s, json!({"topic": "trades:btc", "filter": {"min": 0}}));
+        let (big, all) = (&big["result"]["subscription"], &all["result"]["subscription"]);
+        assert_ne!(big, all);
+        for size in [1, 6, 2, 7] {
+            h.service.publish("trades:btc", &json!({"size": size})).unwrap();
+        }
+        // The outbox holds two: the first four deliveries (1, 6, 6, 2) made room for 7 and 7.
+        let (notes, notices) = frames(&mut s);
+        let lost: Vec<(Value, u64, u64)> = notices
+            .iter()
+            .map(|n| {
+                let p = &n["params"];
+                (
+                    p["subscription"].clone(),
+                    p["missed_from"].as_u64().unwrap(),
+                    p["missed_to"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(lost, [(all.clone(), 1, 3), (big.clone(), 2, 2)], "{notices:?}");
+        assert_eq!(seqs_and_sizes(&notes), [(4, 7), (4, 7)]);
+    }
+
+    #[test]
+    fn a_handler_decides_the_topic_and_the_policies_apply_to_it() {
+        let mut config = hub_config();
+        config.hub.methods = SubscriptionMethods::eth();
+        // `eth_subscribe("mine")`: the caller's own topic (its kind from the router's state),
+        // which its principal may read.
+        let mut r = Router::with_state(String::from("user"));
+        r.subscription("mine", |call| {
+            Ok(SubscriptionTarget::topic(format!(
+                "{}:{}",
+                call.state(),
+                call.context().principal.id
+            )))
+        })
+        .subscription("closed", |_| Err(RpcError::new(4200, "this subscription is not offered")))
+        .subscription("broken", |_| -> Result<SubscriptionTarget, RpcError> { panic!("bug") });
+        let mut h = Harness::new(config, r.into_stateless());
+        let mut alice = h.session(None, Principal::authenticated("alice"));
+        let r = eth_subscribe(&h, &mut alice, json!(["mine"]));
+        assert!(r["result"].is_string(), "{r}");
+        h.service.publish("user:alice", &json!({"balance": 1})).unwrap();
+        let (notes, _) = frames(&mut alice);
+        assert_eq!(json_of(&notes[0])["params"]["topic"], "user:alice");
+        // Naming the topic directly is still subject to the policy (owner only).
+        let mut bob = h.session(None, Principal::authenticated("bob"));
+        assert_eq!(eth_subscribe(&h, &mut bob, json!(["user:alice"]))["error"]["code"], -32003);
+        assert_eq!(eth_subscribe(&h, &mut bob, json!(["closed"]))["error"]["code"], 4200);
+        assert_eq!(eth_subscribe(&h, &mut bob, json!(["broken"]))["error"]["code"], -32603);
+        assert_eq!(bob.subscription_count(), 0);
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub mod cluster;
 pub mod redis_server;
+pub mod wallet;
 
 use serde_json::json;
 use wsrpc_core::Xoshiro256;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use wsrpc_core::metrics::Snapshot;
 use wsrpc_core::rpc::Router;
 use wsrpc_core::rpc::client::{ClientError, ClientOptions, SubscriptionEvent};
+use wsrpc_core::rpc::hooks::Hook;
 use wsrpc_core::service::{Bind, ServerBuilder, ServiceConfig};
 
 pub mod raw;
@@ -75,6 +76,14 @@ pub trait Adapter: 'static {
         bind: Bind,
         tls: Option<Arc<ServerConfig>>,
     ) -> std::io::Result<Box<dyn TestServer>>;
+    /// [`start_with`](Self::start_with), with `hooks` registered (`ServerBuilder::hook`).
+    fn start_hooked(
+        config: ServiceConfig,
+        router: Router,
+        bind: Bind,
+        tls: Option<Arc<ServerConfig>>,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> std::io::Result<Box<dyn TestServer>>;
     fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError>;
 }
 
@@ -92,6 +101,16 @@ impl<A: Adapter> Adapter for Tls<A> {
         tls: Option<Arc<ServerConfig>>,
     ) -> std::io::Result<Box<dyn TestServer>> {
         A::start_with(config, router, bind, Some(tls.unwrap_or_else(|| tls::pki().server.clone())))
+    }
+    fn start_hooked(
+        config: ServiceConfig,
+        router: Router,
+        bind: Bind,
+        tls: Option<Arc<ServerConfig>>,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> std::io::Result<Box<dyn TestServer>> {
+        let tls = Some(tls.unwrap_or_else(|| tls::pki().server.clone()));
+        A::start_hooked(config, router, bind, tls, hooks)
     }
     fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError> {
         A::connect(url, options.tls(tls::pki().client.clone()))
@@ -217,6 +236,18 @@ macro_rules! async_adapter {
             ) -> std::io::Result<Box<dyn TestServer>> {
                 let is_tls = tls.is_some();
                 let builder = configure($krate::Server::builder(), config, router, bind, tls);
+                Ok(Box::new(Server(Some(builder.start()?), is_tls)))
+            }
+            fn start_hooked(
+                config: ServiceConfig,
+                router: Router,
+                bind: Bind,
+                tls: Option<Arc<ServerConfig>>,
+                hooks: Vec<Arc<dyn Hook>>,
+            ) -> std::io::Result<Box<dyn TestServer>> {
+                let is_tls = tls.is_some();
+                let builder = configure($krate::Server::builder(), config, router, bind, tls);
+                let builder = hooks.into_iter().fold(builder, |b, h| b.hook(h));
                 Ok(Box::new(Server(Some(builder.start()?), is_tls)))
             }
             fn connect(
@@ -360,6 +391,18 @@ pub mod blocking_adapter {
         ) -> std::io::Result<Box<dyn TestServer>> {
             let is_tls = tls.is_some();
             let builder = configure(wsrpc_blocking::Server::builder(), config, router, bind, tls);
+            Ok(Box::new(Server(Some(builder.start()?), is_tls)))
+        }
+        fn start_hooked(
+            config: ServiceConfig,
+            router: Router,
+            bind: Bind,
+            tls: Option<Arc<ServerConfig>>,
+            hooks: Vec<Arc<dyn Hook>>,
+        ) -> std::io::Result<Box<dyn TestServer>> {
+            let is_tls = tls.is_some();
+            let builder = configure(wsrpc_blocking::Server::builder(), config, router, bind, tls);
+            let builder = hooks.into_iter().fold(builder, |b, h| b.hook(h));
             Ok(Box::new(Server(Some(builder.start()?), is_tls)))
         }
         fn connect(url: &str, options: ClientOptions) -> Result<Box<dyn TestClient>, ClientError> {

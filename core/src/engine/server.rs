@@ -1,9 +1,9 @@
 //! A server connection: HTTP/1.1 requests and the WebSocket upgrade on one port, with
 //! JSON-RPC over both, composed from the `http`, `ws`, `auth` and `rpc` layers.
 
+use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -14,6 +14,7 @@ use crate::http::body::{BodyError, BodyReader};
 use crate::http::head::{HeadBuffer, RequestHead};
 use crate::http::response::write_response;
 use crate::metrics::{ErrorKind, PROMETHEUS_CONTENT_TYPE};
+use crate::rpc::hooks::{ConnectionClosed, ConnectionOpened};
 use crate::rpc::router::{ConnectionId, Transport, Work};
 use crate::rpc::session::{CallId, RpcSession, SessionOutput};
 use crate::service::{MonitoringAccess, Service};
@@ -91,6 +92,15 @@ pub struct ServerConnection {
     /// `ShutdownWrite` was given.
     write_shut: bool,
     stall: Stall,
+    /// An upgraded WebSocket the closed hook has not been told about yet.
+    opened: Option<Opened>,
+}
+
+/// Who an upgraded WebSocket belongs to, for its closed hook.
+struct Opened {
+    origin: Option<Arc<str>>,
+    principal: Arc<Principal>,
+    at: Instant,
 }
 
 impl std::fmt::Debug for ServerConnection {
@@ -148,6 +158,7 @@ impl ServerConnection {
             offered: false,
             write_shut: false,
             stall: Stall::default(),
+            opened: None,
         };
         if !admitted {
             log::warn!(
@@ -725,7 +736,17 @@ impl ServerConnection {
             session.register_waker(w);
         }
         let path = upgrade.request.path().to_owned();
-        log::debug!(target: "wsrpc::ws", "upgraded conn={} path={path}", self.id);
+        self.service.connection_opened(&ConnectionOpened {
+            connection: self.id,
+            origin: origin.as_deref(),
+            principal: &principal,
+            client: self.client,
+            path: &path,
+            protocol,
+            now: now.mono,
+        });
+        self.opened =
+            Some(Opened { origin: origin.clone(), principal: principal.clone(), at: now.mono });
         self.events.push_back(ConnEvent::Upgraded {
             principal,
             origin,
@@ -937,7 +958,19 @@ impl ServerConnection {
                         };
                         self.service.metrics().record_error(kind);
                     }
-                    log::debug!(target: "wsrpc::ws", "closed conn={} code={} clean={}", self.id, closed.code, closed.clean);
+                    if let Some(o) = self.opened.take() {
+                        self.service.connection_closed(&ConnectionClosed {
+                            connection: self.id,
+                            origin: o.origin.as_deref(),
+                            principal: &o.principal,
+                            client: self.client,
+                            code: closed.code,
+                            reason: &closed.reason,
+                            clean: closed.clean,
+                            initiator: closed.initiator,
+                            duration: now.saturating_duration_since(o.at),
+                        });
+                    }
                     self.events.push_back(ConnEvent::Closed {
                         code: closed.code,
                         reason: closed.reason,
@@ -1099,6 +1132,21 @@ impl Endpoint for ServerConnection {
 
 impl Drop for ServerConnection {
     fn drop(&mut self) {
+        // Dropped by its adapter before the WebSocket ended (a runtime going away): the hook
+        // still hears of the end, as the abnormal closure it is.
+        if let Some(o) = self.opened.take() {
+            self.service.connection_closed(&ConnectionClosed {
+                connection: self.id,
+                origin: o.origin.as_deref(),
+                principal: &o.principal,
+                client: self.client,
+                code: CloseCode::ABNORMAL,
+                reason: "connection dropped",
+                clean: false,
+                initiator: ws::Initiator::Local,
+                duration: self.now.mono.saturating_duration_since(o.at),
+            });
+        }
         if self.admitted {
             self.service.release();
         }

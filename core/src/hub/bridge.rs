@@ -35,8 +35,8 @@ use std::task::{Context, Poll, Waker};
 
 use super::outbox::Control;
 use super::{
-    Delivery, Hub, Outbox, PublishError, Published, SubscribeError, Subscribed, Topic, TopicKey,
-    TopicPattern, lock,
+    Delivery, Hub, Outbox, PublishError, Published, SubscribeError, Subscribed, Subscriber,
+    SubscriptionFilter, Topic, TopicKey, TopicPattern, lock,
 };
 use crate::metrics::{BrokerState, BrokerStats};
 
@@ -416,7 +416,7 @@ struct Held {
 /// A subscriber waiting for its topic to be in step with the broker.
 #[derive(Debug)]
 struct PendingSubscriber {
-    outbox: Arc<Outbox>,
+    sub: Subscriber,
     since: Option<(u64, Option<u64>)>,
 }
 
@@ -450,14 +450,10 @@ impl TopicLink {
         !self.pending.is_empty()
     }
 
-    pub(super) fn remove_pending(&mut self, outbox: &Outbox) -> bool {
+    pub(super) fn remove_pending(&mut self, outbox: &Outbox, key: &TopicKey) -> bool {
         let before = self.pending.len();
-        self.pending.retain(|p| p.outbox.id() != outbox.id());
+        self.pending.retain(|p| !p.sub.is(outbox, key));
         self.pending.len() < before
-    }
-
-    pub(super) fn is_pending(&self, outbox: &Outbox) -> bool {
-        self.pending.iter().any(|p| p.outbox.id() == outbox.id())
     }
 
     /// The epoch subscribers see, once known.
@@ -589,26 +585,35 @@ impl Hub {
         t: &mut Topic,
         outbox: &Arc<Outbox>,
         since: Option<(u64, Option<u64>)>,
+        filter: Option<SubscriptionFilter>,
         after: &mut After,
     ) -> Result<Subscribed, SubscribeError> {
         let bridge = self.bridge_ref();
         let link = t.link.as_deref_mut().expect("a bridged topic");
-        let known = t.subscribers.iter().any(|o| o.id() == outbox.id());
-        if known || link.is_pending(outbox) {
-            return Ok(Subscribed {
-                key: t.key.clone(),
-                seq: link.last,
-                epoch: link.epoch.unwrap_or(0),
-                pending: !known,
-            });
+        if filter.is_none() {
+            let live = t.subscribers.iter().find(|s| s.is_plain_of(outbox));
+            let waiting = link.pending.iter().map(|p| &p.sub).find(|s| s.is_plain_of(outbox));
+            if let Some(s) = live.or(waiting) {
+                return Ok(Subscribed {
+                    key: s.key.clone(),
+                    seq: link.last,
+                    epoch: link.epoch.unwrap_or(0),
+                    pending: live.is_none(),
+                });
+            }
         }
+        let pending = std::mem::take(&mut link.pending);
+        let sub = self.new_subscriber(t, pending.iter().map(|p| &p.sub), outbox, filter);
+        let link = t.link.as_deref_mut().expect("a bridged topic");
+        link.pending = pending;
+        let key = sub.key.clone();
         match link.state {
             LinkState::Synced if self.covers_locally(link, &t.replay, since) => {
                 let (seq, epoch) = (link.last, link.epoch.unwrap_or(0));
-                self.serve(t, PendingSubscriber { outbox: outbox.clone(), since }, false, after);
+                self.serve(t, PendingSubscriber { sub, since }, false, after);
                 self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
                 self.subscriptions_total.fetch_add(1, Ordering::Relaxed);
-                return Ok(Subscribed { key: t.key.clone(), seq, epoch, pending: false });
+                return Ok(Subscribed { key, seq, epoch, pending: false });
             }
             LinkState::Synced => {
                 // From no later than `last`: what the live subscribers have not seen yet comes
@@ -631,10 +636,10 @@ impl Hub {
                 link.state = LinkState::Subscribing { token };
             }
         }
-        link.pending.push(PendingSubscriber { outbox: outbox.clone(), since });
+        link.pending.push(PendingSubscriber { sub, since });
         self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
         self.subscriptions_total.fetch_add(1, Ordering::Relaxed);
-        Ok(Subscribed { key: t.key.clone(), seq: 0, epoch: 0, pending: true })
+        Ok(Subscribed { key, seq: 0, epoch: 0, pending: true })
     }
 
     /// Whether a subscriber resuming after `since` can be served from the replay buffer of a
@@ -669,15 +674,16 @@ impl Hub {
     fn serve(&self, t: &mut Topic, p: PendingSubscriber, answer: bool, after: &mut After) {
         let link = t.link.as_deref().expect("a bridged topic");
         let (last, epoch) = (link.last, link.epoch.unwrap_or(0));
-        let outbox = p.outbox;
+        let sub = p.sub;
+        let (outbox, key) = (&sub.outbox, &sub.key);
         let push = |c: Control, after: &mut After| after.wakers.extend(outbox.push_control(c));
         if answer {
-            push(Control::Subscribed { topic: t.key.clone(), seq: last, epoch }, after);
+            push(Control::Subscribed { topic: key.clone(), seq: last, epoch }, after);
         }
         if let Some((since, theirs)) = p.since {
             let since = match theirs {
                 Some(e) if e != epoch => {
-                    push(Control::Reset { topic: t.key.clone(), epoch }, after);
+                    push(Control::Reset { topic: key.clone(), epoch }, after);
                     self.bridge_ref().counters.resets.fetch_add(1, Ordering::Relaxed);
                     0
                 }
@@ -687,27 +693,29 @@ impl Hub {
                 let mut next = since + 1;
                 for d in t.replay.iter().filter(|d| d.seq > since) {
                     if d.seq > next {
-                        after.wakers.extend(outbox.push_gap(t.key.clone(), next, d.seq - 1));
+                        after.wakers.extend(outbox.push_gap(key.clone(), next, d.seq - 1));
                     }
-                    let (waker, dropped) = outbox.push(d.clone());
+                    next = d.seq + 1;
+                    // Missing messages are a gap for everyone; unmatched ones are not.
+                    let Some(d) = self.for_subscriber(&sub, d) else { continue };
+                    let (waker, dropped) = outbox.push(d);
                     after.wakers.extend(waker);
                     self.dropped.fetch_add(dropped, Ordering::Relaxed);
-                    next = d.seq + 1;
                 }
                 if next <= last {
-                    after.wakers.extend(outbox.push_gap(t.key.clone(), next, last));
+                    after.wakers.extend(outbox.push_gap(key.clone(), next, last));
                 }
             }
         }
-        t.subscribers.push(outbox);
+        t.subscribers.push(sub);
     }
 
     /// Tells every live subscriber of `t` that `from..=to` will not arrive.
     fn gap_all(&self, t: &Topic, from: u64, to: u64, after: &mut After) {
         self.bridge_ref().counters.gaps.fetch_add(1, Ordering::Relaxed);
         log::debug!(target: "wsrpc::hub", "topic {} lost {from}..={to}", t.key.name);
-        for o in &t.subscribers {
-            after.wakers.extend(o.push_gap(t.key.clone(), from, to));
+        for s in &t.subscribers {
+            after.wakers.extend(s.outbox.push_gap(s.key.clone(), from, to));
         }
     }
 
@@ -720,8 +728,10 @@ impl Hub {
         link.last = 0;
         t.replay.clear();
         self.bridge_ref().counters.resets.fetch_add(1, Ordering::Relaxed);
-        for o in &t.subscribers {
-            after.wakers.extend(o.push_control(Control::Reset { topic: t.key.clone(), epoch }));
+        for s in &t.subscribers {
+            after
+                .wakers
+                .extend(s.outbox.push_control(Control::Reset { topic: s.key.clone(), epoch }));
         }
     }
 
@@ -757,18 +767,17 @@ impl Hub {
         let pending = std::mem::take(&mut link.pending);
         if link.epoch.is_some() && !matches!(was, LinkState::Down | LinkState::Idle) {
             let from = link.last + 1;
-            for o in &t.subscribers {
-                after
-                    .wakers
-                    .extend(o.push_control(Control::Stalled { topic: t.key.clone(), from }));
+            for s in &t.subscribers {
+                let stalled = Control::Stalled { topic: s.key.clone(), from };
+                after.wakers.extend(s.outbox.push_control(stalled));
             }
         }
         if !pending.is_empty() {
             self.subscriptions_active.fetch_sub(pending.len() as u64, Ordering::Relaxed);
         }
         for p in pending {
-            let failed = Control::SubscribeFailed { topic: t.key.clone() };
-            after.wakers.extend(p.outbox.push_control(failed));
+            let failed = Control::SubscribeFailed { topic: p.sub.key.clone() };
+            after.wakers.extend(p.sub.outbox.push_control(failed));
         }
     }
 
@@ -1152,18 +1161,6 @@ impl Hub {
             for w in wakers {
                 w.wake();
             }
-        }
-    }
-
-    /// The key of a topic's history entry as a delivery (encoded once).
-    fn delivery(&self, key: &Arc<TopicKey>, seq: u64, json: &[u8]) -> Delivery {
-        Delivery {
-            topic: key.clone(),
-            seq,
-            frame: crate::ws::SharedFrame::new(
-                crate::ws::MessageKind::Text,
-                &self.notification(key, seq, json),
-            ),
         }
     }
 }

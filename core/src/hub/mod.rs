@@ -5,11 +5,23 @@
 //! publishing locks one topic, encodes the notification once, and pushes a shared frame into
 //! each subscriber's [`Outbox`], waking connections whose outbox was empty.
 //!
+//! A subscription may carry a [`Filter`]: the hub runs it on each publish and queues the
+//! shared frame only for the subscriptions it matches, so a filter never costs an encoding.
+//! A connection's first subscription to a topic has the topic's subscription id; a further
+//! one (with another filter) gets the id of another *channel* of the topic, whose frame is
+//! encoded once per publish for all the connections that hold that channel: a publish costs
+//! one encoding per channel in use, never one per subscriber. Sequence numbers stay per
+//! topic, so a filtered subscription sees increasing numbers with holes where messages did
+//! not match; replay with `since` is filtered the same way, and `lagged` and `gap` notices
+//! name only what was dropped or lost.
+//!
 //! With a broker (`ServerBuilder::broker`), topics covered by [`BridgeConfig::topics`] are
 //! shared with other servers: the broker numbers their messages and every server delivers
 //! them in that order (see the bridge's [`BrokerCommand`] and [`BrokerEvent`]).
 
 mod bridge;
+mod eth;
+mod filter;
 mod outbox;
 mod policy;
 
@@ -23,6 +35,8 @@ pub use bridge::{
     BridgeConfig, BridgedTopics, BrokerCommand, BrokerDriver, BrokerEvent, BrokerLink,
     BrokerRunning, PublishTicket, Sequenced,
 };
+pub use eth::LogFilter;
+pub use filter::{Filter, Payload, SubscriptionFilter};
 pub use outbox::{Delivery, Outbox, OutboxItem, OutboxLimits, SlowConsumer, TopicKey};
 pub use policy::{
     SubscribeError, TopicPattern, TopicPolicy, check_policy, topic_kind, validate_topic,
@@ -247,11 +261,37 @@ pub struct HubStats {
     pub dropped: u64,
 }
 
+/// One subscription of one connection to a topic.
+#[derive(Clone, Debug)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    /// Its channel's key: the subscription id it sees.
+    key: Arc<TopicKey>,
+    /// 0: the topic's own key; others are in `Topic::channels`.
+    channel: usize,
+    filter: Option<SubscriptionFilter>,
+}
+
+impl Subscriber {
+    /// Whether it is `outbox`'s subscription with key `key`.
+    fn is(&self, outbox: &Outbox, key: &TopicKey) -> bool {
+        self.outbox.id() == outbox.id() && std::ptr::eq(&*self.key, key)
+    }
+
+    /// Whether it is `outbox`'s subscription without a filter.
+    fn is_plain_of(&self, outbox: &Outbox) -> bool {
+        self.outbox.id() == outbox.id() && self.filter.is_none()
+    }
+}
+
 #[derive(Debug)]
 struct Topic {
     key: Arc<TopicKey>,
+    /// Keys of the topic's channels after the first (`key`), made on first use: a
+    /// connection's second subscription to the topic is on channel 1, and so on.
+    channels: Vec<Arc<TopicKey>>,
     seq: u64,
-    subscribers: Vec<Arc<Outbox>>,
+    subscribers: Vec<Subscriber>,
     replay: VecDeque<Delivery>,
     /// In the hub's idle queue (at most once), as an eviction candidate.
     idle_queued: bool,
@@ -405,27 +445,42 @@ impl Hub {
         Ok(published)
     }
 
-    /// Queues notification `seq` carrying `json` for every subscriber and keeps it for
-    /// replay; returns how many subscribers it was queued for.
+    /// Queues notification `seq` carrying `json` for every subscriber whose filter matches
+    /// and keeps it for replay; returns how many subscribers it was queued for.
     // Inlined: the local publish path must not pay a call with seven arguments for sharing
     // this loop with the bridge.
     #[inline(always)]
     fn fan_out(
         &self,
         key: &Arc<TopicKey>,
-        subscribers: &[Arc<Outbox>],
+        subscribers: &[Subscriber],
         replay: &mut VecDeque<Delivery>,
         seq: u64,
         json: &[u8],
         wakers: &mut Vec<Waker>,
     ) -> usize {
-        let frame = SharedFrame::new(MessageKind::Text, &self.notification(key, seq, json));
-        let delivery = Delivery { topic: key.clone(), seq, frame };
-        let mut dropped = 0;
-        for outbox in subscribers {
-            let (waker, n) = outbox.push(delivery.clone());
+        let delivery = self.delivery(key, seq, json);
+        let payload = Payload::new(json);
+        // Frames of the other channels, each encoded once, when a subscriber of it matches.
+        let mut channels: Vec<Delivery> = Vec::new();
+        let (mut queued, mut dropped) = (0, 0);
+        for s in subscribers {
+            if s.filter.as_ref().is_some_and(|f| !f.matches(&payload)) {
+                continue;
+            }
+            let d = if s.channel == 0 {
+                delivery.clone()
+            } else if let Some(d) = channels.iter().find(|d| Arc::ptr_eq(&d.topic, &s.key)) {
+                d.clone()
+            } else {
+                let d = self.delivery(&s.key, seq, json);
+                channels.push(d.clone());
+                d
+            };
+            let (waker, n) = s.outbox.push(d);
             wakers.extend(waker);
             dropped += n;
+            queued += 1;
         }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -436,22 +491,66 @@ impl Hub {
             }
             replay.push_back(delivery);
         }
-        subscribers.len()
+        queued
     }
 
-    /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":S,"topic":T,"seq":N,"result":V}}`
-    fn notification(&self, key: &TopicKey, seq: u64, json: &[u8]) -> Vec<u8> {
+    /// Notification `seq` carrying `json` under `key`, encoded once.
+    fn delivery(&self, key: &Arc<TopicKey>, seq: u64, json: &[u8]) -> Delivery {
+        let (payload, result_at) = self.notification(key, seq, json);
+        let frame = SharedFrame::new(MessageKind::Text, &payload);
+        Delivery { topic: key.clone(), seq, frame, result_at }
+    }
+
+    /// `d` as `s` receives it: `None` when its filter does not match, else the same frame
+    /// or, on another channel, the message encoded under that channel's key.
+    fn for_subscriber(&self, s: &Subscriber, d: &Delivery) -> Option<Delivery> {
+        if s.filter.as_ref().is_some_and(|f| !f.matches(&Payload::new(d.result()))) {
+            return None;
+        }
+        Some(if s.channel == 0 { d.clone() } else { self.delivery(&s.key, d.seq, d.result()) })
+    }
+
+    /// A new subscription of `outbox` to `t`, on the first channel it does not use yet
+    /// (`pending`: subscriptions still waiting for the broker, which hold channels too).
+    fn new_subscriber<'p>(
+        &self,
+        t: &mut Topic,
+        pending: impl Iterator<Item = &'p Subscriber> + Clone,
+        outbox: &Arc<Outbox>,
+        filter: Option<SubscriptionFilter>,
+    ) -> Subscriber {
+        let holds = |s: &Subscriber, c: usize| s.outbox.id() == outbox.id() && s.channel == c;
+        let used = |c: usize| {
+            t.subscribers.iter().any(|s| holds(s, c)) || pending.clone().any(|s| holds(s, c))
+        };
+        let channel = (0..).find(|c| !used(*c)).expect("a free channel");
+        while t.channels.len() < channel {
+            let serial = self.next_topic.fetch_add(1, Ordering::Relaxed);
+            t.channels.push(Arc::new(TopicKey {
+                name: t.key.name.clone(),
+                subscription: format!("0x{serial:x}").into(),
+            }));
+        }
+        let key = if channel == 0 { t.key.clone() } else { t.channels[channel - 1].clone() };
+        Subscriber { outbox: outbox.clone(), key, channel, filter }
+    }
+
+    /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":S,"topic":T,"seq":N,"result":V}}`,
+    /// and where `V` starts in it.
+    fn notification(&self, key: &TopicKey, seq: u64, json: &[u8]) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(json.len() + 128);
+        let mut result_at = 0;
         crate::rpc::message::write_notification(&mut out, &self.config.methods.notification, |o| {
             o.extend_from_slice(b"{\"subscription\":");
             let _ = serde_json::to_writer(&mut *o, &*key.subscription);
             o.extend_from_slice(b",\"topic\":");
             let _ = serde_json::to_writer(&mut *o, &*key.name);
             let _ = write!(o, ",\"seq\":{seq},\"result\":");
+            result_at = o.len();
             o.extend_from_slice(json);
             o.push(b'}');
         });
-        out
+        (out, result_at)
     }
 
     /// Writes a `lagged` or `gap` notice for `key`, missed `from..=to`.
@@ -533,6 +632,7 @@ impl Hub {
                 name: key.clone(),
                 subscription: format!("0x{serial:x}").into(),
             }),
+            channels: Vec::new(),
             seq: self.seq_floor.load(Ordering::Acquire),
             subscribers: Vec::new(),
             replay: VecDeque::new(),
@@ -616,10 +716,10 @@ impl Hub {
         check_policy(&self.config.policies, topic, principal)
     }
 
-    /// Subscribes `outbox` to `topic` (idempotent). With `since = Some((seq, epoch))` the
-    /// messages after `seq` still in the replay buffer are queued first, in order, after a
-    /// gap notice when some are already gone; a different `epoch` (the server restarted)
-    /// replays the whole buffer.
+    /// Subscribes `outbox` to `topic` without a filter (idempotent: a second call gives the
+    /// same subscription). With `since = Some((seq, epoch))` the messages after `seq` still
+    /// in the replay buffer are queued first, in order, after a gap notice when some are
+    /// already gone; a different `epoch` (the server restarted) replays the whole buffer.
     ///
     /// The caller checks [`authorize`](Self::authorize) and the per-connection limits first.
     pub fn subscribe(
@@ -627,6 +727,29 @@ impl Hub {
         outbox: &Arc<Outbox>,
         topic: &str,
         since: Option<(u64, Option<u64>)>,
+    ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_with(outbox, topic, since, None)
+    }
+
+    /// Subscribes `outbox` to what `filter` matches of `topic`: a new subscription each call,
+    /// with its own id when `outbox` already has one to the topic. Replay with `since` is
+    /// filtered too. See [`subscribe`](Self::subscribe).
+    pub fn subscribe_filtered(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &str,
+        since: Option<(u64, Option<u64>)>,
+        filter: SubscriptionFilter,
+    ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_with(outbox, topic, since, Some(filter))
+    }
+
+    fn subscribe_with(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &str,
+        since: Option<(u64, Option<u64>)>,
+        filter: Option<SubscriptionFilter>,
     ) -> Result<Subscribed, SubscribeError> {
         let mut wakers = Vec::new();
         let subscribed = loop {
@@ -641,7 +764,7 @@ impl Hub {
             }
             if t.link.is_some() {
                 let mut after = bridge::After::default();
-                let r = self.subscribe_bridged(&mut t, outbox, since, &mut after);
+                let r = self.subscribe_bridged(&mut t, outbox, since, filter, &mut after);
                 drop(t);
                 for w in after.wakers {
                     w.wake();
@@ -651,25 +774,35 @@ impl Hub {
                 }
                 return r;
             }
-            if !t.subscribers.iter().any(|o| o.id() == outbox.id()) {
-                t.subscribers.push(outbox.clone());
-                self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
-                self.subscriptions_total.fetch_add(1, Ordering::Relaxed);
-            }
+            let known = match &filter {
+                None => t.subscribers.iter().find(|s| s.is_plain_of(outbox)).cloned(),
+                Some(_) => None,
+            };
+            let sub = match known {
+                Some(sub) => sub,
+                None => {
+                    let sub = self.new_subscriber(&mut t, std::iter::empty(), outbox, filter);
+                    t.subscribers.push(sub.clone());
+                    self.subscriptions_active.fetch_add(1, Ordering::Relaxed);
+                    self.subscriptions_total.fetch_add(1, Ordering::Relaxed);
+                    sub
+                }
+            };
             if let Some((since, epoch)) = since {
                 let since = if epoch.is_some_and(|e| e != self.epoch) { 0 } else { since };
                 let oldest = t.replay.front().map_or(t.seq + 1, |d| d.seq);
                 // `since < t.seq` first: `since + 1` cannot overflow after it.
                 if since < t.seq && since + 1 < oldest {
-                    wakers.extend(outbox.push_gap(t.key.clone(), since + 1, oldest - 1));
+                    wakers.extend(outbox.push_gap(sub.key.clone(), since + 1, oldest - 1));
                 }
                 for d in t.replay.iter().filter(|d| d.seq > since) {
-                    let (waker, dropped) = outbox.push(d.clone());
+                    let Some(d) = self.for_subscriber(&sub, d) else { continue };
+                    let (waker, dropped) = outbox.push(d);
                     wakers.extend(waker);
                     self.dropped.fetch_add(dropped, Ordering::Relaxed);
                 }
             }
-            break Subscribed { key: t.key.clone(), seq: t.seq, epoch: self.epoch, pending: false };
+            break Subscribed { key: sub.key, seq: t.seq, epoch: self.epoch, pending: false };
         };
         for w in wakers {
             w.wake();
@@ -677,17 +810,18 @@ impl Hub {
         Ok(subscribed)
     }
 
-    /// Removes `outbox`'s subscription to `topic`; false when there was none.
-    pub fn unsubscribe(&self, outbox: &Outbox, topic: &str) -> bool {
-        let Some(topic_arc) = self.topic(topic, false) else { return false };
+    /// Removes `outbox`'s subscription `key` (as [`Subscribed::key`] gave it); false when
+    /// there was none.
+    pub fn unsubscribe(&self, outbox: &Outbox, key: &TopicKey) -> bool {
+        let Some(topic_arc) = self.topic(&key.name, false) else { return false };
         let (removed, unused) = {
             let mut t = lock(&topic_arc);
             let before = t.subscribers.len();
-            t.subscribers.retain(|o| o.id() != outbox.id());
-            let was_pending = t.link.as_mut().is_some_and(|l| l.remove_pending(outbox));
-            // No publish reaches this outbox any more (the topic lock orders them); drop what
-            // is still queued so it is never delivered after the unsubscribe.
-            outbox.purge(&t.key);
+            t.subscribers.retain(|s| !s.is(outbox, key));
+            let was_pending = t.link.as_mut().is_some_and(|l| l.remove_pending(outbox, key));
+            // No publish reaches this subscription any more (the topic lock orders them); drop
+            // what is still queued so it is never delivered after the unsubscribe.
+            outbox.purge(key);
             let topic_idle = !t.in_use();
             if topic_idle && !t.idle_queued {
                 t.idle_queued = true;
@@ -702,7 +836,7 @@ impl Hub {
         if unused {
             // Topics that only subscribers created go away with them, so names invented by
             // clients cannot accumulate.
-            self.remove_unused(topic);
+            self.remove_unused(&key.name);
         }
         removed
     }

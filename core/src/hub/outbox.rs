@@ -27,11 +27,20 @@ pub struct Delivery {
     pub seq: u64,
     /// The notification, encoded once as a WebSocket frame and shared by all subscribers.
     pub frame: SharedFrame,
+    /// Where the published value starts in the frame's payload (it ends before the
+    /// closing `}}`).
+    pub(super) result_at: usize,
 }
 
 impl Delivery {
     fn size(&self) -> usize {
         self.frame.wire_bytes().len()
+    }
+
+    /// The published value's JSON, as it is inside the notification.
+    pub fn result(&self) -> &[u8] {
+        let payload = self.frame.payload();
+        payload.get(self.result_at..payload.len().saturating_sub(2)).unwrap_or(&[])
     }
 }
 
@@ -334,21 +343,22 @@ impl Outbox {
         (inner.queue.len(), inner.bytes)
     }
 
-    /// Drops everything queued for `topic` (its subscription ended), so the connection never
-    /// has to check each notification against its subscriptions.
-    pub fn purge(&self, topic: &Arc<TopicKey>) {
+    /// Drops everything queued for the subscription `topic` (it ended), so the connection
+    /// never has to check each notification against its subscriptions.
+    pub fn purge(&self, topic: &TopicKey) {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut freed = 0;
+        let other = |t: &Arc<TopicKey>| !std::ptr::eq(&**t, topic);
         inner.queue.retain(|q| match q {
-            OutboxItem::Notification(d) if Arc::ptr_eq(&d.topic, topic) => {
+            OutboxItem::Notification(d) if !other(&d.topic) => {
                 freed += d.size();
                 false
             }
-            q => q.topic().is_none_or(|t| !Arc::ptr_eq(t, topic)),
+            q => q.topic().is_none_or(other),
         });
         inner.bytes -= freed;
-        inner.notices.retain(|c| c.topic().is_none_or(|t| !Arc::ptr_eq(t, topic)));
+        inner.notices.retain(|c| c.topic().is_none_or(other));
     }
 
     /// Refuses further deliveries and releases what is queued (the connection is gone).
@@ -401,6 +411,7 @@ mod tests {
             topic: topic.clone(),
             seq,
             frame: SharedFrame::new(MessageKind::Text, &vec![b'x'; size]),
+            result_at: 0,
         }
     }
 

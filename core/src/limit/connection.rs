@@ -1,7 +1,7 @@
 //! One connection's buckets and keys, the combined per-call check and abuse tracking.
 
+use core::net::IpAddr;
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
 //! Who the client is behind reverse proxies: the `Forwarded` (RFC 7239) or `X-Forwarded-For`
 //! header, believed only as far as it was written by proxies the server trusts.
 
+use core::net::IpAddr;
 use std::fmt;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -49,7 +49,7 @@ impl std::error::Error for InvalidProxy {}
 /// it writes stays to the left of what the trusted proxies append.
 ///
 /// ```
-/// # use std::net::IpAddr;
+/// # use core::net::IpAddr;
 /// use wsrpc_core::limit::{ForwardedHeader, TrustedProxies};
 ///
 /// let proxies = TrustedProxies::new(ForwardedHeader::XForwardedFor, ["10.0.0.0/8"])?;
@@ -302,7 +302,7 @@ fn node(text: &[u8]) -> Result<Hop, Malformed> {
     let text = std::str::from_utf8(text).map_err(|_| Malformed)?;
     let (name, port) = if let Some(rest) = text.strip_prefix('[') {
         let (v6, after) = rest.split_once(']').ok_or(Malformed)?;
-        let ip = v6.parse::<std::net::Ipv6Addr>().map_err(|_| Malformed)?;
+        let ip = v6.parse::<core::net::Ipv6Addr>().map_err(|_| Malformed)?;
         let port = match after {
             "" => None,
             _ => Some(after.strip_prefix(':').ok_or(Malformed)?),

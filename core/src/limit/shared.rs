@@ -1,9 +1,9 @@
 //! Buckets shared by every connection of a server, per (key, method class): one table per
 //! key kind (principal, origin, client address), each bounded whatever keys peers invent.
 
+use core::net::IpAddr;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,7 @@ pub fn address_key(ip: IpAddr) -> Box<str> {
         IpAddr::V4(v4) => v4.to_string().into(),
         IpAddr::V6(v6) => {
             let network = u128::from(v6) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(network)).into()
+            format!("{}/64", core::net::Ipv6Addr::from(network)).into()
         }
     }
 }
@@ -355,7 +355,7 @@ mod tests {
         let mut now = t0;
         for n in 0..200_000u32 {
             now += Duration::from_micros(10);
-            let key = address_key(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)));
+            let key = address_key(IpAddr::from(core::net::Ipv4Addr::from(0x0a00_0000 + n)));
             if table.check(&key, MethodClass::Default, now).is_ok() {
                 passed += 1;
             }

@@ -8,10 +8,12 @@ pub mod client;
 pub mod dispatch;
 pub mod error;
 pub mod extensions;
+pub mod hooks;
 pub mod message;
 pub mod openrpc;
 pub mod router;
 pub mod session;
+pub mod subscription;
 pub mod typed;
 
 pub use error::RpcError;
@@ -22,6 +24,7 @@ pub use router::{
     Router, RouterError, Transport, Work,
 };
 pub use session::{CallId, RpcSession, SessionOutput};
+pub use subscription::{SubscribeCall, SubscriptionTarget};
 pub use typed::{
     Method, Notification, NotifyTo, PublishTo, SubscribeTo, SubscriptionItem, Topic, TopicEvent,
 };

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use super::error::RpcError;
 use super::extensions::Extensions;
 use super::openrpc::{ApiInfo, MethodDoc, TopicDoc};
+use super::subscription::{SubscribeCall, SubscriptionHandler, SubscriptionTarget};
 use super::typed::{Method, Notification, Topic};
 use crate::auth::Principal;
 
@@ -403,6 +404,8 @@ pub struct Router<S = ()> {
     methods: HashMap<Box<str>, Entry>,
     names: Vec<Box<str>>,
     refused: Vec<RouterError>,
+    /// Subscription handlers by name or kind ([`Router::subscription`]).
+    subscriptions: HashMap<Box<str>, Box<SubscriptionHandler>>,
     /// Topics declared for `rpc.discover`.
     topics: Vec<TopicDoc>,
     info: ApiInfo,
@@ -442,6 +445,7 @@ impl<S: Send + Sync + 'static> Router<S> {
             methods: HashMap::new(),
             names: Vec::new(),
             refused: Vec::new(),
+            subscriptions: HashMap::new(),
             topics: Vec::new(),
             info: ApiInfo::default(),
             state,
@@ -649,12 +653,38 @@ impl<S: Send + Sync + 'static> Router<S> {
         self
     }
 
+    /// Registers the handler of subscribe calls for `name`: the subscription name itself
+    /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
+    /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
+    /// a kind. The handler gets the whole call and decides the topic and an optional filter
+    /// ([`SubscriptionTarget`](super::SubscriptionTarget)); its error is the call's answer. Subscriptions
+    /// without a handler are to the topic they name, unfiltered. The topic policies and the
+    /// per-connection limits apply to the topic it decides. The handler reaches the router's
+    /// state as [`call.state()`](SubscribeCall::state).
+    pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(&SubscribeCall<'_, S>) -> Result<SubscriptionTarget, RpcError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if self.subscriptions.contains_key(name) {
+            self.refused.push(RouterError::Duplicate(name.into()));
+        } else {
+            let state = self.state.clone();
+            let handler = move |call: &SubscribeCall<'_>| handler(&call.with_state(&*state));
+            self.subscriptions.insert(name.into(), Box::new(handler));
+        }
+        self
+    }
+
     /// The router as the server keeps it: every handler already holds the state it needs.
     pub fn into_stateless(self) -> Router {
         Router {
             methods: self.methods,
             names: self.names,
             refused: self.refused,
+            subscriptions: self.subscriptions,
             topics: self.topics,
             info: self.info,
             state: Arc::new(()),
@@ -670,6 +700,20 @@ impl<S> Router<S> {
 
     pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
         self.methods.get(name)
+    }
+
+    /// The subscription handler for the subscription `name`: its own, or its kind's.
+    pub(crate) fn subscription_handler(&self, name: &str) -> Option<&SubscriptionHandler> {
+        if self.subscriptions.is_empty() {
+            return None;
+        }
+        let kind = crate::hub::topic_kind(name);
+        self.subscriptions.get(name).or_else(|| self.subscriptions.get(kind)).map(|h| &**h)
+    }
+
+    /// The name of the method registered at `index` (its [`Method::index`]).
+    pub(crate) fn name(&self, index: usize) -> &str {
+        &self.names[index]
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {

@@ -4,17 +4,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
 use super::error::{self, RpcError};
+use super::extensions::Extensions;
+use super::hooks::{CallEnd, CallStart, Outcome, Refusal};
 use super::message::{self, Incoming, Invalid, Request};
-use super::router::{CallContext, ConnectionId, Handler, Params, RequestId, Transport, Work};
+use super::router::{
+    CallContext, ConnectionId, Entry, Handler, Params, RequestId, Transport, Work,
+};
+use super::subscription::SubscribeCall;
 use crate::auth::Principal;
 use crate::hub::{Outbox, OutboxItem, SubscribeError, TopicKey, topic_kind};
 use crate::limit::{AbuseVerdict, ConnectionLimiter, LimitExceeded};
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, MethodId};
 use crate::service::Service;
 use crate::ws::{CloseCode, SharedFrame};
 
@@ -52,6 +57,14 @@ impl std::fmt::Debug for SessionOutput {
     }
 }
 
+/// A subscription of this connection.
+#[derive(Debug)]
+struct Held {
+    key: Arc<TopicKey>,
+    /// Made with a filter: never the answer to another subscribe call.
+    filtered: bool,
+}
+
 /// Where the response of a call goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -59,12 +72,36 @@ enum Slot {
     Batch { batch: u64, index: usize },
 }
 
+/// A call answered later: async or blocking work, or a subscription waiting for the broker.
 #[derive(Debug)]
 struct PendingCall {
     id: Option<Box<RawValue>>,
+    /// The router method (none: the subscribe method).
     method_index: Option<usize>,
+    params_len: usize,
+    extensions: Extensions,
     started: Instant,
     slot: Slot,
+}
+
+/// Where a call goes once it passed the per-message checks.
+enum Target<'r> {
+    Subscribe,
+    Unsubscribe,
+    Health,
+    Metrics,
+    Discover,
+    Method(&'r Entry),
+}
+
+/// How far a call got in [`RpcSession::call`].
+enum Called {
+    /// Its handler ran: `Ok` when the result is written (or it was a notification).
+    Ran { result: Result<(), RpcError>, method_id: Option<MethodId>, duration: Duration },
+    /// Refused before its handler ran.
+    Refused(RpcError, Refusal),
+    /// Handed out; observed when it completes.
+    Pending,
 }
 
 #[derive(Debug)]
@@ -87,7 +124,7 @@ pub struct RpcSession {
     limiter: ConnectionLimiter,
     outbox: Arc<Outbox>,
     /// Active subscriptions by subscription id.
-    subscriptions: HashMap<Arc<str>, Arc<TopicKey>>,
+    subscriptions: HashMap<Arc<str>, Held>,
     /// Subscribe calls waiting for a broker-bridged topic to be in step, by subscription id.
     /// Subscribe calls waiting for their topic's broker side: call, and whether to answer
     /// with the bare id.
@@ -99,7 +136,7 @@ pub struct RpcSession {
     next_call: u64,
     closing: bool,
     /// For the monitoring policy of `rpc.metrics`.
-    client_address: Option<std::net::IpAddr>,
+    client_address: Option<core::net::IpAddr>,
 }
 
 impl std::fmt::Debug for RpcSession {
@@ -165,7 +202,7 @@ impl RpcSession {
     /// The client's address (the TCP peer, or what trusted proxies forwarded), for rate
     /// limits keyed per address, the monitoring policy of `rpc.metrics` and logs; unknown
     /// until set.
-    pub fn set_client_address(&mut self, address: Option<std::net::IpAddr>) {
+    pub fn set_client_address(&mut self, address: Option<core::net::IpAddr>) {
         self.limiter.set_address(address);
         self.client_address = address;
     }
@@ -215,7 +252,7 @@ impl RpcSession {
             }
             Incoming::Single(entry) => {
                 let mut out = Vec::new();
-                self.dispatch(now, entry, &mut out, Slot::Single, message_limited);
+                self.dispatch(now, entry, &mut out, Slot::Single, message_limited.as_ref());
                 if !out.is_empty() {
                     self.out.push_back(SessionOutput::Message(out));
                 }
@@ -232,7 +269,7 @@ impl RpcSession {
                         entry,
                         &mut out,
                         Slot::Batch { batch, index },
-                        message_limited,
+                        message_limited.as_ref(),
                     );
                     waiting += usize::from(pending);
                     parts.push((!out.is_empty()).then_some(out));
@@ -259,18 +296,34 @@ impl RpcSession {
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&call.0) else { return };
-        if let Some(index) = p.method_index {
-            self.service.metrics().record_call(
-                self.service.method_id(index),
-                now.saturating_duration_since(p.started),
-                now,
-            );
-        }
         let mut out = Vec::new();
-        match (&p.id, result) {
-            (None, Err(e)) => self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code)),
-            (id, result) => self.answer(&mut out, id.as_deref(), result),
+        let result = match (&p.id, result) {
+            (Some(id), Ok(value)) => self.write_value(&mut out, Some(id), &value),
+            (_, result) => result.map(drop),
+        };
+        if let (Err(e), Some(id)) = (&result, &p.id) {
+            self.write_error_response(&mut out, Some(id), e);
         }
+        // The context of this call again, as its hooks and handler saw it (this may run
+        // inside another call, an unsubscribe ending a waiting subscribe: kept aside).
+        let id = std::mem::replace(&mut self.ctx.id, p.id.as_deref().map(RequestId::from_raw));
+        let extensions = std::mem::replace(&mut self.ctx.extensions, p.extensions);
+        let service = &self.service;
+        let call = CallEnd {
+            method: p
+                .method_index
+                .map_or(&service.config().hub.methods.subscribe, |i| service.router().name(i)),
+            params_len: p.params_len,
+            context: &self.ctx,
+            outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
+            refused: None,
+            duration: now.saturating_duration_since(p.started),
+            now,
+            method_id: p.method_index.map(|i| service.method_id(i)),
+        };
+        service.after_call(&call);
+        self.ctx.id = id;
+        self.ctx.extensions = extensions;
         match p.slot {
             Slot::Single => {
                 if !out.is_empty() {
@@ -437,27 +490,17 @@ impl RpcSession {
         }
     }
 
-    /// Takes a rate token for `req`'s method class (per origin and per connection); when
-    /// there is none, answers -32005 with `retry_after_ms` (a notification gets nothing) and
-    /// returns false.
-    fn take_call_token(&mut self, out: &mut Vec<u8>, req: &Request<'_>, now: Instant) -> bool {
-        // Disjoint fields: no `Arc` clone on the per-call path.
+    /// Takes a rate token for `method`'s class (from every bucket its keys select); when
+    /// there is none, the -32005 error to answer with `retry_after_ms`.
+    fn take_call_token(&mut self, method: &str, now: Instant) -> Result<(), RpcError> {
         // The limiter logs the refusal with the connection and client address.
-        let Err(limited) = self.limiter.check_call(self.service.shared_limits(), &req.method, now)
+        let Err(limited) = self.limiter.check_call(self.service.shared_limits(), method, now)
         else {
-            return true;
+            return Ok(());
         };
-        self.service.metrics().call_rate_limited();
-        if let Some(id) = req.id {
-            let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
-            self.write_failure(
-                out,
-                Some(id),
-                &RpcError::limit_exceeded(&what, limited.retry_after_ms()),
-            );
-        }
         self.note_limited(&limited);
-        false
+        let what = format!("{} calls", limited.class.map_or("", |c| c.as_str()));
+        Err(RpcError::limit_exceeded(&what, limited.retry_after_ms()))
     }
 
     fn note_limited(&mut self, limited: &LimitExceeded) {
@@ -470,218 +513,252 @@ impl RpcSession {
     }
 
     /// Handles one entry; writes its response to `out` unless it is a notification or
-    /// async. Returns true when an async call was handed out.
+    /// async. Returns true when the call was handed out (async work, a subscription waiting
+    /// for the broker); it is observed when it completes.
     fn dispatch(
         &mut self,
         now: Instant,
         entry: Result<Request<'_>, Invalid<'_>>,
         out: &mut Vec<u8>,
         slot: Slot,
-        message_limited: Option<LimitExceeded>,
+        message_limited: Option<&LimitExceeded>,
     ) -> bool {
-        let service = self.service.clone();
-        let metrics = service.metrics();
         let req = match entry {
             Ok(req) => req,
             Err(invalid) => {
-                metrics.record_error(ErrorKind::InvalidRequest);
+                self.service.metrics().record_error(ErrorKind::InvalidRequest);
                 self.write_error_response(out, invalid.id, &invalid.error);
                 return false;
             }
         };
-        if let Some(limited) = &message_limited {
-            metrics.call_rate_limited();
-            if let Some(id) = req.id {
-                self.write_failure(
-                    out,
-                    Some(id),
-                    &RpcError::limit_exceeded("messages", limited.retry_after_ms()),
-                );
-            }
-            return false;
+        // Every call's context names it, refused or not, for the hooks and the handler.
+        self.ctx.id = req.id.map(RequestId::from_raw);
+        let (result, refused, method_id, duration) =
+            match self.call(now, &req, out, slot, message_limited) {
+                Called::Pending => return true,
+                Called::Ran { result, method_id, duration } => (result, None, method_id, duration),
+                Called::Refused(e, why) => (Err(e), Some(why), None, Duration::ZERO),
+            };
+        if let (Err(e), Some(id)) = (&result, req.id) {
+            self.write_error_response(out, Some(id), e);
         }
-        if let Some(signer) = self.service.config().signing.as_ref() {
+        let call = CallEnd {
+            method: &req.method,
+            params_len: req.params.map_or(0, |p| p.get().len()),
+            context: &self.ctx,
+            outcome: result.as_ref().err().map_or(Outcome::Ok, Outcome::Error),
+            refused,
+            duration,
+            now,
+            method_id,
+        };
+        self.service.after_call(&call);
+        // What hooks attached belongs to this call only.
+        if !self.ctx.extensions.is_empty() {
+            self.ctx.extensions.clear();
+        }
+        false
+    }
+
+    /// Runs one call to the point where it is answered (into `out`, unless a notification)
+    /// or handed out: the limits, the method lookup, the before-call hooks, the handler.
+    fn call(
+        &mut self,
+        now: Instant,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        slot: Slot,
+        message_limited: Option<&LimitExceeded>,
+    ) -> Called {
+        if let Some(limited) = message_limited {
+            let e = RpcError::limit_exceeded("messages", limited.retry_after_ms());
+            return Called::Refused(e, Refusal::Limit);
+        }
+        let service = self.service.clone();
+        if let Some(signer) = service.config().signing.as_ref() {
             let id_raw = req.id.map_or("null", RawValue::get);
             let params_raw = req.params.map_or("null", RawValue::get);
             let sig =
                 req.sig.and_then(|s| serde_json::from_str::<&str>(s.get()).ok()).unwrap_or("");
             if signer.verify_request(&req.method, id_raw, params_raw, sig).is_err() {
-                metrics.record_error(ErrorKind::Auth);
-                if let Some(id) = req.id {
-                    self.write_error_response(
-                        out,
-                        Some(id),
-                        &RpcError::new(error::BAD_SIGNATURE, "Bad signature"),
-                    );
-                }
-                return false;
+                let e = RpcError::new(error::BAD_SIGNATURE, "Bad signature");
+                return Called::Refused(e, Refusal::Signature);
             }
         }
         let methods = &service.config().hub.methods;
-        // Subscriptions take no rate token: a reconnecting client resubscribes everything at
-        // once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
-        if req.method == methods.subscribe {
-            let result = match self.subscribe(now, Params(req.params)) {
+        let target = if req.method == methods.subscribe {
+            // Subscriptions take no rate token: a reconnecting client resubscribes everything
+            // at once, and `max_subscriptions` with O(1) topic bookkeeping already bounds them.
+            Target::Subscribe
+        } else if req.method == methods.unsubscribe {
+            Target::Unsubscribe
+        } else if let Some(builtin) = req.method.strip_prefix("rpc.") {
+            match builtin {
+                "health" => Target::Health,
+                "metrics" => Target::Metrics,
+                "discover" => Target::Discover,
+                _ => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
+            }
+        } else {
+            match service.router().get(&req.method) {
+                Some(method) => Target::Method(method),
+                None => return Called::Refused(RpcError::method_not_found(), Refusal::NotFound),
+            }
+        };
+        if matches!(target, Target::Method(_) | Target::Health | Target::Metrics | Target::Discover)
+        {
+            if let Err(e) = self.take_call_token(&req.method, now) {
+                return Called::Refused(e, Refusal::Limit);
+            }
+        }
+        if let Target::Method(Entry { handler: Handler::Deferred(_), .. }) = target {
+            let max = service.config().rpc.max_inflight_async;
+            if self.pending.len() >= max {
+                let e = RpcError::count_limit("async calls in flight", max);
+                return Called::Refused(e, Refusal::Limit);
+            }
+        }
+        self.ctx.now = now;
+        let params = Params(req.params);
+        if service.hooks().has_user_hooks() {
+            // Taken out while the hooks fill it, so they can read the rest of the context.
+            let mut extensions = std::mem::take(&mut self.ctx.extensions);
+            let mut start = CallStart {
+                method: &req.method,
+                params,
+                context: &self.ctx,
+                extensions: &mut extensions,
+            };
+            let decided = service.hooks().before_call(&mut start);
+            self.ctx.extensions = extensions;
+            if let Err(e) = decided {
+                return Called::Refused(e, Refusal::Hook);
+            }
+        }
+        let value = match target {
+            Target::Method(method) => {
+                return self.run_method(&service, now, req, method, out, slot);
+            }
+            Target::Subscribe => match self.subscribe(params) {
                 Ok(SubscribeAnswer::Now(value)) => Ok(value),
                 Ok(SubscribeAnswer::Pending(subscription, bare)) => {
                     // Answered when the broker side is ready (`finish_subscribe`).
-                    let call = self.next_call;
-                    self.next_call += 1;
-                    let id = req.id.map(|i| i.to_owned());
-                    let pending = PendingCall { id, method_index: None, started: now, slot };
-                    self.pending.insert(call, pending);
+                    self.hand_out(req, None, now, slot);
+                    let call = self.next_call - 1;
                     self.pending_subscribes.entry(subscription).or_default().push((call, bare));
-                    return true;
+                    return Called::Pending;
                 }
                 Err(e) => Err(e),
-            };
-            self.answer(out, req.id, result);
-            return false;
-        }
-        if req.method == methods.unsubscribe {
-            let result = self.unsubscribe(Params(req.params));
-            self.answer(out, req.id, result);
-            return false;
-        }
-        if let Some(builtin) = req.method.strip_prefix("rpc.") {
-            if matches!(builtin, "health" | "metrics" | "discover")
-                && !self.take_call_token(out, &req, now)
-            {
-                return false;
+            },
+            Target::Unsubscribe => self.unsubscribe(params),
+            Target::Health if !self.may_read_details() => {
+                // Status and what a client checks a server by; not its details.
+                let health = service.health(now);
+                let bare = serde_json::json!({
+                    "status": health.status,
+                    "name": health.name,
+                    "pubsub": health.pubsub,
+                });
+                serde_json::value::to_raw_value(&bare).map_err(RpcError::internal)
             }
-            let result = match builtin {
-                "health" if !self.may_read_details() => {
-                    // Status and what a client checks a server by; not its details.
-                    let health = service.health(now);
-                    let bare = serde_json::json!({
-                        "status": health.status,
-                        "name": health.name,
-                        "pubsub": health.pubsub,
-                    });
-                    serde_json::value::to_raw_value(&bare).map_err(RpcError::internal)
-                }
-                "health" => serde_json::value::to_raw_value(&service.health(now))
-                    .map_err(RpcError::internal),
-                "metrics" if !self.may_read_details() => {
-                    log::info!(target: "wsrpc::auth", "refused conn={} client={:?} method=rpc.metrics code={} reason=\"monitoring policy\"", self.ctx.connection, self.client_address, error::FORBIDDEN);
-                    Err(RpcError::forbidden("metrics are not served to this client"))
-                }
-                "metrics" => serde_json::value::to_raw_value(&service.snapshot(now))
-                    .map_err(RpcError::internal),
-                "discover" => Ok(service.openrpc().to_owned()),
-                _ => Err(RpcError::method_not_found()),
-            };
-            self.answer(out, req.id, result);
-            return false;
-        }
-        let Some(method) = service.router().get(&req.method) else {
-            metrics.record_error(ErrorKind::MethodNotFound);
-            if let Some(id) = req.id {
-                self.write_error_response(out, Some(id), &RpcError::method_not_found());
+            Target::Health => {
+                serde_json::value::to_raw_value(&service.health(now)).map_err(RpcError::internal)
             }
-            return false;
+            Target::Metrics if !self.may_read_details() => {
+                log::info!(target: "wsrpc::auth", "refused conn={} client={:?} method=rpc.metrics code={} reason=\"monitoring policy\"", self.ctx.connection, self.client_address, error::FORBIDDEN);
+                Err(RpcError::forbidden("metrics are not served to this client"))
+            }
+            Target::Metrics => {
+                serde_json::value::to_raw_value(&service.snapshot(now)).map_err(RpcError::internal)
+            }
+            Target::Discover => Ok(service.openrpc().to_owned()),
         };
-        if !self.take_call_token(out, &req, now) {
-            return false;
-        }
-        self.ctx.now = now;
-        self.ctx.id = req.id.map(RequestId::from_raw);
+        let result = value.and_then(|v| self.write_value(out, req.id, &v));
+        Called::Ran { result, method_id: None, duration: Duration::ZERO }
+    }
+
+    /// Runs a router method: a synchronous one here, timed with the service's clock; an
+    /// async or blocking one is handed out.
+    fn run_method(
+        &mut self,
+        service: &Service,
+        now: Instant,
+        req: &Request<'_>,
+        method: &Entry,
+        out: &mut Vec<u8>,
+        slot: Slot,
+    ) -> Called {
+        let method_id = Some(service.method_id(method.index));
         let params = Params(req.params);
         match &method.handler {
             Handler::Sync(f) => {
                 let start = service.clock_now().unwrap_or(now);
                 let ctx = &self.ctx;
                 let call = |o: &mut Vec<u8>| unwind_to_error(&req.method, || f(params, ctx, o));
-                match req.id {
+                let result = match req.id {
                     // The result is serialized straight into the response.
                     Some(id) => self.write_result_of(out, id, call),
-                    None => {
-                        if let Err(e) = call(&mut Vec::new()) {
-                            metrics.record_error(ErrorKind::from_rpc_code(e.code));
-                        }
-                    }
-                }
+                    None => call(&mut Vec::new()),
+                };
                 let end = service.clock_now().unwrap_or(now);
-                metrics.record_call(
-                    service.method_id(method.index),
-                    end.saturating_duration_since(start),
-                    now,
-                );
-                false
+                Called::Ran { result, method_id, duration: end.saturating_duration_since(start) }
             }
-            Handler::Deferred(f) => {
-                let max = service.config().rpc.max_inflight_async;
-                if self.pending.len() >= max {
-                    metrics.call_rate_limited();
-                    if let Some(id) = req.id {
-                        self.write_failure(
-                            out,
-                            Some(id),
-                            &RpcError::count_limit("async calls in flight", max),
-                        );
-                    }
-                    return false;
+            // The handler's code before its first `.await` runs here, in the core.
+            Handler::Deferred(f) => match unwind_to_error(&req.method, || f(params, &self.ctx)) {
+                Ok(work) => {
+                    self.hand_out(req, Some(method.index), now, slot);
+                    self.out.push_back(SessionOutput::Spawn(CallId(self.next_call - 1), work));
+                    Called::Pending
                 }
-                // The handler's code before its first `.await` runs here, in the core.
-                match unwind_to_error(&req.method, || f(params, &self.ctx)) {
-                    Ok(fut) => {
-                        let call = self.next_call;
-                        self.next_call += 1;
-                        let id = req.id.map(|i| i.to_owned());
-                        self.pending.insert(
-                            call,
-                            PendingCall {
-                                id,
-                                method_index: Some(method.index),
-                                started: now,
-                                slot,
-                            },
-                        );
-                        self.out.push_back(SessionOutput::Spawn(CallId(call), fut));
-                        true
-                    }
-                    Err(e) => {
-                        match req.id {
-                            Some(id) => self.write_failure(out, Some(id), &e),
-                            None => metrics.record_error(ErrorKind::from_rpc_code(e.code)),
-                        }
-                        false
-                    }
-                }
-            }
+                Err(e) => Called::Ran { result: Err(e), method_id, duration: Duration::ZERO },
+            },
         }
     }
 
-    /// Writes the response to a request (nothing for a notification).
-    fn answer(
+    /// Records a call answered later, under the id `self.next_call - 1`.
+    fn hand_out(
+        &mut self,
+        req: &Request<'_>,
+        method_index: Option<usize>,
+        now: Instant,
+        slot: Slot,
+    ) {
+        let call = self.next_call;
+        self.next_call += 1;
+        let pending = PendingCall {
+            id: req.id.map(|i| i.to_owned()),
+            method_index,
+            params_len: req.params.map_or(0, |p| p.get().len()),
+            // The handler has its own copy; these are for the observer at completion.
+            extensions: std::mem::take(&mut self.ctx.extensions),
+            started: now,
+            slot,
+        };
+        self.pending.insert(call, pending);
+    }
+
+    /// Writes the response carrying `value` (nothing for a notification).
+    fn write_value(
         &self,
         out: &mut Vec<u8>,
         id: Option<&RawValue>,
-        result: Result<Box<RawValue>, RpcError>,
-    ) {
-        let Some(id) = id else { return };
-        match result {
-            Ok(value) => {
-                self.write_success(out, id, |o| o.extend_from_slice(value.get().as_bytes()))
-            }
-            Err(e) => self.write_failure(out, Some(id), &e),
-        }
-    }
-
-    fn write_success(&self, out: &mut Vec<u8>, id: &RawValue, write: impl FnOnce(&mut Vec<u8>)) {
+        value: &RawValue,
+    ) -> Result<(), RpcError> {
+        let Some(id) = id else { return Ok(()) };
         self.write_result_of(out, id, |o| {
-            write(o);
+            o.extend_from_slice(value.get().as_bytes());
             Ok(())
-        });
+        })
     }
 
-    /// Writes the response carrying what `write` produces, or the error it returns.
+    /// Writes the response carrying what `write` produces; the error it returns (or a result
+    /// over `max_response_size`) is returned with nothing written, for the caller to answer.
     fn write_result_of(
         &self,
         out: &mut Vec<u8>,
         id: &RawValue,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
-    ) {
+    ) -> Result<(), RpcError> {
         let start = out.len();
         let mut result_range = 0..0;
         let mut failed = None;
@@ -694,12 +771,12 @@ impl RpcSession {
         });
         if let Some(e) = failed {
             out.truncate(start);
-            return self.write_failure(out, Some(id), &e);
+            return Err(e);
         }
         let max = self.service.config().rpc.max_response_size;
         if out.len() - start > max {
             out.truncate(start);
-            return self.write_failure(out, Some(id), &RpcError::count_limit("response size", max));
+            return Err(RpcError::count_limit("response size", max));
         }
         if let Some(signer) = self.service.config().signing.as_ref() {
             let body = std::str::from_utf8(&out[result_range]).unwrap_or("");
@@ -707,13 +784,7 @@ impl RpcSession {
             insert_sig(out, &sig);
         }
         self.service.metrics().message_sent();
-        let _ = start;
-    }
-
-    /// Counts the error by its code, then answers it.
-    fn write_failure(&self, out: &mut Vec<u8>, id: Option<&RawValue>, e: &RpcError) {
-        self.service.metrics().record_error(ErrorKind::from_rpc_code(e.code));
-        self.write_error_response(out, id, e);
+        Ok(())
     }
 
     /// Writes an error response, signed and counted as sent like a result: every error on
@@ -732,8 +803,7 @@ impl RpcSession {
         self.service.metrics().message_sent();
     }
 
-    fn subscribe(&mut self, now: Instant, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
-        let _ = now;
+    fn subscribe(&mut self, params: Params<'_>) -> Result<SubscribeAnswer, RpcError> {
         if self.ctx.transport == Transport::Http {
             return Err(RpcError::new(
                 error::METHOD_NOT_FOUND,
@@ -743,14 +813,22 @@ impl RpcSession {
         let service = self.service.clone();
         let hub = service.hub();
         let cfg = hub.config();
+        let eth_style = cfg.methods.eth_style;
         // In the eth style, `[name, {"since": N|null, "epoch": E}]` is wsrpc's resume
         // extension: only a client that sends `since` gets the full object answer below.
         let mut eth_resume = false;
-        let (topic, since, epoch): (String, Option<u64>, Option<u64>) = if cfg.methods.eth_style {
+        // Whether a filter param came (beyond the resume keys), for names without a handler.
+        let filter_given;
+        let (name, since, epoch): (String, Option<u64>, Option<u64>) = if eth_style {
             let v: Vec<serde_json::Value> = params.parse()?;
             let Some(t) = v.first().and_then(|t| t.as_str()) else {
                 return Err(RpcError::invalid_params("[0]: expected a subscription name"));
             };
+            filter_given = v.get(1).is_some_and(|f| match f {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(o) => o.keys().any(|k| k != "since" && k != "epoch"),
+                _ => true,
+            });
             let (since, epoch) = match v.get(1).and_then(|o| o.get("since")) {
                 Some(since) => {
                     eth_resume = true;
@@ -775,16 +853,45 @@ impl RpcSession {
                 since: Option<u64>,
                 #[serde(default)]
                 epoch: Option<u64>,
+                /// For the subscription handler (`SubscribeCall::filter`).
+                #[serde(default)]
+                filter: Option<serde::de::IgnoredAny>,
             }
             let s: Sub = params.parse()?;
+            filter_given = s.filter.is_some();
             (s.topic, s.since, s.epoch)
+        };
+        // The application's handler for the name decides the topic and the filter.
+        let (topic, filter) = match service.router().subscription_handler(&name) {
+            Some(handler) => {
+                let call = SubscribeCall {
+                    name: &name,
+                    params,
+                    context: &self.ctx,
+                    eth_style,
+                    state: &(),
+                };
+                let decided = unwind_to_error(&cfg.methods.subscribe, || handler(&call))?;
+                (decided.topic, decided.filter)
+            }
+            None if filter_given => {
+                let at = if eth_style { "[1]" } else { "filter" };
+                return Err(RpcError::invalid_params(format!(
+                    "{at}: subscriptions to {name:?} take no filter"
+                )));
+            }
+            None => (name, None),
         };
         hub.authorize(&topic, &self.ctx.principal).map_err(subscribe_error)?;
         // eth style answers the bare subscription id, unless the client resumes.
-        let bare = cfg.methods.eth_style && !eth_resume;
-        let already = self.subscriptions.values().find(|k| *k.name == *topic).cloned();
+        let bare = eth_style && !eth_resume;
+        // A plain subscription is idempotent; a filtered one is a new subscription each time.
+        let already = match filter {
+            None => self.subscriptions.values().find(|h| !h.filtered && *h.key.name == *topic),
+            Some(_) => None,
+        };
         let key = match already {
-            Some(key) => key,
+            Some(held) => held.key.clone(),
             None => {
                 if self.subscriptions.len() >= cfg.max_subscriptions {
                     return Err(subscribe_error(SubscribeError::TooMany {
@@ -795,8 +902,11 @@ impl RpcSession {
                 let kind = topic_kind(&topic);
                 if let Some((_, max)) = cfg.kind_limits.iter().find(|(k, _)| k == kind) {
                     // Derived from the subscriptions (at most `max_subscriptions` of them).
-                    let held =
-                        self.subscriptions.values().filter(|k| topic_kind(&k.name) == kind).count();
+                    let held = self
+                        .subscriptions
+                        .values()
+                        .filter(|h| topic_kind(&h.key.name) == kind)
+                        .count();
                     if held >= *max {
                         return Err(subscribe_error(SubscribeError::TooMany {
                             limit: kind.to_owned(),
@@ -804,12 +914,17 @@ impl RpcSession {
                         }));
                     }
                 }
-                let sub = hub
-                    .subscribe(&self.outbox, &topic, since.map(|s| (s, epoch)))
-                    .map_err(subscribe_error)?;
+                let since = since.map(|s| (s, epoch));
+                let filtered = filter.is_some();
+                let sub = match filter {
+                    None => hub.subscribe(&self.outbox, &topic, since),
+                    Some(filter) => hub.subscribe_filtered(&self.outbox, &topic, since, filter),
+                }
+                .map_err(subscribe_error)?;
                 service.metrics().subscription_opened();
-                self.subscriptions.insert(sub.key.subscription.clone(), sub.key.clone());
-                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} since={since:?} pending={}", self.ctx.connection, sub.pending);
+                let held = Held { key: sub.key.clone(), filtered };
+                self.subscriptions.insert(sub.key.subscription.clone(), held);
+                log::debug!(target: "wsrpc::hub", "subscribed conn={} topic={topic} id={} filtered={filtered} since={since:?} pending={}", self.ctx.connection, sub.key.subscription, sub.pending);
                 if sub.pending {
                     return Ok(SubscribeAnswer::Pending(sub.key.subscription.clone(), bare));
                 }
@@ -829,8 +944,8 @@ impl RpcSession {
     fn unsubscribe(&mut self, params: Params<'_>) -> Result<Box<RawValue>, RpcError> {
         let (id,): (String,) = params.parse()?;
         let removed = match self.subscriptions.remove(id.as_str()) {
-            Some(key) => {
-                self.service.hub().unsubscribe(&self.outbox, &key.name);
+            Some(Held { key, .. }) => {
+                self.service.hub().unsubscribe(&self.outbox, &key);
                 self.drained.retain(|item| item.topic().is_none_or(|t| !Arc::ptr_eq(t, &key)));
                 self.service.metrics().subscriptions_closed(1);
                 let waiting = if self.pending_subscribes.is_empty() {
@@ -859,8 +974,8 @@ impl RpcSession {
     /// drop.
     pub fn shutdown(&mut self) {
         let n = self.subscriptions.len() as u64;
-        for (_, key) in self.subscriptions.drain() {
-            self.service.hub().unsubscribe(&self.outbox, &key.name);
+        for (_, held) in self.subscriptions.drain() {
+            self.service.hub().unsubscribe(&self.outbox, &held.key);
         }
         if n > 0 {
             self.service.metrics().subscriptions_closed(n);
@@ -928,11 +1043,7 @@ fn unwind_to_error<T>(
     call: impl FnOnce() -> Result<T, RpcError>,
 ) -> Result<T, RpcError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        let why = super::hooks::panic_message(&*panic);
         Err(RpcError::internal(format_args!("handler {method} panicked: {why}")))
     })
 }
