@@ -657,8 +657,8 @@ impl<S: Send + Sync + 'static> Router<S> {
     /// (`"logs"` of `eth_subscribe("logs", …)`), or a kind of topics (`"trades"` handles
     /// `"trades:btc"`, the kind being the name up to its first `:`); an exact name wins over
     /// a kind. The handler gets the whole call and decides the topic and an optional filter
-    /// ([`SubscriptionTarget`](super::SubscriptionTarget)); its error is the call's answer. Subscriptions
-    /// without a handler are to the topic they name, unfiltered. The topic policies and the
+    /// ([`SubscriptionTarget`]); its error is the call's answer. Subscriptions without a
+    /// handler are to the topic they name, unfiltered. The topic policies and the
     /// per-connection limits apply to the topic it decides. The handler reaches the router's
     /// state as [`call.state()`](SubscribeCall::state).
     pub fn subscription<F>(&mut self, name: &str, handler: F) -> &mut Self
