@@ -675,7 +675,8 @@ impl Default for Threads {
     }
 }
 
-/// Why a server did not start.
+/// Why a server did not start: what `Server::builder()…start()` returns as its error (a
+/// router that refused a method name, or the bind).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {

@@ -244,7 +244,7 @@ pub struct Subscribed {
     pub pending: bool,
 }
 
-/// Counters of a hub.
+/// Counters of a hub, from [`Hub::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HubStats {
     /// Topics alive.
@@ -849,7 +849,8 @@ impl Hub {
             .map_or(self.epoch, |e| e.unwrap_or(0))
     }
 
-    /// Counters.
+    /// Topics and subscriptions alive now, and messages, deliveries and drops counted so far
+    /// (`service.hub().stats()`; the metrics snapshot reports the drops as `lagged_drops`).
     pub fn stats(&self) -> HubStats {
         HubStats {
             topics: self.topics.read().unwrap_or_else(|p| p.into_inner()).len(),

@@ -292,7 +292,9 @@ impl Backoff {
     }
 }
 
-/// Client configuration.
+/// A client's call settings, given with `ClientOptions::default().config(config)`: calls in
+/// flight, the call timeout and the subscription method names (start from
+/// `ClientConfig::default()` and change fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -383,7 +385,8 @@ impl ClientOptions {
         self
     }
 
-    /// Offers a subprotocol.
+    /// Offers the WebSocket subprotocol `protocol` in `Sec-WebSocket-Protocol`; call it once
+    /// per protocol, in order of preference.
     pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
         self.protocols.push(protocol.into());
         self

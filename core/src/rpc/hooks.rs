@@ -159,7 +159,8 @@ pub enum Refusal {
     Hook,
 }
 
-/// A finished call, for [`Hook::after_call`].
+/// A finished call, as [`Hook::after_call`] receives it: what was called, by whom, how it
+/// ended and how long it ran.
 #[non_exhaustive]
 pub struct CallEnd<'a> {
     /// The method called.
