@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use wsrpc_core::auth::Principal;
 use wsrpc_core::hub::SubscriptionMethods;
 use wsrpc_core::rpc::{
-    ConnectionId, Method, Notification, Params, Router, RpcError, RpcSession, SessionOutput, Topic,
-    Transport,
+    ConnectionId, Method, Notification, Params, Router, RpcError, RpcSession, SessionOutput,
+    SubscriptionTarget, Topic, Transport,
 };
 use wsrpc_core::service::{Service, ServiceConfig};
 
@@ -112,6 +112,7 @@ fn full_router() -> Router {
         .method("nothing", |(): (), _| Ok(()))
         .method_raw("raw", |p: Params<'_>, _| Ok(p.raw().is_some()))
         .topic(TICKS)
+        .subscription("trades", |call| Ok(SubscriptionTarget::topic(call.name())))
         .info("Calculator", "2.1.0")
         .description("Arithmetic over WebSocket");
     r
@@ -163,7 +164,12 @@ fn the_document_is_valid_openrpc_and_says_what_the_router_serves() {
     assert_eq!(method(&doc, "nothing")["params"], json!([]));
 
     let subscribe = method(&doc, "subscribe");
-    assert_eq!(param_names(subscribe), ["topic", "since", "epoch"]);
+    assert_eq!(param_names(subscribe), ["topic", "since", "epoch", "filter"]);
+    assert_eq!(
+        subscribe["x-subscription"]["handled"],
+        json!([{"name": "trades", "handler": true, "filter": true}]),
+        "names served by a subscription handler"
+    );
     assert_eq!(subscribe["x-subscription"]["notification"]["method"], "subscription");
     assert_eq!(
         subscribe["x-subscription"]["topics"],

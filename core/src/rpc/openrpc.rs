@@ -495,10 +495,17 @@ fn subscription_methods(
             topic
         })
         .collect();
+    // Names served by a subscription handler, which may take a filter (`logs` and the like).
+    let handled: Vec<Value> = router
+        .subscription_names()
+        .into_iter()
+        .map(|name| json!({ "name": name, "handler": true, "filter": true }))
+        .collect();
     let position = json!({ "type": ["integer", "null"], "minimum": 0 });
     let (params, structure, result) = if m.eth_style {
         let params = vec![
             descriptor("name", json!({ "type": "string" }), true),
+            // Replay options, and for a handled name its filter (one object).
             descriptor(
                 "options",
                 json!({
@@ -514,6 +521,8 @@ fn subscription_methods(
             descriptor("topic", json!({ "type": "string" }), true),
             descriptor("since", position.clone(), false),
             descriptor("epoch", position.clone(), false),
+            // Taken by names served by a subscription handler (`x-subscription.handled`).
+            descriptor("filter", json!({ "type": ["object", "null"] }), false),
         ];
         let answer = json!({
             "type": "object",
@@ -558,6 +567,7 @@ fn subscription_methods(
             "unsubscribe": m.unsubscribe,
             "notices": { "lagged": m.lagged, "gap": m.gap, "reset": m.reset },
             "topics": topics,
+            "handled": handled,
         },
     });
     let unsubscribe = json!({

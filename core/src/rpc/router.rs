@@ -702,6 +702,13 @@ impl<S> Router<S> {
         self.methods.get(name)
     }
 
+    /// The names (or kinds) that have a subscription handler, sorted.
+    pub(crate) fn subscription_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.subscriptions.keys().map(|k| &**k).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The subscription handler for the subscription `name`: its own, or its kind's.
     pub(crate) fn subscription_handler(&self, name: &str) -> Option<&SubscriptionHandler> {
         if self.subscriptions.is_empty() {
