@@ -75,7 +75,9 @@ pub trait Adapter: 'static {
         router: Router,
         bind: Bind,
         tls: Option<Arc<ServerConfig>>,
-    ) -> std::io::Result<Box<dyn TestServer>>;
+    ) -> std::io::Result<Box<dyn TestServer>> {
+        Self::start_hooked(config, router, bind, tls, Vec::new())
+    }
     /// [`start_with`](Self::start_with), with `hooks` registered (`ServerBuilder::hook`).
     fn start_hooked(
         config: ServiceConfig,
@@ -94,14 +96,6 @@ pub struct Tls<A>(std::marker::PhantomData<A>);
 
 impl<A: Adapter> Adapter for Tls<A> {
     const NAME: &'static str = A::NAME;
-    fn start_with(
-        config: ServiceConfig,
-        router: Router,
-        bind: Bind,
-        tls: Option<Arc<ServerConfig>>,
-    ) -> std::io::Result<Box<dyn TestServer>> {
-        A::start_with(config, router, bind, Some(tls.unwrap_or_else(|| tls::pki().server.clone())))
-    }
     fn start_hooked(
         config: ServiceConfig,
         router: Router,
@@ -228,16 +222,6 @@ macro_rules! async_adapter {
 
         impl Adapter for $name {
             const NAME: &'static str = $label;
-            fn start_with(
-                config: ServiceConfig,
-                router: Router,
-                bind: Bind,
-                tls: Option<Arc<ServerConfig>>,
-            ) -> std::io::Result<Box<dyn TestServer>> {
-                let is_tls = tls.is_some();
-                let builder = configure($krate::Server::builder(), config, router, bind, tls);
-                Ok(Box::new(Server(Some(builder.start()?), is_tls)))
-            }
             fn start_hooked(
                 config: ServiceConfig,
                 router: Router,
@@ -383,16 +367,6 @@ pub mod blocking_adapter {
 
     impl Adapter for Blocking {
         const NAME: &'static str = "blocking";
-        fn start_with(
-            config: ServiceConfig,
-            router: Router,
-            bind: Bind,
-            tls: Option<Arc<ServerConfig>>,
-        ) -> std::io::Result<Box<dyn TestServer>> {
-            let is_tls = tls.is_some();
-            let builder = configure(wsrpc_blocking::Server::builder(), config, router, bind, tls);
-            Ok(Box::new(Server(Some(builder.start()?), is_tls)))
-        }
         fn start_hooked(
             config: ServiceConfig,
             router: Router,
