@@ -434,11 +434,18 @@ fn a_server_gone_mid_call_fails_the_call_and_reconnects_with_jittered_backoff() 
     net.advance(Duration::from_secs(200));
     let delays = net.reconnect_delays();
     assert!(delays.len() >= 7, "{delays:?}");
+    let ceiling = |i: usize| Duration::from_secs(1 << i.min(5)).min(Duration::from_secs(30));
     for (i, d) in delays.iter().enumerate() {
-        let ceiling = Duration::from_secs(1 << i.min(5)).min(Duration::from_secs(30));
-        assert!(*d >= ceiling / 2 && *d <= ceiling, "delay {i}: {d:?} vs {ceiling:?}");
+        assert!(*d >= ceiling(i) / 2 && *d <= ceiling(i), "delay {i}: {d:?} vs {:?}", ceiling(i));
     }
-    assert!(delays.windows(2).any(|w| w[0] != w[1] / 2), "jitter varies: {delays:?}");
+    // Jittered: the delays are not their ceilings, nor one fixed fraction of them.
+    let fractions: Vec<f64> = delays
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.as_secs_f64() / ceiling(i).as_secs_f64())
+        .collect();
+    assert!(fractions.iter().any(|f| *f < 1.0), "no jitter: {delays:?}");
+    assert!(fractions.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "fixed fraction: {delays:?}");
     // Each attempt happens when its delay says.
     for (i, w) in net.connects.windows(2).enumerate() {
         assert_eq!(w[1].0 - w[0].0, delays[i], "attempt {}", i + 1);

@@ -15,7 +15,7 @@ use wsrpc_core::rpc::{ConnectionId, Router, RpcSession, Transport};
 use wsrpc_core::service::{Service, ServiceConfig};
 use wsrpc_core::{Now, UnixTime};
 
-/// Every record at `info` or above, as (level, target, message).
+/// Every record, as (level, target, message).
 struct Capture(Mutex<Vec<(Level, String, String)>>);
 
 impl Log for Capture {
@@ -23,10 +23,8 @@ impl Log for Capture {
         true
     }
     fn log(&self, record: &Record<'_>) {
-        if record.level() <= Level::Info {
-            let entry = (record.level(), record.target().to_owned(), record.args().to_string());
-            self.0.lock().unwrap().push(entry);
-        }
+        let entry = (record.level(), record.target().to_owned(), record.args().to_string());
+        self.0.lock().unwrap().push(entry);
     }
     fn flush(&self) {}
 }
@@ -57,12 +55,23 @@ fn exchange(service: &Arc<Service>, peer: &str, request: &str) {
     }
 }
 
-/// The one captured record on `target` whose message contains every one of `parts`.
+/// The levels of the captured records on `target` whose message contains every one of `parts`.
+fn levels(target: &str, parts: &[&str]) -> Vec<Level> {
+    let records = CAPTURE.0.lock().unwrap();
+    records
+        .iter()
+        .filter(|(_, t, m)| t == target && parts.iter().all(|p| m.contains(p)))
+        .map(|(level, _, _)| *level)
+        .collect()
+}
+
+/// The one captured record at `info` or above on `target` whose message contains every one
+/// of `parts`.
 fn logged(target: &str, parts: &[&str]) -> (Level, String) {
     let records = CAPTURE.0.lock().unwrap();
     let found: Vec<_> = records
         .iter()
-        .filter(|(_, t, m)| t == target && parts.iter().all(|p| m.contains(p)))
+        .filter(|(l, t, m)| *l <= Level::Info && t == target && parts.iter().all(|p| m.contains(p)))
         .collect();
     assert_eq!(found.len(), 1, "{target} {parts:?} in {records:#?}");
     (found[0].0, found[0].2.clone())
@@ -129,4 +138,8 @@ fn refusals_are_logged_at_info_with_peer_connection_and_reason() {
         logged("wsrpc::limit", &["conn=c4242", "client=203.0.113.9", "code=-32005"]);
     assert_eq!(level, Level::Info);
     assert!(message.contains("scope=connection") && message.contains("class=default"));
+    // Three refusals in a row (one token a minute, four calls): the first at info, the
+    // other two at debug, each still logged.
+    let limit = ["conn=c4242", "code=-32005"];
+    assert_eq!(levels("wsrpc::limit", &limit), [Level::Info, Level::Debug, Level::Debug]);
 }
