@@ -461,8 +461,9 @@ impl Hub {
     ) -> usize {
         let delivery = self.delivery(key, seq, json);
         let payload = Payload::new(json);
-        // Frames of the other channels, each encoded once, when a subscriber of it matches.
-        let mut channels: Vec<Delivery> = Vec::new();
+        // Frames of the other channels (dense indices), each encoded once, when a subscriber
+        // of it matches; empty (no allocation) while only channel 0 is in use.
+        let mut channels: Vec<Option<Delivery>> = Vec::new();
         let (mut queued, mut dropped) = (0, 0);
         for s in subscribers {
             if s.filter.as_ref().is_some_and(|f| !f.matches(&payload)) {
@@ -470,12 +471,13 @@ impl Hub {
             }
             let d = if s.channel == 0 {
                 delivery.clone()
-            } else if let Some(d) = channels.iter().find(|d| Arc::ptr_eq(&d.topic, &s.key)) {
-                d.clone()
             } else {
-                let d = self.delivery(&s.key, seq, json);
-                channels.push(d.clone());
-                d
+                if channels.len() < s.channel {
+                    channels.resize(s.channel, None);
+                }
+                channels[s.channel - 1]
+                    .get_or_insert_with(|| self.delivery(&s.key, seq, json))
+                    .clone()
             };
             let (waker, n) = s.outbox.push(d);
             wakers.extend(waker);

@@ -223,8 +223,8 @@ impl ConnectionLimiter {
         };
         let error = LimitExceeded { scope, class, retry_after, verdict };
         let class = class.map_or("none", MethodClass::as_str);
-        // Written as connection ids are everywhere else (`c7`).
-        let conn = Shown(self.connection.map(|id| format!("c{id}")));
+        // Written as connection ids are everywhere else (`c7`), without an allocation.
+        let conn = Shown(self.connection.map(crate::rpc::ConnectionId));
         let client = Shown(self.keys.address);
         let origin = self.keys.origin.as_deref().unwrap_or("");
         // The first of a run says why; a flood of the same refusals stays at debug.
