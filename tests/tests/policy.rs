@@ -255,8 +255,9 @@ fn a_dropped_blocking_client_waits_for_the_close_handshake() {
         dropped_tx.send(()).unwrap();
     });
     seen_rx.recv_timeout(LONG).expect("the close frame arrives");
-    // The server holds its answer: the drop is still waiting for it.
-    assert_eq!(dropped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+    // The server holds its answer: the drop is still waiting for it (a drop that did not
+    // wait would have returned well within this time).
+    assert_eq!(dropped.recv_timeout(Duration::from_millis(300)), Err(RecvTimeoutError::Timeout));
     release_tx.send(()).unwrap();
     assert_ne!(dropped.recv_timeout(LONG), Err(RecvTimeoutError::Timeout));
     dropper.join().unwrap();
