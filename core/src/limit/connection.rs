@@ -179,9 +179,14 @@ impl ConnectionLimiter {
         }
     }
 
-    /// Takes a token for `class` from this connection's bucket only, when the caller
-    /// classified the call itself and no shared bucket applies.
-    pub fn check_class(&mut self, class: MethodClass, now: Instant) -> Result<(), LimitExceeded> {
+    /// Takes a token for `class` from this connection's bucket only (the tests' way to drain
+    /// a bucket; calls go through `check_call`, which takes from every keyed bucket or none).
+    #[cfg(test)]
+    pub(crate) fn check_class(
+        &mut self,
+        class: MethodClass,
+        now: Instant,
+    ) -> Result<(), LimitExceeded> {
         if !self.config.per_connection {
             self.consecutive_rejections = 0;
             return Ok(());

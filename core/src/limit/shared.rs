@@ -65,9 +65,14 @@ impl SharedBuckets {
     }
 
     /// Takes a token for `class` from `key`'s bucket, or returns how long from `now` until
-    /// one is available. Ignores whether the configuration keys calls by this scope; callers
-    /// decide whether to ask.
-    pub fn check(&self, key: &str, class: MethodClass, now: Instant) -> Result<(), Duration> {
+    /// one is available (the tests' way in; calls take tokens through `check_call`).
+    #[cfg(test)]
+    pub(crate) fn check(
+        &self,
+        key: &str,
+        class: MethodClass,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let result = self.with_bucket(key, class, now, |bucket| bucket.try_take(now));
         if let Err(wait) = result {
             log::debug!(
