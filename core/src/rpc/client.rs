@@ -1348,9 +1348,8 @@ mod tests {
         (req["id"].as_u64().unwrap(), req["params"].clone())
     }
 
-    #[test]
-    fn reset_and_stalled_notices_reach_the_subscription() {
-        let now = crate::test_origin();
+    /// A connected session subscribed to `t`, answered as subscription `0x1` in epoch 7.
+    fn subscribed_to_t(now: Instant) -> (ClientSession, SubscriptionToken) {
         let mut s = ClientSession::new(ClientConfig::default());
         s.handle_connected(now);
         let sub = s.subscribe(now, "t");
@@ -1360,6 +1359,13 @@ mod tests {
             format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":7}},"id":{id}}}"#)
                 .as_bytes(),
         );
+        (s, sub)
+    }
+
+    #[test]
+    fn reset_and_stalled_notices_reach_the_subscription() {
+        let now = crate::test_origin();
+        let (mut s, sub) = subscribed_to_t(now);
         s.handle_message(now, br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"0x1","seq":4,"result":4}}"#);
         s.handle_message(now, br#"{"jsonrpc":"2.0","method":"lagged","params":{"subscription":"0x1","topic":"t","missed_from":5,"broker":"down"}}"#);
         s.handle_message(now, br#"{"jsonrpc":"2.0","method":"reset","params":{"subscription":"0x1","topic":"t","epoch":9}}"#);
@@ -1382,15 +1388,7 @@ mod tests {
     #[test]
     fn a_renewal_refused_for_now_is_asked_again_with_a_doubling_delay() {
         let now = crate::test_origin();
-        let mut s = ClientSession::new(ClientConfig::default());
-        s.handle_connected(now);
-        let sub = s.subscribe(now, "t");
-        let (id, _) = sent_subscribe(&mut s);
-        s.handle_message(
-            now,
-            format!(r#"{{"jsonrpc":"2.0","result":{{"subscription":"0x1","epoch":7}},"id":{id}}}"#)
-                .as_bytes(),
-        );
+        let (mut s, sub) = subscribed_to_t(now);
         s.handle_disconnected(now);
         s.handle_connected(now);
         let refuse = |s: &mut ClientSession, id: u64| {
