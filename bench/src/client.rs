@@ -636,21 +636,10 @@ impl<'s> Load<'s> {
         let window = Duration::from_secs_f64(self.spec.window_s);
         let (mut cpu0, mut own0, mut t0) = (0.0, 0.0, Instant::now());
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
-        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
         loop {
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                Some(&timeout),
-            ) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let ready: Vec<usize> = events.iter().map(|e| e.data.u64() as usize).collect();
-            for i in ready {
-                self.service(i);
+            sys::epoll_wait(&self.epoll, &mut events)?;
+            for ev in &events {
+                self.service(ev.data.u64() as usize);
             }
             let now = Instant::now();
             if fanout {

@@ -84,3 +84,18 @@ pub(crate) fn rss_kib(pid: u32) -> io::Result<u64> {
 pub(crate) fn own_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
+
+/// Waits up to 2 ms for events on `epoll` into `events` (cleared first); an interrupted wait
+/// returns with none.
+pub(crate) fn epoll_wait(
+    epoll: &rustix::fd::OwnedFd,
+    events: &mut Vec<rustix::event::epoll::Event>,
+) -> io::Result<()> {
+    let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 2_000_000 };
+    events.clear();
+    match rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(events), Some(&timeout))
+    {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
