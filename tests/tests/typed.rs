@@ -215,7 +215,11 @@ mod blocking {
         let me = client.request(WHOAMI, ()).unwrap();
         assert_eq!(me.origin.as_deref(), Some("http://localhost:3000"));
         assert_eq!(me.principal, "alice");
-        assert!(me.id.is_some());
+        assert!(me.id.as_deref().is_some_and(|id| id.parse::<u64>().is_ok()), "{me:?}");
+        let other = connect(&url, options()).unwrap();
+        let them = other.request(WHOAMI, ()).unwrap();
+        assert_ne!(them.connection, me.connection, "each connection has its id");
+        other.close();
         client.close();
         assert_eq!(*bank.log.lock().unwrap(), ["b", "double 8"]);
         server.shutdown(Duration::from_secs(5));
