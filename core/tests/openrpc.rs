@@ -242,6 +242,7 @@ fn rpc_discover_is_reserved_and_a_refused_name_keeps_its_first_description() {
     // A router whose registration was refused still describes only what it serves.
     let mut r = Router::new();
     r.register(ADD, |(a, b), _| Ok(a + b)).method("add", |(): (), _| Ok::<_, RpcError>(0));
+    assert!(r.check().is_err(), "the second `add` is refused");
     let doc = discover(r, ServiceConfig::default());
     assert_eq!(
         param_names(method(&doc, "add")),
