@@ -20,9 +20,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// server: the calls of one principal, one origin or one client address, whichever
 /// connections they come over.
 ///
-/// A server has one per shared scope, in its [`SharedLimits`]; call [`check`](Self::check)
-/// per call, or let [`ConnectionLimiter::check_call`](super::ConnectionLimiter::check_call)
-/// take from every bucket of the call at once. It is `Send + Sync`.
+/// A server has one per shared scope, in its [`SharedLimits`];
+/// [`ConnectionLimiter::check_call`](super::ConnectionLimiter::check_call) takes from every
+/// bucket of a call at once. It is `Send + Sync`.
 ///
 /// Memory is bounded whatever keys peers invent (a flood of addresses, of origins): at most
 /// [`LimitConfig::max_shared_keys`] buckets (plus one overflow bucket per class), and keys
