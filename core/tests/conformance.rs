@@ -360,6 +360,8 @@ mod case7_close {
             rc.send(&close_frame(code, b"bye"));
             assert_eq!(rc.sent_close(), Some(code));
             assert!(rc.server.wants_shutdown_write());
+            // A clean close: the server closes TCP first, at once (RFC 6455 §7.1.1).
+            assert!(rc.server.is_finished(), "code {code}");
             let closed = rc.closed().unwrap();
             assert_eq!(
                 (closed.code, closed.reason.as_str(), closed.initiator, closed.clean),
@@ -416,6 +418,26 @@ mod case7_close {
         assert_eq!(rc.frames.len(), 1);
         rc.send(&text(b"later still"));
         assert_eq!(rc.frames.len(), 1);
+        // A peer that goes on after its close frame gets a lingering close: closing now would
+        // answer its unread bytes with a reset that can destroy our close frame in flight.
+        assert!(rc.server.wants_shutdown_write());
+        assert!(!rc.server.is_finished());
+        rc.server.handle_eof(rc.now);
+        assert!(rc.server.is_finished());
+    }
+
+    #[test]
+    fn bytes_after_the_close_frame_in_a_later_read_also_linger() {
+        let mut rc = RawClient::default_config();
+        rc.send(&close_frame(1000, b""));
+        assert!(rc.server.is_finished());
+        // Had the adapter not closed yet, more input still turns the close into a lingering one.
+        let mut rc = RawClient::default_config();
+        rc.send(&close_frame(1000, b""));
+        rc.send(b"x");
+        assert!(!rc.server.is_finished());
+        rc.advance(Config::default().close_timeout);
+        assert!(rc.server.is_finished(), "bounded by the close timeout");
     }
 
     #[test]
@@ -433,8 +455,7 @@ mod case7_close {
         );
         rc.send(&close_frame(1001, b""));
         assert!(rc.server.wants_shutdown_write());
-        rc.advance(Config::default().close_timeout);
-        assert!(rc.server.is_finished(), "the lingering close is bounded by the close timeout");
+        assert!(rc.server.is_finished(), "both close frames exchanged: the server closes TCP");
         let closed = rc.closed().unwrap();
         assert_eq!(
             (closed.code, closed.initiator, closed.clean),

@@ -976,6 +976,44 @@ fn a_websocket_peer_that_half_closes_still_gets_its_answers_then_the_end() {
 }
 
 #[test]
+fn a_clean_close_writes_the_close_frame_half_closes_and_finishes_without_waiting_for_eof() {
+    let svc = service(ServiceConfig::default());
+    let mut p = WsPair::connect(&svc, "/", &[]);
+    p.call("subscribe", json!(["news"]));
+    p.client.close(p.now.mono, CloseCode::NORMAL, "bye").unwrap();
+    p.deliver();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        match p.server.poll_output(p.now) {
+            Output::Event(_) => seen.push("event"),
+            Output::Transmit(mut tx) => {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let k = tx.slices(&mut slices);
+                let bytes: Vec<u8> = slices[..k].iter().flat_map(|s| s.iter().copied()).collect();
+                tx.advance(bytes.len());
+                p.client.handle_all_input(p.now.mono, &bytes, |_, _| {});
+                seen.push("transmit");
+            }
+            Output::ShutdownWrite => seen.push("shutdown"),
+            Output::Finished => {
+                seen.push("finished");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // No end of file was given: the peer's close frame says it sends nothing more.
+    assert_eq!(
+        seen.iter().filter(|s| **s != "event").collect::<Vec<_>>(),
+        [&"transmit", &"shutdown", &"finished"]
+    );
+    assert!(!p.client.is_finished(), "the client waits for the server's end of the stream");
+    p.client.handle_eof(p.now.mono);
+    assert!(p.client.is_finished());
+    assert_eq!(svc.hub().stats().subscriptions_active, 0);
+}
+
+#[test]
 fn a_broken_transport_ends_the_connection_at_once() {
     let svc = service(ServiceConfig::default());
     let mut p = WsPair::connect(&svc, "/", &[]);

@@ -221,7 +221,14 @@ where
                     self.write_closed = false;
                     self.leftover.clear();
                 }
-                Output::Finished => return None,
+                Output::Finished => {
+                    // A half-close asked for in this round: best effort, so TLS peers get
+                    // close_notify; the stream is dropped either way.
+                    if let Some(stream) = self.stream.as_mut().filter(|_| self.closing_write) {
+                        let _ = Pin::new(stream).poll_close(cx);
+                    }
+                    return None;
+                }
                 Output::Wait(deadline) => {
                     self.deadline = deadline;
                     break;
@@ -249,17 +256,29 @@ where
         Some(progress)
     }
 
-    /// Arms the timer for the connection's deadline; true when it is already due.
+    /// Arms the timer for the connection's deadline; true when it fired.
+    ///
+    /// A deadline that moves later keeps the armed timer: it fires early, the connection finds
+    /// nothing due, and the next round arms a timer for the real deadline. The ping deadline
+    /// moves with every message, and each new async-io timer wakes the reactor (an eventfd
+    /// write and read, and a re-arm), so a timer is replaced only when the deadline comes
+    /// sooner: a connection that lives a few seconds sets one timer, and a busy one re-arms
+    /// about once per ping interval.
     fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(deadline) = self.deadline else {
             self.timer = None;
             return false;
         };
-        if self.timer.as_ref().is_none_or(|(at, _)| *at != deadline) {
+        if self.timer.as_ref().is_none_or(|(at, _)| *at > deadline) {
             self.timer = Some((deadline, self.rt.timer(deadline)));
         }
         let (_, timer) = self.timer.as_mut().expect("just set");
-        timer.as_mut().poll(cx).is_ready()
+        if timer.as_mut().poll(cx).is_ready() {
+            // A finished future is never polled again; the next round arms anew if needed.
+            self.timer = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -298,6 +317,7 @@ mod tests {
     use std::io;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Wake, Waker};
+    use std::time::Duration;
 
     use wsrpc_core::engine::ServerConnection;
     use wsrpc_core::rpc::Router;
@@ -401,5 +421,124 @@ mod tests {
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
         assert_eq!(writes.load(Ordering::Relaxed), before + 1);
         assert_eq!(woken.0.load(Ordering::Relaxed), 0);
+    }
+
+    /// A clock the test moves, and timers that fire on it.
+    #[derive(Clone)]
+    struct Virtual {
+        clock: Arc<std::sync::Mutex<Now>>,
+        timers: Arc<std::sync::Mutex<Vec<Instant>>>,
+    }
+
+    struct VirtualTimer {
+        at: Instant,
+        clock: Arc<std::sync::Mutex<Now>>,
+    }
+
+    impl Future for VirtualTimer {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.clock.lock().unwrap().mono >= self.at { Poll::Ready(()) } else { Poll::Pending }
+        }
+    }
+
+    impl Runtime for Virtual {
+        fn spawn(&self, _: BoxFuture<()>) {}
+        fn spawn_blocking(&self, _: Box<dyn FnOnce() + Send + 'static>) {}
+        fn timer(&self, at: Instant) -> BoxFuture<()> {
+            self.timers.lock().unwrap().push(at);
+            Box::pin(VirtualTimer { at, clock: self.clock.clone() })
+        }
+        fn now(&self) -> Now {
+            *self.clock.lock().unwrap()
+        }
+    }
+
+    /// A peer whose input the test queues; it takes every byte written.
+    #[derive(Clone, Default)]
+    struct Pipe {
+        input: Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>,
+        output: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.input.lock().unwrap().pop_front() {
+                Some(data) => {
+                    buf[..data.len()].copy_from_slice(&data);
+                    Poll::Ready(Ok(data.len()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.output.lock().unwrap().extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A masked (all-zero key) text frame, as a client sends it.
+    fn client_text(text: &str) -> Vec<u8> {
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    #[test]
+    fn a_deadline_that_moves_later_keeps_its_timer_and_is_still_met() {
+        let start = crate::system_now();
+        let rt = Virtual { clock: Arc::new(std::sync::Mutex::new(start)), timers: Arc::default() };
+        let advance = |d: Duration| {
+            let mut now = rt.clock.lock().unwrap();
+            *now = Now::new(now.mono + d, wsrpc_core::UnixTime(now.wall.0 + d));
+        };
+        let pipe = Pipe::default();
+        let service = Service::new(ServiceConfig::default(), Router::new(), start);
+        let ping = service.config().ws.ping_interval.expect("a ping interval by default");
+        let handshake =
+            service.config().ws.handshake_timeout.expect("a handshake timeout by default");
+        let conn = ServerConnection::new(service, start);
+        let mut driver = Driver::new(rt.clone(), conn, NoOutside, Some(pipe.clone()), None);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut poll = |input: Option<Vec<u8>>| {
+            pipe.input.lock().unwrap().extend(input);
+            assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+            std::mem::take(&mut *pipe.output.lock().unwrap())
+        };
+        // Half a request: the handshake deadline is armed.
+        assert_eq!(poll(Some(b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec())), b"");
+        assert_eq!(*rt.timers.lock().unwrap(), [start.mono + handshake]);
+        // The rest: upgraded, the deadline moves out to the ping, and the timer stays.
+        let rest = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert!(poll(Some(rest.as_bytes().to_vec())).starts_with(b"HTTP/1.1 101"));
+        let out = poll(Some(client_text(r#"{"jsonrpc":"2.0","method":"none","id":1}"#)));
+        assert_eq!(out.first(), Some(&0x81), "a call is answered");
+        assert_eq!(rt.timers.lock().unwrap().len(), 1, "timers: {:?}", rt.timers);
+        // It fires early: nothing is sent, and one timer is armed for the real deadline,
+        // which is then met.
+        advance(handshake);
+        assert_eq!(poll(None), b"", "nothing due yet");
+        assert_eq!(*rt.timers.lock().unwrap(), [start.mono + handshake, start.mono + ping]);
+        advance(ping - handshake);
+        assert_eq!(poll(None).first(), Some(&0x89), "the ping, on time");
     }
 }

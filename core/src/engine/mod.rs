@@ -103,8 +103,10 @@ pub enum Output<'a> {
     Connect(ConnectRequest<'a>),
     /// Bytes to write.
     Transmit(Transmit<'a>),
-    /// Half-close the transport (send FIN) and keep reading until end of file: the last
-    /// bytes are written.
+    /// Half-close the transport (send FIN; over TLS, close_notify first): the last bytes are
+    /// written. Keep reading until [`Finished`](Output::Finished), which follows at once
+    /// after a clean WebSocket close handshake and after end of file or the close timeout
+    /// otherwise.
     ShutdownWrite,
     /// Client: drop the transport (a connect in progress too); a new
     /// [`Connect`](Output::Connect) may follow.

@@ -70,6 +70,9 @@ pub struct Connection {
     stats: Stats,
     /// permessage-deflate, once negotiated.
     deflate: Option<Box<PerMessageDeflate>>,
+    /// Once closing: read until end of file before closing the transport. False only for a
+    /// server whose close handshake completed with nothing after the peer's close frame.
+    linger: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -261,6 +264,7 @@ impl Connection {
             error: None,
             stats: Stats::default(),
             deflate: None,
+            linger: true,
         }
     }
 
@@ -295,15 +299,26 @@ impl Connection {
     }
 
     /// The server has written its last bytes: the caller shuts down the write half of the
-    /// transport (sending FIN) and keeps reading until end of file, so the peer receives
-    /// everything instead of a reset.
+    /// transport (sending FIN), then closes it once [`is_finished`](Self::is_finished) says
+    /// so: at once after a clean close handshake, else after reading to end of file (a
+    /// lingering close, so unread input does not turn the last bytes into a reset).
     pub fn wants_shutdown_write(&self) -> bool {
         self.role == Role::Server && self.state == State::Draining && self.tx.is_empty()
     }
 
     /// The connection is over: close the transport.
+    ///
+    /// A server whose close handshake completed cleanly (both close frames exchanged, nothing
+    /// after the peer's) is finished as soon as its close frame is written: the peer has said
+    /// it sends nothing more, so closing at once cannot reset unread input, and the server
+    /// closes the TCP connection first, as RFC 6455 §7.1.1 asks. Every other close lingers:
+    /// input is read and discarded until end of file or the close timeout.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Closed
+        match self.state {
+            State::Closed => true,
+            State::Draining => !self.linger && self.tx.is_empty(),
+            _ => false,
+        }
     }
 
     /// Why the connection failed, once it has; it stays failed.
@@ -364,6 +379,11 @@ impl Connection {
         } else if self.events.len() == events_before {
             // Handshake still incomplete (all taken), or nothing left to read frames for.
             used = data.len();
+            if self.state == State::Draining && used > 0 {
+                // The peer goes on after its close frame: read to its end of file, or
+                // closing now would answer the unread rest with a reset.
+                self.linger = true;
+            }
         }
         self.stats.bytes_in += used as u64;
         used
@@ -762,6 +782,7 @@ impl Connection {
 
     /// Enters the lingering close: last bytes out, input discarded, bounded by the close timer.
     fn start_draining(&mut self, input: Input) {
+        self.linger = !(input == Input::RemoteClose && self.role == Role::Server);
         self.transition(input);
         self.stop_open_timers();
         self.pending_pong = None;

@@ -19,13 +19,16 @@
 //! # fn serve(mut sock: std::net::TcpStream) -> std::io::Result<()> {
 //! let mut conn = Connection::server(Config::default(), Instant::now());
 //! let (mut buf, mut shut) = (vec![0u8; 16 * 1024], false);
-//! while !conn.is_finished() {
+//! loop {
 //!     while let Some(bytes) = conn.poll_transmit() {
 //!         let n = sock.write(bytes)?;
 //!         conn.advance_transmit(n);
 //!     }
 //!     if conn.wants_shutdown_write() && !std::mem::replace(&mut shut, true) {
-//!         sock.shutdown(std::net::Shutdown::Write)?; // lingering close: FIN, then read to EOF
+//!         sock.shutdown(std::net::Shutdown::Write)?; // our last bytes are out: FIN
+//!     }
+//!     if conn.is_finished() {
+//!         break; // drop the socket (after a clean close at once; else after EOF or timeout)
 //!     }
 //!     let wait = conn.poll_timeout().map(|t| t.saturating_duration_since(Instant::now()));
 //!     sock.set_read_timeout(wait.map(|w| w.max(Duration::from_millis(1))))?;

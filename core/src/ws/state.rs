@@ -12,9 +12,10 @@ pub(crate) enum State {
     /// We sent a close frame and wait for the peer's; its messages are still delivered.
     CloseSent,
     /// The close is decided (both close frames exchanged, or we failed the connection or
-    /// rejected the handshake): the last bytes are written, the server half-closes, and input
-    /// is discarded until the peer's end of file or the close timeout (a lingering close, so
-    /// unread input does not turn our last bytes into a reset).
+    /// rejected the handshake): the last bytes are written and the server half-closes. After
+    /// a clean close handshake the server is then done; otherwise input is discarded until
+    /// the peer's end of file or the close timeout (a lingering close, so unread input does
+    /// not turn our last bytes into a reset).
     Draining,
     /// Done: close the transport.
     Closed,
