@@ -114,7 +114,9 @@ impl ConnectionLimiter {
     /// The client's address (the TCP peer, or what trusted proxies forwarded), if known.
     pub fn set_address(&mut self, address: Option<IpAddr>) {
         if address != self.keys.address {
-            self.keys.address_key = address.map(address_key);
+            // Formatted only when calls are keyed by address (off by default): a connection
+            // that lives for one call should not pay for a string it never uses.
+            self.keys.address_key = address.filter(|_| self.config.per_address).map(address_key);
             self.keys.address = address;
         }
     }
