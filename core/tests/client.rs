@@ -104,7 +104,18 @@ fn start() -> Now {
 fn router() -> Router {
     let mut r = Router::new();
     r.method("add", |(a, b): (i64, i64), _| Ok(a + b))
-        .method("whoami", |(): (), ctx| Ok(ctx.principal.id.clone()));
+        .method("whoami", |(): (), ctx| Ok(ctx.principal.id.clone()))
+        // "prices" with an optional floor: only values at or above it are delivered.
+        .subscription("prices", |call| {
+            let min: Option<i64> = call.filter()?;
+            let target = wsrpc_core::rpc::SubscriptionTarget::topic("prices");
+            Ok(match min {
+                Some(min) => target.with_filter(move |p: &wsrpc_core::hub::Payload<'_>| {
+                    p.value().as_i64().is_some_and(|v| v >= min)
+                }),
+                None => target,
+            })
+        });
     r
 }
 
@@ -321,12 +332,17 @@ impl Net {
         &mut self,
         topic: &str,
     ) -> (Log<Result<SubscriptionToken, ClientError>>, Log<SubscriptionEvent>) {
+        self.subscribe_filtered(topic, serde_json::Value::Null)
+    }
+
+    fn subscribe_filtered(
+        &mut self,
+        topic: &str,
+        filter: serde_json::Value,
+    ) -> (Log<Result<SubscriptionToken, ClientError>>, Log<SubscriptionEvent>) {
         let (reply, events) = (log(), log());
-        let cmd = Command::Subscribe {
-            topic: topic.into(),
-            events: Events(events.clone()),
-            reply: To(reply.clone()),
-        };
+        let cmd =
+            Command::subscribe(topic, filter, Events(events.clone()), To(reply.clone())).unwrap();
         self.client.handle_command(self.now, cmd);
         self.settle();
         (reply, events)
@@ -485,6 +501,49 @@ fn subscriptions_resume_with_since_and_no_duplicate() {
     net.server.as_mut().unwrap().handle(net.now, Input::Wakeup);
     net.settle();
     assert_eq!(Net::seqs(&events), [1, 2, 3, 4, 5, 6], "replayed 4..=5, then live");
+}
+
+#[test]
+fn a_filtered_subscription_sends_its_filter_again_when_it_resumes() {
+    let mut net = Net::new(ClientOptions::default());
+    net.settle();
+    let (reply, high) = net.subscribe_filtered("prices", json!(5));
+    assert!(reply.lock().unwrap()[0].is_ok());
+    // Unfiltered, to the same topic: not merged with the filtered one.
+    let (_, all) = net.subscribe("prices");
+    let values = |events: &Log<SubscriptionEvent>| -> Vec<i64> {
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SubscriptionEvent::Notification { value, .. } => value.get().parse().ok(),
+                _ => None,
+            })
+            .collect()
+    };
+    let publish = |net: &mut Net, values: &[i64]| {
+        for v in values {
+            net.service.publish("prices", v).unwrap();
+        }
+    };
+    publish(&mut net, &[3, 7]);
+    net.server.as_mut().unwrap().handle(net.now, Input::Wakeup);
+    net.settle();
+    assert_eq!(values(&high), [7]);
+    assert_eq!(values(&all), [3, 7]);
+    net.kill_server();
+    // Published while the client is away: the renewal carries the filter with `since`.
+    publish(&mut net, &[9, 1]);
+    net.advance(Duration::from_secs(1));
+    assert!(net.client.is_connected());
+    publish(&mut net, &[2, 8]);
+    net.server.as_mut().unwrap().handle(net.now, Input::Wakeup);
+    net.settle();
+    assert_eq!(values(&high), [7, 9, 8], "replayed and live, still filtered, no duplicate");
+    let gaps =
+        high.lock().unwrap().iter().filter(|e| matches!(e, SubscriptionEvent::Gap { .. })).count();
+    assert_eq!(gaps, 0, "holes in a filtered subscription's numbers are not gaps");
+    assert_eq!(values(&all), [3, 7, 9, 1, 2, 8]);
 }
 
 #[test]

@@ -50,7 +50,15 @@ pub trait TestClient: Send + Sync {
         &self,
         calls: Vec<(&str, Value)>,
     ) -> Result<Vec<Result<Value, ClientError>>, ClientError>;
-    fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError>;
+    fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError> {
+        self.subscribe_filtered(topic, Value::Null)
+    }
+    /// With a filter param for the server's subscription handler (`null`: none).
+    fn subscribe_filtered(
+        &self,
+        topic: &str,
+        filter: Value,
+    ) -> Result<Box<dyn TestSubscription>, ClientError>;
     fn close(self: Box<Self>);
 }
 
@@ -196,8 +204,12 @@ macro_rules! async_adapter {
                 let results = $block_on(self.0.batch(calls))?;
                 Ok(results.into_iter().map(|r| r.map(raw_to_value)).collect())
             }
-            fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError> {
-                Ok(Box::new(Subscription($block_on(self.0.subscribe(topic))?)))
+            fn subscribe_filtered(
+                &self,
+                topic: &str,
+                filter: Value,
+            ) -> Result<Box<dyn TestSubscription>, ClientError> {
+                Ok(Box::new(Subscription($block_on(self.0.subscribe_filtered(topic, filter))?)))
             }
             fn close(self: Box<Self>) {
                 $block_on(self.0.close());
@@ -349,8 +361,12 @@ pub mod blocking_adapter {
             let results = self.0.batch(calls)?;
             Ok(results.into_iter().map(|r| r.map(raw_to_value)).collect())
         }
-        fn subscribe(&self, topic: &str) -> Result<Box<dyn TestSubscription>, ClientError> {
-            Ok(Box::new(Subscription(self.0.subscribe(topic)?)))
+        fn subscribe_filtered(
+            &self,
+            topic: &str,
+            filter: Value,
+        ) -> Result<Box<dyn TestSubscription>, ClientError> {
+            Ok(Box::new(Subscription(self.0.subscribe_filtered(topic, filter)?)))
         }
         fn close(self: Box<Self>) {
             self.0.close();

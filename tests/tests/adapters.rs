@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wsrpc_core::auth::StaticToken;
+use wsrpc_core::hub::Payload;
 use wsrpc_core::hub::{OutboxLimits, SlowConsumer};
 use wsrpc_core::rpc::client::{BackoffConfig, ClientError, ClientOptions, SubscriptionEvent};
-use wsrpc_core::rpc::{Router, RpcError};
+use wsrpc_core::rpc::{Router, RpcError, SubscriptionTarget};
 use wsrpc_core::service::{Bind, ServiceConfig};
 use wsrpc_tests::LONG;
 use wsrpc_tests::raw;
@@ -41,6 +42,17 @@ fn router(counters: Arc<Counters>) -> Router {
         .async_method("sleep", |(ms,): (u64,), _| async move {
             async_io::Timer::after(Duration::from_millis(ms)).await;
             Ok(ms)
+        })
+        // "sizes" with an optional floor, applied by the hub at each publish.
+        .subscription("sizes", |call| {
+            let min: Option<u64> = call.filter()?;
+            let target = SubscriptionTarget::topic("sizes");
+            Ok(match min {
+                Some(min) => target.with_filter(move |p: &Payload<'_>| {
+                    p.value()["size"].as_u64().is_some_and(|s| s >= min)
+                }),
+                None => target,
+            })
         });
     r
 }
@@ -117,6 +129,34 @@ pub fn pubsub_in_order_with_sequence_numbers<A: Adapter>() {
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert_eq!(server.metrics().subscriptions.active, 2);
+}
+
+pub fn a_client_subscription_with_a_filter_gets_only_what_matches<A: Adapter>() {
+    let (server, _) = start::<A>(config());
+    let client = A::connect(&server.url(), ClientOptions::default()).unwrap();
+    let mut large = client.subscribe_filtered("sizes", json!(10)).unwrap();
+    let mut all = client.subscribe("sizes").unwrap();
+    // A filter the handler cannot read is refused with -32602, naming it.
+    let e = client.subscribe_filtered("sizes", json!("ten")).map(|_| ()).unwrap_err();
+    assert_eq!(rpc_code(&e), Some(-32602), "{e:?}");
+    for size in [3u64, 12, 9, 40] {
+        server.publish("sizes", &json!({"size": size}));
+    }
+    let take = |sub: &mut Box<dyn wsrpc_tests::TestSubscription>, n: usize| -> Vec<(u64, u64)> {
+        (0..n)
+            .map(|_| match sub.next(LONG) {
+                Some(SubscriptionEvent::Notification { seq, value }) => {
+                    let v: Value = serde_json::from_str(value.get()).unwrap();
+                    (seq, v["size"].as_u64().unwrap())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    // Topic sequence numbers, with holes where values did not match.
+    assert_eq!(take(&mut large, 2), [(2, 12), (4, 40)]);
+    assert_eq!(take(&mut all, 4), [(1, 3), (2, 12), (3, 9), (4, 40)]);
+    assert!(large.next(Duration::from_millis(100)).is_none(), "nothing else matched");
 }
 
 pub fn slow_consumer_lags_without_hurting_a_fast_one<A: Adapter>() {
@@ -400,6 +440,10 @@ macro_rules! adapter_tests {
             #[test]
             fn pubsub_in_order_with_sequence_numbers() {
                 super::pubsub_in_order_with_sequence_numbers::<$adapter>();
+            }
+            #[test]
+            fn a_client_subscription_with_a_filter_gets_only_what_matches() {
+                super::a_client_subscription_with_a_filter_gets_only_what_matches::<$adapter>();
             }
             #[test]
             fn slow_consumer_lags_without_hurting_a_fast_one() {

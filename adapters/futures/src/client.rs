@@ -306,10 +306,23 @@ impl Client {
         &self,
         topic: T,
     ) -> Result<Subscription<T::Item>, ClientError> {
+        self.subscribe_filtered(topic, ()).await
+    }
+
+    /// Subscribes to `topic` with a filter param, which the server's subscription handler
+    /// for it reads and applies to every publish (`eth_subscribe("logs", {address, topics})`
+    /// style; sent as `{"topic", "filter"}`, or `[topic, filter]` with Ethereum-style method
+    /// names). The filter goes with every renewal after a reconnect. `()` subscribes
+    /// unfiltered, like [`subscribe`](Self::subscribe).
+    pub async fn subscribe_filtered<T: SubscribeTo, F: Serialize>(
+        &self,
+        topic: T,
+        filter: F,
+    ) -> Result<Subscription<T::Item>, ClientError> {
         let (events_tx, events) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let (reply, rx) = oneshot::channel();
-        let topic = topic.topic_name().to_owned();
-        self.send(Command::Subscribe { topic, events: Events(events_tx), reply: Reply(reply) })?;
+        let topic = topic.topic_name();
+        self.send(Command::subscribe(topic, filter, Events(events_tx), Reply(reply))?)?;
         let token = rx.await.map_err(|_| ClientError::Closed)??;
         Ok(Subscription { token, events, commands: self.commands.clone(), items: PhantomData })
     }

@@ -170,6 +170,17 @@ export type BatchEntry = {
 } | {
     error: RpcError;
 };
+export interface SubscribeOptions {
+    /** Resume from here (a `position` kept from an earlier client). */
+    since?: Position;
+    timeoutMs?: number;
+    /**
+     * A filter for the server's subscription handler (`eth_subscribe("logs", filter)`), sent
+     * with every (re)subscription. Subscriptions to one topic share the server's subscription
+     * only when their filters are the same JSON.
+     */
+    filter?: unknown;
+}
 export interface Client {
     readonly state: State;
     readonly transport: "ws" | "http" | undefined;
@@ -183,10 +194,7 @@ export interface Client {
         method: string;
         params?: unknown;
     }>, options?: CallOptions): Promise<BatchEntry[]>;
-    subscribe<T = unknown>(topic: string, onMessage: (value: T, meta: MessageMeta) => void, options?: {
-        since?: Position;
-        timeoutMs?: number;
-    }): Promise<Subscription>;
+    subscribe<T = unknown>(topic: string, onMessage: (value: T, meta: MessageMeta) => void, options?: SubscribeOptions): Promise<Subscription>;
     on<K extends keyof ClientEvents>(event: K, fn: (payload: ClientEvents[K]) => void): () => void;
     off<K extends keyof ClientEvents>(event: K, fn: (payload: ClientEvents[K]) => void): void;
     close(): void;

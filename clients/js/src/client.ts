@@ -175,6 +175,18 @@ export interface Subscription {
 
 export type BatchEntry = { result: unknown } | { error: RpcError };
 
+export interface SubscribeOptions {
+  /** Resume from here (a `position` kept from an earlier client). */
+  since?: Position;
+  timeoutMs?: number;
+  /**
+   * A filter for the server's subscription handler (`eth_subscribe("logs", filter)`), sent
+   * with every (re)subscription. Subscriptions to one topic share the server's subscription
+   * only when their filters are the same JSON.
+   */
+  filter?: unknown;
+}
+
 export interface Client {
   readonly state: State;
   readonly transport: "ws" | "http" | undefined;
@@ -195,7 +207,7 @@ export interface Client {
   subscribe<T = unknown>(
     topic: string,
     onMessage: (value: T, meta: MessageMeta) => void,
-    options?: { since?: Position; timeoutMs?: number },
+    options?: SubscribeOptions,
   ): Promise<Subscription>;
   on<K extends keyof ClientEvents>(
     event: K,
@@ -221,6 +233,9 @@ interface Call {
 
 interface Topic {
   topic: string;
+  /** The topic and the filter's JSON: subscriptions with the same key share one. */
+  key: string;
+  filter?: unknown;
   id?: string;
   epoch?: number;
   seq?: number;
@@ -882,9 +897,18 @@ export function createClient(options: ClientOptions = {}): Client {
     if (transport !== "ws") return;
     const names = pubsub();
     const since = { since: t.seq ?? null, epoch: t.epoch ?? null };
+    const f = t.filter;
+    // Ethereum style carries the resume keys in the filter object (or alone).
     const params = names.eth_style
-      ? [t.topic, since]
-      : { topic: t.topic, ...since };
+      ? [
+          t.topic,
+          f === undefined
+            ? since
+            : f && typeof f === "object" && !Array.isArray(f)
+              ? { ...f, ...since }
+              : f,
+        ]
+      : { topic: t.topic, ...since, ...(f === undefined ? {} : { filter: f }) };
     const sock = ws;
     send(names.subscribe, params).then(
       (r) => {
@@ -894,9 +918,9 @@ export function createClient(options: ClientOptions = {}): Client {
           epoch?: number;
         };
         if (sock !== ws) return;
-        if (topics.get(t.topic) !== t) {
+        if (topics.get(t.key) !== t) {
           // Given up while the answer was on its way: do not leave it subscribed.
-          if (!topics.has(t.topic))
+          if (!topics.has(t.key))
             send(names.unsubscribe, [res.subscription]).catch(() => {});
           return;
         }
@@ -931,11 +955,11 @@ export function createClient(options: ClientOptions = {}): Client {
         ) {
           t.retryMs = Math.min((t.retryMs ?? 500) * 2, maxMs);
           T.setTimeout(() => {
-            if (topics.get(t.topic) === t && sock === ws) sendSubscribe(t);
+            if (topics.get(t.key) === t && sock === ws) sendSubscribe(t);
           }, t.retryMs);
           return;
         }
-        topics.delete(t.topic);
+        topics.delete(t.key);
         if (!t.waiters.length) emit("error", e);
         t.waiters.splice(0).forEach(([, rej]) => rej(e));
       },
@@ -945,7 +969,7 @@ export function createClient(options: ClientOptions = {}): Client {
   const subscribe = async <T>(
     topic: string,
     onMessage: (value: T, meta: MessageMeta) => void,
-    opts: { since?: Position; timeoutMs?: number } = {},
+    opts: SubscribeOptions = {},
   ): Promise<Subscription> => {
     if (state === "closed")
       throw stopError ?? new ClientError("closed", "client closed");
@@ -954,10 +978,20 @@ export function createClient(options: ClientOptions = {}): Client {
         "unavailable",
         "subscriptions need a WebSocket; only HTTP is up",
       );
-    let t = topics.get(topic);
+    const { filter } = opts;
+    const key =
+      filter === undefined ? topic : `${topic}\u0000${JSON.stringify(filter)}`;
+    let t = topics.get(key);
     if (!t) {
-      t = { topic, listeners: new Set(), waiters: [], ...opts.since };
-      topics.set(topic, t);
+      t = {
+        topic,
+        key,
+        filter,
+        listeners: new Set(),
+        waiters: [],
+        ...opts.since,
+      };
+      topics.set(key, t);
       sendSubscribe(t);
     }
     const fn = onMessage as (value: never, meta: MessageMeta) => void;
@@ -976,7 +1010,7 @@ export function createClient(options: ClientOptions = {}): Client {
         ]);
       }).catch((e) => {
         own.listeners.delete(fn);
-        if (!own.listeners.size && !own.active) topics.delete(topic);
+        if (!own.listeners.size && !own.active) topics.delete(key);
         throw e;
       });
     }
@@ -993,7 +1027,7 @@ export function createClient(options: ClientOptions = {}): Client {
       unsubscribe: async () => {
         if (!own.listeners.delete(fn)) return false;
         if (own.listeners.size) return true;
-        topics.delete(topic);
+        topics.delete(key);
         if (own.id) byId.delete(own.id);
         if (!own.active || transport !== "ws") return true;
         return (await send(pubsub().unsubscribe, [own.id])) === true;

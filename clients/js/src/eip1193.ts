@@ -174,11 +174,15 @@ export function toEip1193(
             : [params];
         if (method === "eth_subscribe") {
           const id = `0x${(++nextSub).toString(16)}`;
-          const sub = await client.subscribe(String(list[0]), (result) =>
-            emit("message", {
-              type: "eth_subscription",
-              data: { subscription: id, result },
-            }),
+          const sub = await client.subscribe(
+            String(list[0]),
+            (result) =>
+              emit("message", {
+                type: "eth_subscription",
+                data: { subscription: id, result },
+              }),
+            // eth_subscribe("logs", {address, topics}): the server filters.
+            { filter: list[1] ?? undefined },
           );
           subs.set(id, sub);
           return id;

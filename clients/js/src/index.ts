@@ -15,6 +15,7 @@ export type {
   State,
   StateEvent,
   StorageLike,
+  SubscribeOptions,
   Subscription,
   Timers,
   WebSocketConstructor,

@@ -283,8 +283,8 @@ impl<C: Channels> ClientConnection<C> {
                 self.dispatch.batch(t, &refs, reply);
             }
             Command::Notify { method, params } => self.dispatch.notify(&method, params.as_deref()),
-            Command::Subscribe { topic, events, reply } => {
-                self.dispatch.subscribe(t, &topic, events, reply);
+            Command::Subscribe { topic, filter, events, reply } => {
+                self.dispatch.subscribe(t, &topic, filter, events, reply);
             }
             Command::Unsubscribe(token) => self.unsubscribe(now, token),
             Command::Close(done) => {

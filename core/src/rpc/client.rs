@@ -588,6 +588,8 @@ struct Queued {
 #[derive(Debug)]
 struct Subscription {
     topic: Arc<str>,
+    /// The filter param sent with every (re)subscription; the server applies it at fan-out.
+    filter: Option<Box<RawValue>>,
     server_id: Option<Arc<str>>,
     last_seq: Option<u64>,
     epoch: Option<u64>,
@@ -793,11 +795,26 @@ impl ClientSession {
     /// Subscribes to `topic`; notifications come as [`ClientEvent::Notification`], also
     /// across reconnects (resubscribed with the last sequence number seen).
     pub fn subscribe(&mut self, now: Instant, topic: &str) -> SubscriptionToken {
+        self.subscribe_filtered(now, topic, None)
+    }
+
+    /// Subscribes to `topic` with a filter param (JSON), which the server's subscription
+    /// handler for `topic` reads (`SubscribeCall::filter`) and applies to every publish:
+    /// `{"topic": …, "filter": …}` in wsrpc style, `[topic, filter]` in Ethereum style. It
+    /// goes with every renewal too. A filtered subscription is never shared with another
+    /// subscription to the same topic: the server gives each its own id.
+    pub fn subscribe_filtered(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        filter: Option<Box<RawValue>>,
+    ) -> SubscriptionToken {
         let token = SubscriptionToken(self.new_id());
         self.subscriptions.insert(
             token,
             Subscription {
                 topic: topic.into(),
+                filter,
                 server_id: None,
                 last_seq: None,
                 epoch: None,
@@ -842,18 +859,28 @@ impl ClientSession {
     fn send_subscribe(&mut self, now: Instant, token: SubscriptionToken) {
         let Some(sub) = self.subscriptions.get(&token) else { return };
         let params = if self.config.methods.eth_style {
-            serde_json::json!([&*sub.topic])
-        } else {
-            match (sub.last_seq, sub.epoch) {
-                (Some(seq), Some(epoch)) => {
-                    serde_json::json!({"topic": &*sub.topic, "since": seq, "epoch": epoch})
-                }
-                (Some(seq), None) => serde_json::json!({"topic": &*sub.topic, "since": seq}),
-                // A first subscription asks for the whole replay window only after a reconnect.
-                _ => serde_json::json!({"topic": &*sub.topic}),
+            match &sub.filter {
+                Some(filter) => serde_json::to_value((&*sub.topic, filter)),
+                None => serde_json::to_value([&*sub.topic]),
             }
+        } else {
+            let mut params = serde_json::Map::new();
+            params.insert("topic".into(), (&*sub.topic).into());
+            // A first subscription asks for the whole replay window only after a reconnect.
+            if let Some(seq) = sub.last_seq {
+                params.insert("since".into(), seq.into());
+                if let Some(epoch) = sub.epoch {
+                    params.insert("epoch".into(), epoch.into());
+                }
+            }
+            if let Some(filter) = &sub.filter {
+                params.insert("filter".into(), serde_json::to_value(filter).unwrap_or_default());
+            }
+            Ok(serde_json::Value::Object(params))
         };
-        let params = serde_json::value::to_raw_value(&params).expect("JSON values serialize");
+        let params = params
+            .and_then(|p| serde_json::value::to_raw_value(&p))
+            .expect("JSON values serialize");
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, &self.config.methods.subscribe, Some(&params), Some(id));

@@ -88,6 +88,8 @@ pub enum Command<C: Channels> {
     Subscribe {
         /// The topic.
         topic: String,
+        /// A filter param for the server's subscription handler (`None`: unfiltered).
+        filter: Option<Box<RawValue>>,
         /// Where the events go.
         events: C::Events,
         /// Where the outcome goes.
@@ -159,6 +161,22 @@ impl<C: Channels> Command<C> {
         params: P,
     ) -> Result<Self, ClientError> {
         Ok(Self::Notify { method: method.method_name().to_owned(), params: encode_params(params)? })
+    }
+
+    /// A subscription to `topic` with a `filter` param for the server's subscription handler
+    /// (anything serializable; `()` or `None` subscribes unfiltered).
+    pub fn subscribe(
+        topic: &str,
+        filter: impl serde::Serialize,
+        events: C::Events,
+        reply: SubscribeReply<C>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::Subscribe {
+            topic: topic.to_owned(),
+            filter: encode_params(filter)?,
+            events,
+            reply,
+        })
     }
 
     /// Answers the command with `error` without running it (the client is closed).
@@ -282,10 +300,11 @@ impl<C: Channels> ClientDispatch<C> {
         &mut self,
         now: Instant,
         topic: &str,
+        filter: Option<Box<RawValue>>,
         events: C::Events,
         reply: SubscribeReply<C>,
     ) {
-        let token = self.session.subscribe(now, topic);
+        let token = self.session.subscribe_filtered(now, topic, filter);
         self.subscriptions.insert(token, Sink { events, dropped: None });
         self.pending_subscribes.insert(token, reply);
     }
@@ -459,7 +478,7 @@ mod tests {
 
         let events: Log<SubscriptionEvent> = Log::default();
         let outcome: Log<Result<SubscriptionToken, ClientError>> = Log::default();
-        d.subscribe(now, "t", Bounded(events.clone(), 2), To(outcome.clone()));
+        d.subscribe(now, "t", None, Bounded(events.clone(), 2), To(outcome.clone()));
         let id = id_of(&mut d);
         d.session_mut().handle_message(
             now,

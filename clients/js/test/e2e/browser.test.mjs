@@ -19,6 +19,9 @@ import {
 } from "./harness.mjs";
 
 const ACCOUNT = "0x9f2c4b1e6d0a7c3b5e8f1a2d4c6b8e0f1a3c5d7e";
+// The wallet_bridge example's two tokens: each block has one log of each.
+const TOKEN = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48";
+const OTHER_TOKEN = "0x6b175474e89094c44da98b954eedeac495271d0f";
 let bins;
 let browser;
 let pages;
@@ -158,6 +161,32 @@ test("-32005 carries retry_after_ms to the caller", async () => {
     assert.equal(e.data.retry_after_ms, e.retryAfterMs);
   }
   await p.close();
+});
+
+test("EIP-1193: eth_subscribe('logs', filter) gets only the logs the filter matches", async () => {
+  const w = await wallet("--block-ms", "100");
+  const p = await page();
+  await install({ url: `ws://127.0.0.1:${w.port}/` })(p);
+  await waitOpen(p);
+  const out = await p.evaluate(async (token) => {
+    const pr = window.lib.toEip1193(window.c);
+    const got = {};
+    pr.on("message", (m) =>
+      (got[m.data.subscription] ??= []).push(m.data.result.address),
+    );
+    const mine = await pr.request({
+      method: "eth_subscribe",
+      params: ["logs", { address: token }],
+    });
+    const all = await pr.request({ method: "eth_subscribe", params: ["logs"] });
+    await new Promise((r) => setTimeout(r, 700));
+    return { mine: got[mine] ?? [], all: got[all] ?? [] };
+  }, TOKEN);
+  assert.ok(out.mine.length >= 2, `filtered logs arrived (${out.mine.length})`);
+  assert.deepEqual([...new Set(out.mine)], [TOKEN]);
+  assert.deepEqual([...new Set(out.all)].sort(), [OTHER_TOKEN, TOKEN].sort());
+  await p.close();
+  await w.kill();
 });
 
 test("EIP-1193: connect, message, chainChanged, accountsChanged, disconnect and error codes", async () => {

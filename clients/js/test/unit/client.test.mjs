@@ -291,6 +291,64 @@ test("a subscription given since resumes from it; eth-style servers get [topic, 
   client.close();
 });
 
+test("filtered subscriptions send their filter on every (re)subscription and are not merged", async () => {
+  const world = pubsubWorld(7);
+  let next = 0;
+  world.onMessage = (m) =>
+    m.method === "subscribe"
+      ? {
+          jsonrpc: "2.0",
+          id: m.id,
+          result: {
+            subscription: `0x${(++next).toString(16)}`,
+            topic: m.params.topic,
+            seq: 3,
+            epoch: 7,
+          },
+        }
+      : { jsonrpc: "2.0", id: m.id, result: true };
+  const { clock, client } = setup({}, world);
+  const big = [];
+  const all = [];
+  const subs = Promise.all([
+    client.subscribe("sizes", (v) => big.push(v), { filter: { min: 10 } }),
+    client.subscribe("sizes", (v) => all.push(v)),
+  ]);
+  await clock.advance(1);
+  const [sBig, sAll] = await subs;
+  const sent = world.calls(0).filter((m) => m.method === "subscribe");
+  assert.deepEqual(
+    sent.map((m) => m.params),
+    [
+      { topic: "sizes", since: null, epoch: null, filter: { min: 10 } },
+      { topic: "sizes", since: null, epoch: null },
+    ],
+  );
+  assert.notEqual(sBig.id, sAll.id, "one server subscription each");
+  const push = (sub, seq, result) =>
+    world.sockets.at(-1).push({
+      jsonrpc: "2.0",
+      method: "subscription",
+      params: { subscription: sub, topic: "sizes", seq, result },
+    });
+  push(sBig.id, 5, 12);
+  push(sAll.id, 4, 3);
+  push(sAll.id, 5, 12);
+  assert.deepEqual([big, all], [[12], [3, 12]]);
+  // After a drop, the renewal carries the filter and the position.
+  world.sockets[0].drop();
+  await clock.advance(1000);
+  const again = world.calls(1).filter((m) => m.method === "subscribe");
+  assert.deepEqual(
+    again.map((m) => m.params),
+    [
+      { topic: "sizes", since: 5, epoch: 7, filter: { min: 10 } },
+      { topic: "sizes", since: 5, epoch: 7 },
+    ],
+  );
+  client.close();
+});
+
 test("a refused origin or token stops reconnecting and says why", async () => {
   for (const status of [403, 401]) {
     const world = new World();

@@ -59,7 +59,12 @@ test("connect, message, chainChanged, accountsChanged and disconnect payloads", 
       epoch: 1,
     },
   };
-  const ids = { newHeads: "0xa", chainChanged: "0xb", accountsChanged: "0xc" };
+  const ids = {
+    newHeads: "0xa",
+    chainChanged: "0xb",
+    accountsChanged: "0xc",
+    logs: "0xd",
+  };
   world.onMessage = (m) => {
     const r = (result) => ({ jsonrpc: "2.0", id: m.id, result });
     if (m.method === "eth_chainId") return r("0x1");
@@ -131,6 +136,20 @@ test("connect, message, chainChanged, accountsChanged and disconnect payloads", 
     ],
     ["chainChanged", "0xaa36a7"],
     ["accountsChanged", []],
+  ]);
+  // A log filter reaches the server (with the resume keys), so the server filters.
+  const logsP = provider.request({
+    method: "eth_subscribe",
+    params: ["logs", { address: "0xa0b8", topics: [null, "0x01"] }],
+  });
+  await clock.advance(1);
+  await logsP;
+  const logsSent = world.sockets[0].sent.find(
+    (m) => m.method === "eth_subscribe" && m.params[0] === "logs",
+  );
+  assert.deepEqual(logsSent.params, [
+    "logs",
+    { address: "0xa0b8", topics: [null, "0x01"], since: null, epoch: null },
   ]);
   const failed = assert.rejects(
     provider.request({ method: "eth_nope" }),
