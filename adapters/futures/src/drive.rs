@@ -337,45 +337,6 @@ mod tests {
         }
     }
 
-    /// A peer that sends `input` once, then nothing, and never takes a byte.
-    struct Stuck {
-        input: Option<Vec<u8>>,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Stuck {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<io::Result<usize>> {
-            match self.input.take() {
-                Some(data) => {
-                    buf[..data.len()].copy_from_slice(&data);
-                    Poll::Ready(Ok(data.len()))
-                }
-                None => Poll::Pending,
-            }
-        }
-    }
-
-    impl AsyncWrite for Stuck {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Poll::Pending
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     struct NoOutside;
 
     impl Outside<ServerConnection> for NoOutside {
@@ -400,9 +361,10 @@ mod tests {
     #[test]
     fn a_transport_that_takes_nothing_parks_the_task_instead_of_spinning() {
         let service = Service::new(ServiceConfig::default(), Router::new(), crate::system_now());
-        let writes = Arc::new(AtomicUsize::new(0));
         let request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        let stream = Stuck { input: Some(request), writes: writes.clone() };
+        let stream = Peer { stuck: true, ..Peer::default() };
+        stream.input.lock().unwrap().push_back(request);
+        let writes = stream.writes.clone();
         let conn = ServerConnection::new(service, crate::system_now());
         let mut driver = Driver::new(Idle, conn, NoOutside, Some(stream), None);
         let woken = Arc::new(Count(AtomicUsize::new(0)));
@@ -454,14 +416,17 @@ mod tests {
         }
     }
 
-    /// A peer whose input the test queues; it takes every byte written.
+    /// A peer whose input the test queues; it takes every byte written, or none when
+    /// `stuck` (its receive window is full), counting the writes tried.
     #[derive(Clone, Default)]
-    struct Pipe {
+    struct Peer {
         input: Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>,
         output: Arc<std::sync::Mutex<Vec<u8>>>,
+        stuck: bool,
+        writes: Arc<AtomicUsize>,
     }
 
-    impl AsyncRead for Pipe {
+    impl AsyncRead for Peer {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -477,12 +442,16 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for Pipe {
+    impl AsyncWrite for Peer {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            if self.stuck {
+                return Poll::Pending;
+            }
             self.output.lock().unwrap().extend_from_slice(data);
             Poll::Ready(Ok(data.len()))
         }
@@ -509,7 +478,7 @@ mod tests {
             let mut now = rt.clock.lock().unwrap();
             *now = Now::new(now.mono + d, wsrpc_core::UnixTime(now.wall.0 + d));
         };
-        let pipe = Pipe::default();
+        let pipe = Peer::default();
         let service = Service::new(ServiceConfig::default(), Router::new(), start);
         let ping = service.config().ws.ping_interval.expect("a ping interval by default");
         let handshake =

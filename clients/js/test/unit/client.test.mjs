@@ -177,13 +177,14 @@ function pubsubWorld(epoch) {
   };
   world.epoch = epoch;
   world.top = 5;
+  world.nextId = () => "0x1";
   world.onMessage = (m) =>
     m.method === "subscribe"
       ? {
           jsonrpc: "2.0",
           id: m.id,
           result: {
-            subscription: "0x1",
+            subscription: world.nextId(),
             topic: m.params.topic,
             seq: world.top,
             epoch: world.epoch,
@@ -294,19 +295,8 @@ test("a subscription given since resumes from it; eth-style servers get [topic, 
 test("filtered subscriptions send their filter on every (re)subscription and are not merged", async () => {
   const world = pubsubWorld(7);
   let next = 0;
-  world.onMessage = (m) =>
-    m.method === "subscribe"
-      ? {
-          jsonrpc: "2.0",
-          id: m.id,
-          result: {
-            subscription: `0x${(++next).toString(16)}`,
-            topic: m.params.topic,
-            seq: 3,
-            epoch: 7,
-          },
-        }
-      : { jsonrpc: "2.0", id: m.id, result: true };
+  world.nextId = () => `0x${(++next).toString(16)}`;
+  world.top = 3;
   const { clock, client } = setup({}, world);
   const big = [];
   const all = [];
