@@ -418,8 +418,9 @@ mod case7_close {
         assert_eq!(rc.frames.len(), 1);
         rc.send(&text(b"later still"));
         assert_eq!(rc.frames.len(), 1);
-        // A peer that goes on after its close frame gets a lingering close: closing now would
-        // answer its unread bytes with a reset that can destroy our close frame in flight.
+        // The peer went on after its close frame in the same read: a lingering close, since
+        // closing now would answer its unread bytes with a reset that can destroy our close
+        // frame in flight.
         assert!(rc.server.wants_shutdown_write());
         assert!(!rc.server.is_finished());
         rc.server.handle_eof(rc.now);
@@ -427,17 +428,39 @@ mod case7_close {
     }
 
     #[test]
-    fn bytes_after_the_close_frame_in_a_later_read_also_linger() {
+    fn bytes_after_the_close_frame_before_the_reply_is_written_make_it_linger() {
+        // One read holding the close frame and more: the peer goes on after its close, so
+        // closing at once would answer its unread bytes with a reset that can destroy our
+        // close frame in flight. The server reads to end of file instead.
         let mut rc = RawClient::default_config();
-        rc.send(&close_frame(1000, b""));
+        let mut wire = close_frame(1000, b"");
+        wire.extend(text(b"after close"));
+        let mut at = 0;
+        while at < wire.len() {
+            at += rc.server.handle_input(rc.now, &wire[at..]);
+        }
+        rc.collect();
+        assert_eq!(rc.sent_close(), Some(1000));
+        assert!(rc.server.wants_shutdown_write());
+        assert!(!rc.server.is_finished());
+        rc.server.handle_eof(rc.now);
         assert!(rc.server.is_finished());
-        // Had the adapter not closed yet, more input still turns the close into a lingering one.
+        // The same, ended by the close timeout rather than end of file.
         let mut rc = RawClient::default_config();
-        rc.send(&close_frame(1000, b""));
-        rc.send(b"x");
+        let mut at = 0;
+        while at < wire.len() {
+            at += rc.server.handle_input(rc.now, &wire[at..]);
+        }
+        rc.collect();
         assert!(!rc.server.is_finished());
         rc.advance(Config::default().close_timeout);
         assert!(rc.server.is_finished(), "bounded by the close timeout");
+        // Finished after a clean close, it stays finished whatever else arrives.
+        let mut rc = RawClient::default_config();
+        rc.send(&close_frame(1000, b""));
+        assert!(rc.server.is_finished());
+        rc.send(b"x");
+        assert!(rc.server.is_finished(), "finished is final");
     }
 
     #[test]

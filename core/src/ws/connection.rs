@@ -379,9 +379,10 @@ impl Connection {
         } else if self.events.len() == events_before {
             // Handshake still incomplete (all taken), or nothing left to read frames for.
             used = data.len();
-            if self.state == State::Draining && used > 0 {
+            if self.state == State::Draining && used > 0 && !self.is_finished() {
                 // The peer goes on after its close frame: read to its end of file, or
-                // closing now would answer the unread rest with a reset.
+                // closing now would answer the unread rest with a reset. (Once finished,
+                // the transport is being closed: finished stays final.)
                 self.linger = true;
             }
         }
@@ -937,6 +938,11 @@ impl Connection {
                 }
             }
             if !self.state.reads_frames() {
+                if at < data.len() && !self.is_finished() {
+                    // Bytes behind the close frame: the peer goes on after its close (see
+                    // `handle_input`), so the close lingers.
+                    self.linger = true;
+                }
                 return data.len();
             }
             if self.events.len() > events_before {
