@@ -858,29 +858,31 @@ impl ClientSession {
 
     fn send_subscribe(&mut self, now: Instant, token: SubscriptionToken) {
         let Some(sub) = self.subscriptions.get(&token) else { return };
+        /// wsrpc style: the filter goes as its raw JSON text, byte for byte.
+        #[derive(serde::Serialize)]
+        struct Params<'a> {
+            topic: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            since: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            filter: Option<&'a RawValue>,
+        }
+        let topic = &*sub.topic;
+        let filter = sub.filter.as_deref();
         let params = if self.config.methods.eth_style {
-            match &sub.filter {
-                Some(filter) => serde_json::to_value((&*sub.topic, filter)),
-                None => serde_json::to_value([&*sub.topic]),
+            match filter {
+                Some(filter) => serde_json::value::to_raw_value(&(topic, filter)),
+                None => serde_json::value::to_raw_value(&[topic]),
             }
         } else {
-            let mut params = serde_json::Map::new();
-            params.insert("topic".into(), (&*sub.topic).into());
             // A first subscription asks for the whole replay window only after a reconnect.
-            if let Some(seq) = sub.last_seq {
-                params.insert("since".into(), seq.into());
-                if let Some(epoch) = sub.epoch {
-                    params.insert("epoch".into(), epoch.into());
-                }
-            }
-            if let Some(filter) = &sub.filter {
-                params.insert("filter".into(), serde_json::to_value(filter).unwrap_or_default());
-            }
-            Ok(serde_json::Value::Object(params))
-        };
-        let params = params
-            .and_then(|p| serde_json::value::to_raw_value(&p))
-            .expect("JSON values serialize");
+            let since = sub.last_seq;
+            let epoch = since.and(sub.epoch);
+            serde_json::value::to_raw_value(&Params { topic, since, epoch, filter })
+        }
+        .expect("strings, numbers and raw JSON serialize");
         let id = self.new_id();
         let mut message = Vec::new();
         write_request(&mut message, &self.config.methods.subscribe, Some(&params), Some(id));
@@ -1387,6 +1389,25 @@ mod tests {
                 .as_bytes(),
         );
         (s, sub)
+    }
+
+    #[test]
+    fn a_filter_is_sent_byte_for_byte_in_both_styles() {
+        let now = crate::test_origin();
+        // A number no f64 holds: a round trip through serde_json::Value would refuse it.
+        let filter = r#"{"min":1e999999,"tags":["a"]}"#;
+        let mut s = ClientSession::new(ClientConfig::default());
+        s.handle_connected(now);
+        s.subscribe_filtered(now, "t", Some(raw(filter)));
+        let sent = String::from_utf8(s.poll_message().unwrap()).unwrap();
+        assert!(sent.contains(&format!(r#""params":{{"topic":"t","filter":{filter}}}"#)), "{sent}");
+        let mut config = ClientConfig::default();
+        config.methods = crate::hub::SubscriptionMethods::eth();
+        let mut s = ClientSession::new(config);
+        s.handle_connected(now);
+        s.subscribe_filtered(now, "logs", Some(raw(filter)));
+        let sent = String::from_utf8(s.poll_message().unwrap()).unwrap();
+        assert!(sent.contains(&format!(r#""params":["logs",{filter}]"#)), "{sent}");
     }
 
     #[test]
