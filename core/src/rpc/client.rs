@@ -1401,8 +1401,8 @@ mod tests {
         s.subscribe_filtered(now, "t", Some(raw(filter)));
         let sent = String::from_utf8(s.poll_message().unwrap()).unwrap();
         assert!(sent.contains(&format!(r#""params":{{"topic":"t","filter":{filter}}}"#)), "{sent}");
-        let mut config = ClientConfig::default();
-        config.methods = crate::hub::SubscriptionMethods::eth();
+        let config =
+            ClientConfig { methods: crate::hub::SubscriptionMethods::eth(), ..Default::default() };
         let mut s = ClientSession::new(config);
         s.handle_connected(now);
         s.subscribe_filtered(now, "logs", Some(raw(filter)));
