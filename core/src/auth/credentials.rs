@@ -125,6 +125,18 @@ pub fn percent_decode(raw: &str) -> Result<Cow<'_, str>, AuthError> {
     String::from_utf8(bytes).map(Cow::Owned).map_err(|_| malformed("token is not UTF-8"))
 }
 
+/// Exactly `2 * N` hex digits as `N` bytes, without allocating.
+pub(crate) fn hex_array<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
+    }
+    Some(out)
+}
+
 pub(crate) fn hex_value(digit: u8) -> Option<u8> {
     match digit {
         b'0'..=b'9' => Some(digit - b'0'),

@@ -34,7 +34,7 @@ use std::fmt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::credentials::hex_value;
+use super::credentials::hex_array;
 
 /// JSON-RPC error code for a request whose signature is missing, malformed or wrong (the
 /// RPC layer's `BAD_SIGNATURE`; repeated here so this module stays a leaf).
@@ -170,15 +170,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Decodes exactly 64 hex digits; the signature is public, so this need not be constant time.
 fn unhex(text: &str) -> Option<[u8; 32]> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut tag = [0u8; 32];
-    for (byte, pair) in tag.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
-    }
-    Some(tag)
+    hex_array(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use serde::de::{Deserialize, Deserializer, Error as _};
 use serde_json::Value;
 
 use super::filter::{Filter, Payload};
-use crate::auth::credentials::hex_value;
+use crate::auth::credentials::{hex_array, hex_value};
 
 /// Most addresses in one filter (go-ethereum's bound).
 const MAX_ADDRESSES: usize = 1000;
@@ -189,15 +189,7 @@ fn hex_field<const N: usize>(text: &str, field: &str) -> Result<[u8; N], String>
 
 /// `0x`-prefixed hex of exactly `N` bytes; checked on the publish path, without allocating.
 fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
-    }
-    Some(out)
+    hex_array(text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?.as_bytes())
 }
 
 #[cfg(test)]
