@@ -103,6 +103,29 @@ struct Opened {
     at: Instant,
 }
 
+impl Opened {
+    /// What the connection hooks hear when this WebSocket ends at `now` with `end`.
+    fn closed<'a>(
+        &'a self,
+        connection: ConnectionId,
+        client: Option<IpAddr>,
+        now: Instant,
+        end: &'a ws::Closed,
+    ) -> ConnectionClosed<'a> {
+        ConnectionClosed {
+            connection,
+            origin: self.origin.as_deref(),
+            principal: &self.principal,
+            client,
+            code: end.code,
+            reason: &end.reason,
+            clean: end.clean,
+            initiator: end.initiator,
+            duration: now.saturating_duration_since(self.at),
+        }
+    }
+}
+
 impl std::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let phase = match &self.phase {
@@ -959,17 +982,12 @@ impl ServerConnection {
                         self.service.metrics().record_error(kind);
                     }
                     if let Some(o) = self.opened.take() {
-                        self.service.connection_closed(&ConnectionClosed {
-                            connection: self.id,
-                            origin: o.origin.as_deref(),
-                            principal: &o.principal,
-                            client: self.client,
-                            code: closed.code,
-                            reason: &closed.reason,
-                            clean: closed.clean,
-                            initiator: closed.initiator,
-                            duration: now.saturating_duration_since(o.at),
-                        });
+                        self.service.connection_closed(&o.closed(
+                            self.id,
+                            self.client,
+                            now,
+                            &closed,
+                        ));
                     }
                     self.events.push_back(ConnEvent::Closed {
                         code: closed.code,
@@ -1135,17 +1153,14 @@ impl Drop for ServerConnection {
         // Dropped by its adapter before the WebSocket ended (a runtime going away): the hook
         // still hears of the end, as the abnormal closure it is.
         if let Some(o) = self.opened.take() {
-            self.service.connection_closed(&ConnectionClosed {
-                connection: self.id,
-                origin: o.origin.as_deref(),
-                principal: &o.principal,
-                client: self.client,
+            let end = ws::Closed {
                 code: CloseCode::ABNORMAL,
-                reason: "connection dropped",
-                clean: false,
+                reason: "connection dropped".into(),
                 initiator: ws::Initiator::Local,
-                duration: self.now.mono.saturating_duration_since(o.at),
-            });
+                clean: false,
+                error: None,
+            };
+            self.service.connection_closed(&o.closed(self.id, self.client, self.now.mono, &end));
         }
         if self.admitted {
             self.service.release();
