@@ -158,6 +158,34 @@ fn async_errors_and_bad_params_are_answered() {
 }
 
 #[test]
+fn an_async_call_echoes_its_id_byte_for_byte() {
+    let mut h = Harness::new(ServiceConfig::default(), async_router());
+    let mut s = h.session(None, Principal::anonymous());
+    // Inline (short) and shared (long) ids, a number no f64 holds, an escaped string.
+    for id in [
+        "7",
+        "-0.5e-3",
+        "2111111111111111.11111111111111e11111111111111111111111111111111111111",
+        r#""caf\u00e9 \"quoted\" id that is longer than twenty-three bytes""#,
+    ] {
+        let text = format!(r#"{{"jsonrpc":"2.0","method":"slow","params":[1],"id":{id}}}"#);
+        s.handle_message(h.now, text.as_bytes());
+        let mut work = None;
+        while let Some(o) = s.poll_output() {
+            if let SessionOutput::Spawn(call, w) = o {
+                work = Some((call, w));
+            }
+        }
+        let (call, w) = work.expect("the async call was handed out");
+        h.now += Duration::from_millis(40);
+        s.complete(call, run(w), h.now);
+        let Some(SessionOutput::Message(m)) = s.poll_output() else { panic!("no answer") };
+        let m = String::from_utf8(m).unwrap();
+        assert!(m.ends_with(&format!(r#","id":{id}}}"#)), "{m}");
+    }
+}
+
+#[test]
 fn batch_with_async_entries_waits_for_all_and_keeps_order() {
     let mut h = Harness::new(ServiceConfig::default(), async_router());
     let mut s = h.session(None, Principal::anonymous());

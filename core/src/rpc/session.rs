@@ -75,7 +75,8 @@ enum Slot {
 /// A call answered later: async or blocking work, or a subscription waiting for the broker.
 #[derive(Debug)]
 struct PendingCall {
-    id: Option<Box<RawValue>>,
+    /// The request's id as the context had it (inline: no allocation per async call).
+    id: Option<RequestId>,
     /// The router method (none: the subscribe method).
     method_index: Option<usize>,
     params_len: usize,
@@ -297,16 +298,19 @@ impl RpcSession {
     ) {
         let Some(p) = self.pending.remove(&call.0) else { return };
         let mut out = Vec::new();
-        let result = match (&p.id, result) {
+        // The id's text was admitted as JSON when the request was parsed.
+        let id: Option<&RawValue> =
+            p.id.as_ref().and_then(|i| serde_json::from_str(i.as_json()).ok());
+        let result = match (id, result) {
             (Some(id), Ok(value)) => self.write_value(&mut out, Some(id), &value),
             (_, result) => result.map(drop),
         };
-        if let (Err(e), Some(id)) = (&result, &p.id) {
+        if let (Err(e), Some(id)) = (&result, id) {
             self.write_error_response(&mut out, Some(id), e);
         }
         // The context of this call again, as its hooks and handler saw it (this may run
         // inside another call, an unsubscribe ending a waiting subscribe: kept aside).
-        let id = std::mem::replace(&mut self.ctx.id, p.id.as_deref().map(RequestId::from_raw));
+        let id = std::mem::replace(&mut self.ctx.id, p.id);
         let extensions = std::mem::replace(&mut self.ctx.extensions, p.extensions);
         let service = &self.service;
         let call = CallEnd {
@@ -726,7 +730,7 @@ impl RpcSession {
         let call = self.next_call;
         self.next_call += 1;
         let pending = PendingCall {
-            id: req.id.map(|i| i.to_owned()),
+            id: req.id.and(self.ctx.id.clone()),
             method_index,
             params_len: req.params.map_or(0, |p| p.get().len()),
             // The handler has its own copy; these are for the observer at completion.
