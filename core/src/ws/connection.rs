@@ -379,12 +379,7 @@ impl Connection {
         } else if self.events.len() == events_before {
             // Handshake still incomplete (all taken), or nothing left to read frames for.
             used = data.len();
-            if self.state == State::Draining && used > 0 && !self.is_finished() {
-                // The peer goes on after its close frame: read to its end of file, or
-                // closing now would answer the unread rest with a reset. (Once finished,
-                // the transport is being closed: finished stays final.)
-                self.linger = true;
-            }
+            self.discard_after_close(used);
         }
         self.stats.bytes_in += used as u64;
         used
@@ -781,6 +776,16 @@ impl Connection {
         self.events.push_back(Event::Closed(Closed { code, reason, initiator, clean, error }));
     }
 
+    /// Input after the close is dropped unread; `n` bytes of it mean the peer goes on after
+    /// its close frame, so the close lingers (read to its end of file): closing at once would
+    /// answer the unread rest with a reset. Once finished, the transport is being closed and
+    /// finished stays final.
+    fn discard_after_close(&mut self, n: usize) {
+        if n > 0 && self.state == State::Draining && !self.is_finished() {
+            self.linger = true;
+        }
+    }
+
     /// Enters the lingering close: last bytes out, input discarded, bounded by the close timer.
     fn start_draining(&mut self, input: Input) {
         self.linger = !(input == Input::RemoteClose && self.role == Role::Server);
@@ -938,11 +943,7 @@ impl Connection {
                 }
             }
             if !self.state.reads_frames() {
-                if at < data.len() && !self.is_finished() {
-                    // Bytes behind the close frame: the peer goes on after its close (see
-                    // `handle_input`), so the close lingers.
-                    self.linger = true;
-                }
+                self.discard_after_close(data.len() - at);
                 return data.len();
             }
             if self.events.len() > events_before {
